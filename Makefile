@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv if it is missing and install the project with pinned torch.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-slow install clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, from the pinned CPU wheel, so nothing later pulls a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	# the rest in one resolution with torch==2.13.0 pinned, so no package can replace it
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/obs demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean-venv:
+	rm -rf $(VENV)

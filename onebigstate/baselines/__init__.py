@@ -1,0 +1,1 @@
+"""Baseline mixers. Each module registers itself with onebigstate.nets.register_mixer."""

@@ -1,0 +1,100 @@
+"""Typed, printable configs with strict ``key=value`` overrides.
+
+Every component has a pydantic model with ``extra="forbid"``: an unknown key or a value of
+the wrong type is an error that names the key. Overrides use dotted paths, as in
+``obs train configs/mqar.yaml model.n_nodes=1024 train.lr=3e-3``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T", bound="StrictModel")
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong (unknown key, wrong type, bad value)."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def __str__(self) -> str:  # printable: the resolved config as YAML
+        return self.to_yaml()
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value: YAML scalars/lists (``3e-3``, ``true``, ``[1,2]``), else a string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, known: dict) -> None:
+    parts = dotted.split(".")
+    node, ref = tree, known
+    for i, part in enumerate(parts):
+        if not isinstance(ref, dict) or part not in ref:
+            where = ".".join(parts[:i]) or "<top level>"
+            options = sorted(ref) if isinstance(ref, dict) else []
+            raise ConfigError(f"unknown config key '{dotted}': no '{part}' under {where}; known keys: {options}")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            ref = ref[part]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        lines.append(f"  {loc}: {e['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def build_config(cls: type[T], base: dict | None = None, overrides: list[str] | None = None,
+                 source: str = "config") -> T:
+    """Build ``cls`` from a dict plus ``key=value`` overrides, with errors that name the key."""
+    tree = json.loads(json.dumps(base or {}))
+    known = cls().model_dump()
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), parse_value(raw), known)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Read a YAML config file (or none: the defaults) and apply overrides."""
+    base: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            base = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(base).__name__}")
+        source = str(path)
+    return build_config(cls, base, overrides, source)

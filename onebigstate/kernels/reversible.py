@@ -1,0 +1,174 @@
+"""The OBS training path: in-place writes forward, state rebuilt by subtracting deltas backward.
+
+Why it works: writes are additive, ``S_t = S_{t-1} + delta_t``. The forward pass logs what is
+small (the step's chosen indices, weights and the written values, O(k^2 + m k) per step) and
+keeps one copy of the final state. The backward pass walks the window in reverse, holding
+
+    S   the state S_t, turned into S_{t-1} by S.flat[pos_t] -= vals_t, and
+    G   dL/dS_t, the gradient of every later read with respect to the state,
+
+and for each step recomputes the step's small graph with autograd: the write plan, then the
+read of the rows it touched, expressed as ``S_{t-1}[rows, A_t] + (this step's writes landing
+there)``. Its surrogate loss adds ``<G[pos_t], vals_t>``, so an earlier write receives the
+gradient of every later read of the entries it changed. Only the active columns ``A_t`` of
+the read rows matter for the gradient (the others only decide the top-m choice, which has no
+gradient), so the backward pass never touches a full row.
+
+Memory saved for backward: one N^2 state per stream plus O(T (k^2 + m k)) logged values.
+Work per step: forward O((k + m) N) for the read, backward O((k + m) m) plus the small graph.
+"""
+from __future__ import annotations
+
+import torch
+
+from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
+from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
+                                      choose_active, flat_positions, plan_writes,
+                                      read_rows_and_coeffs, spread)
+
+
+def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, w_rows: torch.Tensor,
+                  w_cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """Sum of the step's writes landing on the grid read_rows x read_cols.
+
+    read_rows [B, R], read_cols [B, C], write entries (w_rows, w_cols, vals) [B, W] -> [B, R, C].
+    """
+    hit_r = (read_rows.unsqueeze(2) == w_rows.unsqueeze(1)).to(vals.dtype)     # [B, R, W]
+    hit_c = (read_cols.unsqueeze(2) == w_cols.unsqueeze(1)).to(vals.dtype)     # [B, C, W]
+    return torch.bmm(hit_r * vals.unsqueeze(1), hit_c.transpose(1, 2))
+
+
+class _ReversibleScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, store, cfg: StepConfig, n_reg_samples: int, circuit_idx, continuous,
+                carry_idx, carry_cidx, carry_w, carry_alpha, scores, features, *param_tensors):
+        params = StepParams.from_tensors(list(param_tensors))
+        B, T, K = circuit_idx.shape
+        N, M = cfg.n_nodes, cfg.m_active
+        carry = Carry(carry_idx, carry_w, carry_cidx, carry_alpha)
+        reads, k_soft, k_hard, gates = [], [], [], []
+        act_log, w_log, alpha_log, vals_log, pos_log = [], [], [], [], []
+        for t in range(T):
+            plan = plan_writes(params, cfg, circuit_idx[:, t], scores[:, t], features[:, t],
+                               continuous[:, t], carry)
+            pos = flat_positions(plan.rows, plan.cols, N)
+            store.add_(pos, plan.vals)
+            store.mark_written(pos, plan.vals != 0)
+            rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
+            activation = spread(coeff, store.rows(rows))                        # [B, N]
+            active_idx = choose_active(activation, cfg)
+            w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
+            carry = Carry(active_idx, w, circuit_idx[:, t], plan.alpha)
+            reads.append(r); k_soft.append(plan.k_soft); k_hard.append(plan.k_hard); gates.append(plan.gates)
+            act_log.append(active_idx); w_log.append(w); alpha_log.append(plan.alpha)
+            vals_log.append(plan.vals); pos_log.append(pos)
+        store.carry = carry
+        if T == 0:
+            raise ValueError("obs_scan needs at least one step (T >= 1)")
+        sample_pos = sample_positions(torch.stack(pos_log, 1), n_reg_samples)
+        reg_values = store.values_at(sample_pos)
+        k_hard_t = torch.stack(k_hard, 1)
+        active_t = torch.stack(act_log, 1)
+        # One copy of the final state: the caller keeps mutating its own (lifelong mode).
+        final_state = store.as_dense().clone()
+        ctx.save_for_backward(final_state, circuit_idx, continuous, carry_idx, carry_cidx, carry_w,
+                              carry_alpha, scores, features, k_hard_t, active_t,
+                              torch.stack(w_log, 1), torch.stack(alpha_log, 1), torch.stack(vals_log, 1),
+                              sample_pos, *param_tensors)
+        ctx.cfg = cfg
+        ctx.used = False
+        ctx.mark_non_differentiable(k_hard_t, active_t)
+        return (torch.stack(reads, 1), torch.stack(k_soft, 1), torch.stack(gates, 1), reg_values,
+                k_hard_t, active_t)
+
+    @staticmethod
+    def backward(ctx, g_read, g_k_soft, g_gates, g_reg, _g_k_hard, _g_active):
+        if ctx.used:
+            raise RuntimeError("the reversible OBS scan rebuilds states in place during backward and "
+                               "cannot be differentiated twice; use backend='reference' for that")
+        ctx.used = True
+        (S, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha, scores, features,
+         k_hard, active, w_log, alpha_log, vals_log, sample_pos, *param_tensors) = ctx.saved_tensors
+        cfg: StepConfig = ctx.cfg
+        B, T, K = circuit_idx.shape
+        N, M = cfg.n_nodes, cfg.m_active
+        flatS = S.view(-1)
+        G = torch.zeros_like(flatS)
+        if g_reg is not None:
+            G.index_add_(0, sample_pos.reshape(-1), g_reg.reshape(-1))
+        zeros = lambda *shape: torch.zeros(*shape, dtype=scores.dtype, device=scores.device)
+        g_read = g_read if g_read is not None else zeros(B, T, params_dim(param_tensors))
+        g_k_soft = g_k_soft if g_k_soft is not None else zeros(B, T)
+        g_gates = g_gates if g_gates is not None else zeros(B, T, 3)
+
+        p_leaves = [p.detach().requires_grad_(True) for p in param_tensors]
+        params = StepParams.from_tensors(p_leaves)
+        p_grads = [torch.zeros_like(p) for p in param_tensors]
+        d_scores, d_features = torch.zeros_like(scores), torch.zeros_like(features)
+        g_w_next = zeros(B, M)        # dL/dw_t arriving from step t+1
+        g_alpha_next = zeros(B, K)    # dL/dalpha_t arriving from step t+1
+
+        for t in range(T - 1, -1, -1):
+            if t > 0:
+                c_idx, c_cidx = active[:, t - 1], circuit_idx[:, t - 1]
+                c_w, c_alpha = w_log[:, t - 1], alpha_log[:, t - 1]
+            else:
+                c_idx, c_cidx, c_w, c_alpha = carry_idx, carry_cidx, carry_w, carry_alpha
+            with torch.enable_grad():
+                s_leaf = scores[:, t].detach().requires_grad_(True)
+                f_leaf = features[:, t].detach().requires_grad_(True)
+                w_leaf = c_w.detach().requires_grad_(True)
+                a_leaf = c_alpha.detach().requires_grad_(True)
+                carry = Carry(c_idx, w_leaf, c_cidx, a_leaf)
+                plan = plan_writes(params, cfg, circuit_idx[:, t], s_leaf, f_leaf, continuous[:, t],
+                                   carry, k_hard=k_hard[:, t])
+                pos = flat_positions(plan.rows, plan.cols, N)
+                # S_t -> S_{t-1}: subtract exactly what the forward pass added.
+                flatS.index_add_(0, pos.reshape(-1), -vals_log[:, t].reshape(-1))
+                rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
+                a_t = active[:, t]
+                R = rows.shape[1]
+                read_pos = flat_positions(rows.unsqueeze(2).expand(B, R, M), a_t.unsqueeze(1).expand(B, R, M), N)
+                base = flatS[read_pos].requires_grad_(True)                              # [B, R, M]
+                grid = base + _local_writes(rows, a_t, plan.rows, plan.cols, plan.vals)
+                activation = spread(coeff, grid)                                        # [B, M]
+                w, r = active_weights_and_read(params, cfg, activation, a_t)
+                surrogate = ((g_read[:, t] * r).sum() + (g_w_next * w).sum()
+                             + (g_alpha_next * plan.alpha).sum() + (g_k_soft[:, t] * plan.k_soft).sum()
+                             + (g_gates[:, t] * plan.gates).sum() + (G[pos] * plan.vals).sum())
+                leaves = [*p_leaves, s_leaf, f_leaf, w_leaf, a_leaf, base]
+                grads = torch.autograd.grad(surrogate, leaves, allow_unused=True)
+            n_p = len(p_leaves)
+            for acc, g in zip(p_grads, grads[:n_p]):
+                if g is not None:
+                    acc += g
+            d_s, d_f, d_w, d_a, d_base = grads[n_p:]
+            if d_s is not None:
+                d_scores[:, t] = d_s
+            if d_f is not None:
+                d_features[:, t] = d_f
+            g_w_next = d_w if d_w is not None else zeros(B, M)
+            g_alpha_next = d_a if d_a is not None else zeros(B, K)
+            if d_base is not None:
+                G.index_add_(0, read_pos.reshape(-1), d_base.reshape(-1))
+        # (store, cfg, n_reg, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha)
+        return (None, None, None, None, None, None, None, None, None, d_scores, d_features, *p_grads)
+
+
+def params_dim(param_tensors) -> int:
+    """Value width Dv (the read vector's size) from the parameter list."""
+    return param_tensors[0].shape[1]
+
+
+def scan_reversible(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
+                    n_reg_samples: int) -> ScanOutputs:
+    B = inputs.circuit_idx.shape[0]
+    dtype, device = inputs.scores.dtype, inputs.scores.device
+    carry = store.carry if store.carry is not None else Carry.empty(B, cfg, dtype, device)
+    carry = carry.detach()
+    outs = _ReversibleScan.apply(store, cfg, n_reg_samples, inputs.circuit_idx, inputs.continuous,
+                                 carry.active_idx, carry.circuit_idx, carry.active_w, carry.alpha,
+                                 inputs.scores, inputs.features, *params.tensors())
+    # The carry left in the store holds graph-free tensors from inside forward.
+    store.carry = store.carry.detach()
+    return ScanOutputs(*outs)

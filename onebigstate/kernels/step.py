@@ -1,0 +1,202 @@
+"""The math of one OBS step, shared by every backend.
+
+Axis letters used in this module (per batch of streams):
+
+    B  streams            N  nodes             K  k_max (circuit slots)
+    M  m (active nodes)   H  write-module width  Dv value width
+    W  write entries per step = K*K (intra) + M*K (active -> circuit) + K*K (chain)
+    R  rows read per step = K (new circuit) + M (previously active)
+
+One step, given the state ``S_{t-1}`` and the carry ``(A_{t-1}, w_{t-1}, I_{t-1}, alpha_{t-1})``:
+
+1. the write module reads the step's features (``u_t``, precomputed from the input) and the
+   summary ``z_{t-1}`` of the active nodes, and outputs the node count ``k_t`` and three
+   signed gates (intra-circuit, active->circuit, previous-circuit->circuit chain);
+2. the circuit ``I_t`` is the top-``k_t`` of the address scores; its weights ``alpha_t``
+   come from those scores, masked to ``k_t`` slots (straight-through, so ``k_t`` is learned);
+3. writes: ``S[I_t, I_t] += g_in alpha alpha^T``, ``S[A_{t-1}, I_t] += g_as w alpha^T``,
+   ``S[I_{t-1}, I_t] += c_t g_ch alpha_{t-1} alpha^T`` (only for continuous inputs);
+4. read after the writes, by spreading activation from the circuit's rows and (gated by
+   ``beta``) the previously active rows; ``A_t`` = top-``m``; ``w_t`` = ReLU(act) normalised
+   to sum to K; the read vector ``r_t`` is the ``w_t``-weighted mean of the value embeddings.
+
+Every function here is pure: tensors in, tensors out. The backends differ only in how they
+store ``S`` and how gradients reach earlier writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Number of write-module outputs: k logit, then the gates (intra, assoc, chain).
+N_WRITE_OUTPUTS = 4
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Static sizes and switches of the recurrence (the op's non-tensor arguments)."""
+
+    n_nodes: int
+    k_min: int
+    k_max: int
+    m_active: int
+    gate_scale: float = 1.0
+    k_mask_temperature: float = 4.0
+    spread_from_active: bool = True
+    eps: float = 1e-6
+
+    @property
+    def n_writes(self) -> int:
+        return 2 * self.k_max * self.k_max + self.m_active * self.k_max
+
+    @property
+    def n_read_rows(self) -> int:
+        return self.k_max + self.m_active
+
+
+@dataclass
+class StepParams:
+    """Parameters used inside the recurrence (everything else is applied outside, in parallel)."""
+
+    value: torch.Tensor        # [N, Dv]  V, value embedding of every node
+    w_summary: torch.Tensor    # [H, Dv]  write module: summary of active nodes -> hidden
+    w_out: torch.Tensor        # [4, H]   write module: hidden -> (k logit, g_in, g_as, g_ch)
+    b_out: torch.Tensor        # [4]
+    beta_logit: torch.Tensor   # []       gate of spreading from the previously active rows
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.value, self.w_summary, self.w_out, self.b_out, self.beta_logit]
+
+    @staticmethod
+    def from_tensors(ts: list[torch.Tensor]) -> "StepParams":
+        return StepParams(*ts)
+
+
+@dataclass
+class Carry:
+    """What one step hands to the next (all per stream)."""
+
+    active_idx: torch.Tensor   # [B, M] long   A_{t-1}
+    active_w: torch.Tensor     # [B, M]        w_{t-1}
+    circuit_idx: torch.Tensor  # [B, K] long   I_{t-1}
+    alpha: torch.Tensor        # [B, K]        alpha_{t-1}
+
+    @staticmethod
+    def empty(batch: int, cfg: StepConfig, dtype: torch.dtype, device: torch.device) -> "Carry":
+        z = dict(dtype=dtype, device=device)
+        zi = dict(dtype=torch.long, device=device)
+        return Carry(torch.zeros(batch, cfg.m_active, **zi), torch.zeros(batch, cfg.m_active, **z),
+                     torch.zeros(batch, cfg.k_max, **zi), torch.zeros(batch, cfg.k_max, **z))
+
+    def detach(self) -> "Carry":
+        return Carry(self.active_idx, self.active_w.detach(), self.circuit_idx, self.alpha.detach())
+
+    def select(self, keep: torch.Tensor) -> "Carry":
+        """Keep streams where ``keep`` [B] is True, zero the others (a fresh start)."""
+        k = keep.to(self.active_w.dtype)
+        return Carry(self.active_idx * keep[:, None], self.active_w * k[:, None],
+                     self.circuit_idx * keep[:, None], self.alpha * k[:, None])
+
+
+@dataclass
+class WritePlan:
+    k_soft: torch.Tensor   # [B]     continuous node count in [k_min, k_max]
+    k_hard: torch.Tensor   # [B] long  nodes actually used this step
+    alpha: torch.Tensor    # [B, K]  circuit weights (zero beyond k_hard)
+    gates: torch.Tensor    # [B, 3]  signed (g_in, g_as, g_ch)
+    rows: torch.Tensor     # [B, W] long  row of every written entry
+    cols: torch.Tensor     # [B, W] long  column of every written entry
+    vals: torch.Tensor     # [B, W]  signed change of every written entry
+
+
+def active_summary(p: StepParams, carry: Carry, cfg: StepConfig) -> torch.Tensor:
+    """z_{t-1} = sum_j w_j V[A_j] / K, the write module's view of the active nodes.  [B, Dv]"""
+    v = p.value[carry.active_idx]                                  # [B, M, Dv]
+    return (carry.active_w.unsqueeze(-1) * v).sum(1) / cfg.k_max
+
+
+def plan_writes(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, scores: torch.Tensor,
+                features: torch.Tensor, continuous: torch.Tensor, carry: Carry,
+                k_hard: torch.Tensor | None = None) -> WritePlan:
+    """The write module: how many nodes, which pairs, by how much.
+
+    circuit_idx [B, K] long, top-K nodes by address score (descending); scores [B, K];
+    features [B, H] the write module's input projection of the step's features;
+    continuous [B] (1 for continuous inputs, which also chain to the previous circuit).
+    ``k_hard`` replays a logged node count (backward passes must not re-round).
+    """
+    hidden = F.gelu(features + active_summary(p, carry, cfg) @ p.w_summary.T)   # [B, H]
+    out = hidden @ p.w_out.T + p.b_out                                           # [B, 4]
+    span = cfg.k_max - cfg.k_min
+    k_soft = cfg.k_min + span * torch.sigmoid(out[:, 0])
+    if k_hard is None:
+        k_hard = torch.round(k_soft.detach()).long().clamp(cfg.k_min, cfg.k_max)
+    ranks = torch.arange(cfg.k_max, device=scores.device, dtype=scores.dtype)
+    soft = torch.sigmoid((k_soft.unsqueeze(1) - ranks - 0.5) * cfg.k_mask_temperature)
+    hard = (ranks.unsqueeze(0) < k_hard.unsqueeze(1)).to(scores.dtype)
+    # Straight-through: the forward uses exactly k_hard nodes, gradients reach k_soft.
+    mask = hard + soft - soft.detach()
+    alpha = mask * torch.softmax(scores, dim=-1) * cfg.k_max                      # [B, K]
+    gates = cfg.gate_scale * torch.tanh(out[:, 1:])                              # [B, 3]
+    g_in, g_as, g_ch = gates.unbind(1)
+
+    a_col = alpha.unsqueeze(1)                                                   # [B, 1, K]
+    intra = g_in[:, None, None] * alpha.unsqueeze(2) * a_col                     # [B, K, K]
+    assoc = g_as[:, None, None] * carry.active_w.unsqueeze(2) * a_col            # [B, M, K]
+    chain = (continuous * g_ch)[:, None, None] * carry.alpha.unsqueeze(2) * a_col  # [B, K, K]
+
+    B, K, M = circuit_idx.shape[0], cfg.k_max, cfg.m_active
+    rows = torch.cat([circuit_idx.unsqueeze(2).expand(B, K, K).reshape(B, -1),
+                      carry.active_idx.unsqueeze(2).expand(B, M, K).reshape(B, -1),
+                      carry.circuit_idx.unsqueeze(2).expand(B, K, K).reshape(B, -1)], dim=1)
+    cols_one = circuit_idx.unsqueeze(1)
+    cols = torch.cat([cols_one.expand(B, K, K).reshape(B, -1),
+                      cols_one.expand(B, M, K).reshape(B, -1),
+                      cols_one.expand(B, K, K).reshape(B, -1)], dim=1)
+    vals = torch.cat([intra.reshape(B, -1), assoc.reshape(B, -1), chain.reshape(B, -1)], dim=1)
+    return WritePlan(k_soft, k_hard, alpha, gates, rows, cols, vals)
+
+
+def read_rows_and_coeffs(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, alpha: torch.Tensor,
+                         carry: Carry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows to spread from and their coefficients: ([B, R] long, [B, R])."""
+    rows = torch.cat([circuit_idx, carry.active_idx], dim=1)
+    if cfg.spread_from_active:
+        beta = torch.sigmoid(p.beta_logit)
+        prev = beta * carry.active_w
+    else:
+        prev = torch.zeros_like(carry.active_w)
+    coeff = torch.cat([alpha, prev], dim=1) / cfg.k_max
+    return rows, coeff
+
+
+def spread(coeff: torch.Tensor, row_values: torch.Tensor) -> torch.Tensor:
+    """Spreading activation: coeff [B, R] times row values [B, R, C] -> activation [B, C]."""
+    return torch.bmm(coeff.unsqueeze(1), row_values).squeeze(1)
+
+
+def choose_active(activation: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
+    """A_t: indices of the top-m activations [B, N] -> [B, M] long."""
+    return torch.topk(activation, cfg.m_active, dim=-1).indices
+
+
+def active_weights_and_read(p: StepParams, cfg: StepConfig, act_at_active: torch.Tensor,
+                            active_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w_t = ReLU(act) / sum * K, and the read vector r_t = sum_j w_j V[A_j] / K.
+
+    The proportional (ReLU) weighting matters: a softmax over raw activations collapses the
+    active set onto one or two nodes and nothing is learned (see SPEC.md's early lessons).
+    Returns (w [B, M], r [B, Dv]).
+    """
+    pos = F.relu(act_at_active)
+    w = pos / (pos.sum(-1, keepdim=True) + cfg.eps) * cfg.k_max
+    r = (w.unsqueeze(-1) * p.value[active_idx]).sum(1) / cfg.k_max
+    return w, r
+
+
+def flat_positions(rows: torch.Tensor, cols: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Flat index into a [B, N, N] state for entries (b, rows[b, ...], cols[b, ...])."""
+    b = torch.arange(rows.shape[0], device=rows.device).view(-1, *([1] * (rows.dim() - 1)))
+    return (b * n_nodes + rows) * n_nodes + cols

@@ -1,0 +1,57 @@
+"""Configuration of the OBS layer, with the paper's symbols named.
+
+    N = n_nodes      nodes of the big state S (N x N per stream)
+    k = k_t          nodes in the step's new circuit I_t, learned in [k_min, k_max]
+    m = m_active     most active nodes A_t carried to the next step
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from onebigstate.config import StrictModel
+
+
+class GaussianRegConfig(StrictModel):
+    """Pushes sampled written connection strengths towards N(mean, std) (1-D Wasserstein)."""
+
+    weight: float = Field(0.0, ge=0.0)
+    mean: float = 0.0
+    std: float = Field(0.5, gt=0.0)
+    n_samples: int = Field(1024, ge=1)
+
+
+class OBSConfig(StrictModel):
+    d_model: int = Field(64, ge=1, description="width of the layer's input and output")
+    n_nodes: int = Field(512, ge=2, description="N, nodes of the big state")
+    d_key: int = Field(64, ge=1, description="width of the node address keys K[n]")
+    d_value: int = Field(64, ge=1, description="width of the node value embeddings V[n]")
+    d_hidden: int = Field(64, ge=1, description="width of the controller's hidden vector")
+    d_write: int = Field(64, ge=1, description="hidden width of the write module")
+    k_min: int = Field(4, ge=1, description="fewest nodes in a circuit")
+    k_max: int = Field(12, ge=1, description="most nodes in a circuit")
+    m_active: int = Field(16, ge=1, description="m, most active nodes carried between steps")
+    init_std: float = Field(0.01, ge=0.0, description="std of the seeded Gaussian initial state")
+    state_seed: int = 0
+    mode: Literal["episodic", "lifelong"] = "episodic"
+    spread_from_active: bool = Field(True, description="read also spreads from A_{t-1}'s rows (gated)")
+    beta_init: float = Field(0.02, gt=0.0, lt=1.0, description="initial gate of that spread")
+    gate_scale: float = Field(1.0, gt=0.0, description="largest |change| of a write gate")
+    gate_init: float = Field(0.5, gt=-1.0, lt=1.0, description="initial value of the write gates (x gate_scale)")
+    k_mask_temperature: float = Field(4.0, gt=0.0)
+    k_cost: float = Field(0.0, ge=0.0, description="penalty on mean k_t / k_max (prefers small circuits)")
+    continuous: bool = Field(False, description="default modality flag when none is passed")
+    backend: Literal["reversible", "reference"] = "reversible"
+    state_backend: Literal["dense"] = "dense"
+    gaussian_reg: GaussianRegConfig = GaussianRegConfig()
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "OBSConfig":
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
+        if self.k_max > self.n_nodes:
+            raise ValueError(f"k_max ({self.k_max}) must be <= n_nodes ({self.n_nodes})")
+        if self.m_active > self.n_nodes:
+            raise ValueError(f"m_active ({self.m_active}) must be <= n_nodes ({self.n_nodes})")
+        return self

@@ -1,0 +1,136 @@
+"""The OBS layer: an ``nn.Module`` that drops into a model like any sequence layer.
+
+    layer = OBSLayer(OBSConfig(d_model=64, n_nodes=512))
+    y, state = layer(x)            # x [B, T, D], sequence interface
+    y1, state = layer.step(x1, state)  # x1 [B, D], recurrent interface, same values
+
+Per step (SPEC.md parts 1-7): address the input to the nodes (top-k_max by key score), let
+the write module choose k_t, the circuit and signed changes (inside the circuit, from the
+active nodes, and from the previous circuit for continuous inputs), write them into the big
+state ``S``, read by spreading activation from the touched rows, keep the top-m as the active
+set, and output the controller's hidden vector combined with the active nodes' values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onebigstate.kernels.scan import ScanInputs, obs_scan
+from onebigstate.kernels.step import StepConfig, StepParams
+from onebigstate.model.addressing import Addresser
+from onebigstate.model.config import OBSConfig
+from onebigstate.model.regularizer import gaussian_strength_loss
+from onebigstate.model.state import DenseState, StateStore, initial_state
+from onebigstate.model.write_module import WriteModule
+
+
+@dataclass
+class OBSStats:
+    """What the last forward call measured (for losses and inspection)."""
+
+    k_soft: torch.Tensor       # [B, T] differentiable node count
+    k_hard: torch.Tensor       # [B, T] node count used
+    gates: torch.Tensor        # [B, T, 3]
+    active_idx: torch.Tensor   # [B, T, M]
+    circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
+    aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser, weighted by the config
+
+
+class OBSLayer(nn.Module):
+    def __init__(self, cfg: OBSConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.step_cfg = StepConfig(n_nodes=cfg.n_nodes, k_min=cfg.k_min, k_max=cfg.k_max,
+                                   m_active=cfg.m_active, gate_scale=cfg.gate_scale,
+                                   k_mask_temperature=cfg.k_mask_temperature,
+                                   spread_from_active=cfg.spread_from_active)
+        self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
+        self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init)
+        self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value))
+        beta = cfg.beta_init
+        self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta))))
+        self.controller = nn.Linear(cfg.d_model, cfg.d_hidden)
+        self.read_norm = nn.LayerNorm(cfg.d_value)
+        self.out = nn.Linear(cfg.d_hidden + cfg.d_value, cfg.d_model)
+        self.register_buffer("s0", initial_state(cfg.n_nodes, cfg.init_std, cfg.state_seed), persistent=False)
+        self.last_stats: OBSStats | None = None
+
+    # ---- state -------------------------------------------------------------------------
+    def init_state(self, batch: int) -> StateStore:
+        """A fresh state per stream: the seeded Gaussian S_0, empty carry."""
+        return DenseState.fresh(self.s0, batch)
+
+    def state_size(self) -> dict[str, int]:
+        """State size per stream the two ways: dense N^2 floats, plus the carry."""
+        c = self.cfg
+        return {"dense_floats": c.n_nodes * c.n_nodes, "carry_floats": c.m_active + c.k_max}
+
+    def step_params(self) -> StepParams:
+        return StepParams(self.value, self.write.w_summary, self.write.w_out, self.write.b_out, self.beta_logit)
+
+    # ---- interfaces ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, state: StateStore | None = None,
+                continuous: torch.Tensor | bool | None = None) -> tuple[torch.Tensor, StateStore]:
+        """x [B, T, D] -> (y [B, T, D], state). ``state=None`` starts every stream afresh."""
+        self._check_input(x)
+        B, T, _ = x.shape
+        if state is None:
+            state = self.init_state(B)
+        elif state.batch != B or state.n_nodes != self.cfg.n_nodes:
+            raise ValueError(f"state holds {state.batch} streams of N={state.n_nodes} nodes, but the input "
+                             f"has {B} streams and the layer N={self.cfg.n_nodes}")
+        elif state.dtype != x.dtype:
+            raise ValueError(f"state dtype {state.dtype} does not match input dtype {x.dtype}")
+        cont = self._continuous_flags(continuous, B, T, x)
+        circuit_idx, scores = self.addresser(x)
+        inputs = ScanInputs(circuit_idx, scores, self.write.features(x), cont)
+        reg = self.cfg.gaussian_reg
+        n_samples = reg.n_samples if (reg.weight > 0 and self.training) else 0
+        out = obs_scan(state, inputs, self.step_params(), self.step_cfg, backend=self.cfg.backend,
+                       n_reg_samples=n_samples)
+        hidden = F.gelu(self.controller(x))
+        y = self.out(torch.cat([hidden, self.read_norm(out.read)], dim=-1))
+        aux = x.new_zeros(())
+        if self.cfg.k_cost > 0:
+            aux = aux + self.cfg.k_cost * (out.k_soft / self.cfg.k_max).mean()
+        if n_samples > 0:
+            aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
+        self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, circuit_idx, aux)
+        return y, state
+
+    def step(self, x: torch.Tensor, state: StateStore | None = None,
+             continuous: torch.Tensor | bool | None = None) -> tuple[torch.Tensor, StateStore]:
+        """One step: x [B, D] -> (y [B, D], state). Equal to ``forward`` on the whole sequence."""
+        if x.dim() != 2:
+            raise ValueError(f"step expects x of shape [B, d_model={self.cfg.d_model}], got {tuple(x.shape)}")
+        if isinstance(continuous, torch.Tensor):
+            continuous = continuous.reshape(-1, 1)
+        y, state = self.forward(x.unsqueeze(1), state, continuous)
+        return y.squeeze(1), state
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"OBSLayer expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"OBSLayer expects x of shape [B, T, d_model={self.cfg.d_model}], got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"OBSLayer expects a floating-point x, got dtype {x.dtype}")
+        if x.dtype != self.value.dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match the layer's parameters ({self.value.dtype})")
+        if x.shape[1] == 0:
+            raise ValueError("OBSLayer needs at least one step (T >= 1)")
+
+    def _continuous_flags(self, continuous, B: int, T: int, x: torch.Tensor) -> torch.Tensor:
+        if continuous is None:
+            continuous = self.cfg.continuous
+        if isinstance(continuous, bool):
+            return x.new_full((B, T), float(continuous))
+        cont = continuous.to(x.dtype)
+        if cont.shape != (B, T):
+            raise ValueError(f"continuous flags must be [B, T] = {(B, T)}, got {tuple(cont.shape)}")
+        return cont

@@ -1,0 +1,145 @@
+"""Storage of the one big state ``S`` (one N x N matrix per stream) behind a small interface.
+
+The recurrence touches ``S`` only through the methods of :class:`StateStore`: add at flat
+positions, read values at positions, read whole rows. Positions are flat indices
+``(b * N + row) * N + col`` (int64), so a sparse backend (hash-generated initial values plus
+stored deltas) or a row-sharded backend can slot in without touching the model code.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from onebigstate.kernels.step import Carry
+
+
+def initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """The seeded Gaussian ``S_0`` [N, N] every stream starts from (same seed, same matrix)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.randn(n_nodes, n_nodes, generator=gen, dtype=torch.float64) * std).to(dtype=dtype, device=device)
+
+
+class StateStore(ABC):
+    """The big state of ``batch`` independent streams, plus the recurrence's small carry."""
+
+    n_nodes: int
+    batch: int
+    carry: Carry | None
+
+    @abstractmethod
+    def add_(self, pos: torch.Tensor, vals: torch.Tensor) -> None:
+        """In place: S.flat[pos] += vals (duplicates accumulate). No autograd."""
+
+    @abstractmethod
+    def values_at(self, pos: torch.Tensor) -> torch.Tensor:
+        """S.flat[pos], any shape of ``pos``."""
+
+    @abstractmethod
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of every stream: rows [B, R] long -> [B, R, N]."""
+
+    @abstractmethod
+    def mark_written(self, pos: torch.Tensor, written: torch.Tensor) -> None:
+        """Record which entries were changed (for the 'entries actually written' count)."""
+
+    @abstractmethod
+    def entries_written(self) -> torch.Tensor:
+        """Number of distinct entries ever changed, per stream [B] long."""
+
+    @abstractmethod
+    def clone(self) -> "StateStore":
+        ...
+
+    @abstractmethod
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything needed to restore this state exactly (for checkpoints)."""
+
+    @property
+    def dense_size(self) -> int:
+        """State size the dense way: N^2 floats per stream."""
+        return self.n_nodes * self.n_nodes
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.as_dense().dtype
+
+    @abstractmethod
+    def as_dense(self) -> torch.Tensor:
+        """The whole state as a dense [B, N, N] tensor (small sizes and the reference path only)."""
+
+    @abstractmethod
+    def set_dense(self, dense: torch.Tensor) -> None:
+        """Replace the whole state (used by the out-of-place reference path)."""
+
+
+class DenseState(StateStore):
+    """A dense [B, N, N] tensor per batch of streams, and a [B, N, N] bool map of touched entries."""
+
+    def __init__(self, S: torch.Tensor, touched: torch.Tensor | None = None, carry: Carry | None = None):
+        if S.dim() != 3 or S.shape[1] != S.shape[2]:
+            raise ValueError(f"dense state must be [B, N, N], got shape {tuple(S.shape)}")
+        self.S = S
+        self.batch, self.n_nodes = S.shape[0], S.shape[1]
+        self.touched = touched if touched is not None else torch.zeros(S.shape, dtype=torch.bool, device=S.device)
+        self.carry = carry
+
+    @classmethod
+    def fresh(cls, s0: torch.Tensor, batch: int) -> "DenseState":
+        return cls(s0.unsqueeze(0).expand(batch, -1, -1).clone())
+
+    def add_(self, pos, vals):
+        self.S.view(-1).index_add_(0, pos.reshape(-1), vals.reshape(-1).to(self.S.dtype))
+
+    def values_at(self, pos):
+        return self.S.view(-1)[pos]
+
+    def rows(self, rows):
+        B, N = self.batch, self.n_nodes
+        flat_rows = rows + torch.arange(B, device=rows.device).unsqueeze(1) * N
+        return self.S.view(B * N, N)[flat_rows]
+
+    def mark_written(self, pos, written):
+        self.touched.view(-1)[pos[written]] = True
+
+    def entries_written(self):
+        return self.touched.view(self.batch, -1).sum(1)
+
+    def clone(self):
+        carry = None
+        if self.carry is not None:
+            c = self.carry
+            carry = Carry(c.active_idx.clone(), c.active_w.clone(), c.circuit_idx.clone(), c.alpha.clone())
+        return DenseState(self.S.clone(), self.touched.clone(), carry)
+
+    def reset_streams(self, s0: torch.Tensor, which: torch.Tensor) -> None:
+        """Start the streams where ``which`` [B] bool is True afresh from ``s0``."""
+        if which.any():
+            self.S[which] = s0.to(self.S.dtype)
+            self.touched[which] = False
+            if self.carry is not None:
+                self.carry = self.carry.select(~which)
+
+    def to_tensors(self):
+        out = {"S": self.S, "touched": self.touched}
+        if self.carry is not None:
+            c = self.carry
+            out.update(active_idx=c.active_idx, active_w=c.active_w, circuit_idx=c.circuit_idx, alpha=c.alpha)
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "DenseState":
+        carry = None
+        if "active_idx" in t:
+            carry = Carry(t["active_idx"], t["active_w"], t["circuit_idx"], t["alpha"])
+        return cls(t["S"], t["touched"], carry)
+
+    def as_dense(self):
+        return self.S
+
+    def set_dense(self, dense):
+        self.S = dense
+
+    def __repr__(self) -> str:
+        return f"DenseState(batch={self.batch}, n_nodes={self.n_nodes}, dtype={self.S.dtype})"

@@ -20,7 +20,7 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
     S = store.as_dense().detach().clone()
     carry = store.carry if store.carry is not None else Carry.empty(B, cfg, S.dtype, S.device)
     carry = carry.detach()
-    reads, k_soft, k_hard, gates, actives, pos_log = [], [], [], [], [], []
+    reads, k_soft, k_hard, gates, actives, ws, pos_log = [], [], [], [], [], [], []
     batch_rows = torch.arange(B, device=S.device).unsqueeze(1) * N
     for t in range(T):
         plan = plan_writes(params, cfg, inputs.circuit_idx[:, t], inputs.scores[:, t],
@@ -36,10 +36,10 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
         w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
         carry = Carry(active_idx, w, inputs.circuit_idx[:, t], plan.alpha)
         reads.append(r); k_soft.append(plan.k_soft); k_hard.append(plan.k_hard)
-        gates.append(plan.gates); actives.append(active_idx); pos_log.append(pos)
+        gates.append(plan.gates); actives.append(active_idx); ws.append(w.detach()); pos_log.append(pos)
     sample = sample_positions(torch.stack(pos_log, 1), n_reg_samples)
     reg_values = S.reshape(-1)[sample]
     store.set_dense(S.detach())
     store.carry = carry.detach()
     return ScanOutputs(torch.stack(reads, 1), torch.stack(k_soft, 1), torch.stack(gates, 1),
-                       reg_values, torch.stack(k_hard, 1), torch.stack(actives, 1))
+                       reg_values, torch.stack(k_hard, 1), torch.stack(actives, 1), torch.stack(ws, 1))

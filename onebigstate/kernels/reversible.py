@@ -71,18 +71,19 @@ class _ReversibleScan(torch.autograd.Function):
         active_t = torch.stack(act_log, 1)
         # One copy of the final state: the caller keeps mutating its own (lifelong mode).
         final_state = store.as_dense().clone()
+        w_t = torch.stack(w_log, 1)
         ctx.save_for_backward(final_state, circuit_idx, continuous, carry_idx, carry_cidx, carry_w,
-                              carry_alpha, scores, features, k_hard_t, active_t,
-                              torch.stack(w_log, 1), torch.stack(alpha_log, 1), torch.stack(vals_log, 1),
-                              sample_pos, *param_tensors)
+                              carry_alpha, scores, features, k_hard_t, active_t, w_t,
+                              torch.stack(alpha_log, 1), torch.stack(vals_log, 1), sample_pos, *param_tensors)
         ctx.cfg = cfg
         ctx.used = False
-        ctx.mark_non_differentiable(k_hard_t, active_t)
+        w_out = w_t.detach().clone()
+        ctx.mark_non_differentiable(k_hard_t, active_t, w_out)
         return (torch.stack(reads, 1), torch.stack(k_soft, 1), torch.stack(gates, 1), reg_values,
-                k_hard_t, active_t)
+                k_hard_t, active_t, w_out)
 
     @staticmethod
-    def backward(ctx, g_read, g_k_soft, g_gates, g_reg, _g_k_hard, _g_active):
+    def backward(ctx, g_read, g_k_soft, g_gates, g_reg, _g_k_hard, _g_active, _g_w):
         if ctx.used:
             raise RuntimeError("the reversible OBS scan rebuilds states in place during backward and "
                                "cannot be differentiated twice; use backend='reference' for that")

@@ -53,6 +53,7 @@ class ScanOutputs:
     reg_values: torch.Tensor  # [B, P]     final-state values at sampled written entries
     k_hard: torch.Tensor      # [B, T] long  node count used
     active_idx: torch.Tensor  # [B, T, M] long  A_t
+    active_w: torch.Tensor    # [B, T, M]  w_t (detached, for inspection)
 
 
 def sample_positions(pos_log: torch.Tensor, n_samples: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ class OBSStats:
     k_hard: torch.Tensor       # [B, T] node count used
     gates: torch.Tensor        # [B, T, 3]
     active_idx: torch.Tensor   # [B, T, M]
+    active_w: torch.Tensor     # [B, T, M] active weights w_t (detached)
     circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
     aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser, weighted by the config
 
@@ -99,7 +100,7 @@ class OBSLayer(nn.Module):
             aux = aux + self.cfg.k_cost * (out.k_soft / self.cfg.k_max).mean()
         if n_samples > 0:
             aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
-        self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, circuit_idx, aux)
+        self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx, aux)
         return y, state
 
     def step(self, x: torch.Tensor, state: StateStore | None = None,

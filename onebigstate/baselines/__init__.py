@@ -1,1 +1,2 @@
 """Baseline mixers. Each module registers itself with onebigstate.nets.register_mixer."""
+from onebigstate.baselines import lstm, mamba, transformer  # noqa: F401,E402

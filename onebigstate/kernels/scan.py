@@ -66,7 +66,7 @@ def sample_positions(pos_log: torch.Tensor, n_samples: int) -> torch.Tensor:
     flat = pos_log.reshape(B, -1)
     n = min(n_samples, flat.shape[1])
     if n <= 0:
-        return flat[:, :0]
+        return flat.new_zeros((B, 0))
     pick = torch.linspace(0, flat.shape[1] - 1, n, device=flat.device).round().long()
     return flat[:, pick]
 

@@ -1,0 +1,132 @@
+"""Model-level invariants and input checks of the OBS layer."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onebigstate import OBSConfig, OBSLayer, OBSLM
+from onebigstate.config import ConfigError, build_config
+from onebigstate.nets import ModelConfig, build_model
+
+CFG = dict(d_model=16, n_nodes=40, d_key=8, d_value=8, d_hidden=8, d_write=8, k_min=2, k_max=5, m_active=6,
+           init_std=0.05)
+
+
+def make(**kw) -> OBSLayer:
+    torch.manual_seed(0)
+    return OBSLayer(OBSConfig(**{**CFG, **kw})).double().eval()
+
+
+def test_step_equals_forward():
+    layer = make()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    y_seq, s_seq = layer(x)
+    state, ys = None, []
+    for t in range(9):
+        y_t, state = layer.step(x[:, t], state)
+        ys.append(y_t)
+    assert torch.allclose(torch.stack(ys, 1), y_seq, atol=1e-12)
+    assert torch.allclose(state.S, s_seq.S, atol=1e-12)
+
+
+@pytest.mark.parametrize("split", [1, 4, 8])
+def test_chunks_with_carried_state_equal_one_pass(split):
+    layer = make()
+    x = torch.randn(3, 11, 16, dtype=torch.float64)
+    y_all, s_all = layer(x)
+    y1, s = layer(x[:, :split])
+    y2, s = layer(x[:, split:], s)
+    assert torch.allclose(torch.cat([y1, y2], 1), y_all, atol=1e-12)
+    assert torch.equal(s.touched, s_all.touched)
+
+
+def test_detaching_the_state_changes_no_values():
+    layer = make()
+    x = torch.randn(2, 6, 16, dtype=torch.float64, requires_grad=True)
+    _, s = layer(x[:, :3])
+    s_copy = s.clone()
+    s_copy.S = s_copy.S.detach()
+    y_a, _ = layer(x[:, 3:], s)
+    y_b, _ = layer(x[:, 3:], s_copy)
+    assert torch.equal(y_a, y_b)
+
+
+def test_episodic_forward_starts_from_the_seeded_initial_state():
+    layer = make()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    y1, _ = layer(x)
+    y2, _ = layer(x)
+    assert torch.equal(y1, y2)
+    fresh = layer.init_state(2)
+    assert torch.equal(fresh.S[0], fresh.S[1])
+    assert float(fresh.S.std()) == pytest.approx(0.05, rel=0.2)
+
+
+def test_writes_touch_only_a_few_entries_per_step():
+    layer = make()
+    T = 7
+    _, s = layer(torch.randn(1, T, 16, dtype=torch.float64))
+    cfg = layer.cfg
+    per_step = 2 * cfg.k_max ** 2 + cfg.m_active * cfg.k_max
+    assert 0 < int(s.entries_written()[0]) <= T * per_step
+    assert int(s.entries_written()[0]) < cfg.n_nodes ** 2
+
+
+def test_k_varies_within_bounds():
+    layer = make(k_min=1, k_max=5)
+    with torch.no_grad():
+        layer.write.w_out[0].normal_(0, 3.0)
+    layer(torch.randn(4, 20, 16, dtype=torch.float64))
+    k = layer.last_stats.k_hard
+    assert int(k.min()) >= 1 and int(k.max()) <= 5
+    assert len(torch.unique(k)) > 1
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.randn(2, 5, 15), r"\[B, T, d_model=16\]"),
+    (torch.randn(5, 16), r"\[B, T, d_model=16\]"),
+    (torch.randint(0, 3, (2, 5, 16)), "floating-point"),
+    (torch.randn(2, 0, 16), "at least one step"),
+])
+def test_bad_input_shape_or_dtype_is_a_clear_error(bad, match):
+    layer = OBSLayer(OBSConfig(**CFG))
+    with pytest.raises(ValueError, match=match):
+        layer(bad)
+
+
+def test_state_from_another_batch_is_rejected():
+    layer = OBSLayer(OBSConfig(**CFG))
+    _, s = layer(torch.randn(2, 3, 16))
+    with pytest.raises(ValueError, match="2 streams"):
+        layer(torch.randn(3, 3, 16), s)
+
+
+def test_k_min_above_k_max_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"k_min \(9\) must be <= k_max \(4\)"):
+        build_config(OBSConfig, {}, ["k_min=9", "k_max=4"])
+
+
+def test_unknown_or_ill_typed_config_key_is_named():
+    with pytest.raises(ConfigError, match="unknown config key 'n_node'"):
+        build_config(OBSConfig, {}, ["n_node=3"])
+    with pytest.raises(ConfigError, match="n_nodes"):
+        build_config(OBSConfig, {}, ["n_nodes=many"])
+
+
+def test_lm_rejects_bad_tokens():
+    lm = OBSLM(vocab_size=10, n_layers=1, obs=OBSConfig(**CFG))
+    with pytest.raises(ValueError, match="int64"):
+        lm(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        lm(torch.full((2, 3), 10))
+
+
+def test_lm_stack_and_state_size():
+    lm = OBSLM(vocab_size=10, n_layers=2, obs=OBSConfig(**CFG))
+    logits, states = lm(torch.randint(0, 10, (2, 7)))
+    assert logits.shape == (2, 7, 10) and len(states) == 2
+    size = lm.state_size(7)
+    assert size["dense_floats"] == 2 * 40 * 40
+    model = build_model(ModelConfig(name="obs", d_model=16, mixer={k: v for k, v in CFG.items() if k != "d_model"}),
+                        n_out=10, vocab_size=10)
+    assert model.state_size(7)["dense_floats"] == 40 * 40

@@ -1,2 +1,3 @@
 """Baseline mixers. Each module registers itself with onebigstate.nets.register_mixer."""
 from onebigstate.baselines import lstm, mamba, transformer  # noqa: F401,E402
+from onebigstate.baselines import deltanet  # noqa: F401,E402

@@ -41,9 +41,14 @@ def parse_value(text: str) -> Any:
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, known: dict) -> None:
+    # A section whose default is an empty mapping (a model's ``mixer`` keys, a task's
+    # ``params``) is open: its keys are checked by the component that owns them, when the
+    # config is validated, so any key below it is accepted here.
     parts = dotted.split(".")
     node, ref = tree, known
     for i, part in enumerate(parts):
+        if ref == {} and i > 0:
+            ref = {part: {}}
         if not isinstance(ref, dict) or part not in ref:
             where = ".".join(parts[:i]) or "<top level>"
             options = sorted(ref) if isinstance(ref, dict) else []
@@ -61,8 +66,12 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        # pydantic prefixes the text of a ValueError raised in a validator with "Value error, "
+        msg = e["msg"].replace("Value error, ", "").replace(": : ", ": ")
         got = e.get("input")
-        lines.append(f"  {loc}: {e['msg']} (got {got!r})")
+        # a whole section as the input says nothing the key does not; show only scalars
+        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        lines.append(f"  {loc + ': ' if loc else ''}{msg}{shown}")
     return "\n".join(lines)
 
 

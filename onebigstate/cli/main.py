@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `obs --help` lists them.
-SUBCOMMANDS = ["memory"]
+SUBCOMMANDS = ["demo", "train", "eval", "memory"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +18,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    parser = build_parser()
+    # key=value overrides may come after options (`obs train C.yaml --out D train.lr=1e-3`);
+    # argparse leaves those over, so they are handed to commands that take overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "overrides", None) is None or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    # Errors in what the user gave (a config, a checkpoint) or a run that diverged end with a
+    # one-paragraph message and exit status 2 (bad input) or 1 (diverged), not a traceback.
+    from onebigstate.config import ConfigError
+    from onebigstate.training.checkpoint import CheckpointError
+    from onebigstate.training.trainer import TrainingDiverged
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CheckpointError) as err:
+        print(f"obs {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"obs {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

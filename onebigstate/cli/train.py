@@ -1,0 +1,71 @@
+"""``obs train CONFIG [key=value ...] [--resume RUN_OR_CHECKPOINT] [--out DIR]``."""
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+from onebigstate.config import ConfigError, build_config, load_config
+from onebigstate.training.checkpoint import check_same_run, read_checkpoint
+from onebigstate.training.config import RunConfig
+from onebigstate.training.trainer import CKPT_DIR, METRICS_FILE, train
+
+HELP = """Train a model on a task. CONFIG is a YAML run config (see configs/); key=value
+overrides use dotted keys, e.g. `obs train configs/mqar_64_8.yaml train.steps=500
+model.mixer.n_nodes=1024`. The run folder (--out, else out_dir/run_name) receives config.yaml,
+metrics.jsonl, TensorBoard logs (tb/), checkpoints/ and, at the end, results.json.
+--resume RUN continues a stopped run from its last checkpoint, with the same metrics an
+uninterrupted run would have written; there CONFIG may be left out (the checkpoint's config is
+used) and overrides may only change train.* keys, e.g. train.steps to extend the run."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a task (resumable)", description=HELP)
+    p.add_argument("config", nargs="?", help="YAML run config (optional with --resume)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT",
+                   help="run folder or checkpoint folder to continue from")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: out_dir/run_name from the config)")
+    p.set_defaults(func=run)
+
+
+def _split(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    # With --resume, `obs train --resume RUN train.steps=2000` has no CONFIG: the first
+    # positional is then an override.
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides.insert(0, config)
+        config = None
+    return config, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    config, overrides = _split(args)
+    if args.resume is None:
+        if config is None:
+            raise ConfigError("obs train needs a CONFIG file (or --resume RUN)")
+        cfg = load_config(RunConfig, config, overrides)
+        run_dir = Path(args.out) if args.out else Path(cfg.out_dir) / (
+            cfg.run_name or f"{Path(config).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        if (run_dir / METRICS_FILE).exists() or (run_dir / CKPT_DIR).exists():
+            raise ConfigError(f"run folder {run_dir} already holds a run; continue it with "
+                              f"`obs train --resume {run_dir}` or choose another --out")
+        train(cfg, run_dir)
+        return 0
+
+    ckpt = read_checkpoint(args.resume)
+    if config is not None:
+        cfg = load_config(RunConfig, config, overrides)
+    else:
+        cfg = build_config(RunConfig, ckpt.config.model_dump(mode="json"), overrides,
+                           source=f"{ckpt.path}/config.yaml")
+    check_same_run(ckpt, cfg)
+    run_dir = Path(args.out) if args.out else ckpt.run_dir
+    if run_dir is None:
+        raise ConfigError(f"checkpoint {ckpt.path} is not inside a run folder (RUN/checkpoints/...); "
+                          f"say where the continued run goes with --out DIR")
+    changed = [k for k, v in cfg.train.model_dump().items() if ckpt.config.train.model_dump()[k] != v]
+    if changed:
+        print(f"note: continuing with changed train settings: {', '.join(changed)}")
+    train(cfg, run_dir, resume=ckpt)
+    return 0

@@ -1,0 +1,302 @@
+"""The training loop: one run of a task and a model, resumable exactly.
+
+    cfg = load_config(RunConfig, "configs/mqar_64_8.yaml", ["train.steps=500"])
+    results = train(cfg, Path("runs/mqar"))                     # a fresh run
+    results = train(cfg, Path("runs/mqar"), resume=read_checkpoint("runs/mqar"))
+
+A run folder holds:
+
+    config.yaml       the resolved config
+    metrics.jsonl     one JSON record per line: {"step", "kind": "train", "loss", ...} every
+                      train.log_every steps (means over those steps) and {"step", "kind": "eval",
+                      ...} at every held-out evaluation. No wall-clock values, so a resumed run
+                      writes the same file, byte for byte, as an uninterrupted one
+    tb/               TensorBoard events (the same metrics, plus tokens per second)
+    checkpoints/      see :mod:`onebigstate.training.checkpoint`
+    results.json      at the end: final held-out metrics, parameter count, state size, wall time
+
+Exact resumption rests on: batch ``i`` is a pure function of (task seed, i); the model's
+weights, the optimizer, the LR schedule, the RNG states, the carried states (lifelong runs)
+and the running sums of the current logging window are all in the checkpoint; and the
+metrics a killed run wrote after its last checkpoint are dropped when it resumes.
+
+The trainer owns the process's RNGs for the run: it seeds them from ``train.seed`` at the start
+and restores them from the checkpoint on resumption.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from onebigstate.nets.stack import SeqModel, build_model, count_params
+from onebigstate.tasks.base import Task
+from onebigstate.tasks.registry import build_task
+from onebigstate.training.checkpoint import (Checkpoint, CheckpointError, detach_states, load_model_weights,
+                                             save_checkpoint, set_rng_states)
+from onebigstate.training.config import RunConfig
+from onebigstate.training.optim import build_optimizer, build_scheduler
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+TB_DIR = "tb"
+CKPT_DIR = "checkpoints"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the run stopped, checkpoints untouched."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
+    return device
+
+
+def build_run(cfg: RunConfig) -> tuple[Task, SeqModel]:
+    """The task and the model of a run, the model on its device and dtype (weights from the current RNG)."""
+    task = build_task(cfg.task)
+    model = build_model(cfg.model, task.n_out, vocab_size=task.vocab_size, d_input=task.d_input)
+    return task, model.to(device=resolve_device(cfg.train.device), dtype=getattr(torch, cfg.train.dtype))
+
+
+def model_from_checkpoint(ckpt: Checkpoint, device: str | None = None) -> tuple[Task, SeqModel]:
+    """Rebuild the task and model a checkpoint was written by, with its weights."""
+    cfg = ckpt.config
+    if device is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": device})})
+    task, model = build_run(cfg)
+    load_model_weights(ckpt, model)
+    return task, model
+
+
+def _to_device(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+
+
+@torch.no_grad()
+def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | None = None) -> dict[str, float]:
+    """Metrics over the task's whole held-out set (each sequence from a fresh state)."""
+    inputs, labels = test_set if test_set is not None else task.test_set()
+    device, dtype = model.head.weight.device, model.head.weight.dtype
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    try:
+        for start in range(0, inputs.shape[0], batch_size):
+            x = _to_device(inputs[start:start + batch_size], device, dtype)
+            y = labels[start:start + batch_size].to(device)
+            out, _ = model(x)
+            for k, (s, n) in task.metric_counts(out, y).items():
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += s
+                acc[1] += n
+    finally:
+        model.train(was_training)
+    return {k: s / n if n else float("nan") for k, (s, n) in sums.items()}
+
+
+def state_size_of(model: SeqModel, task: Task) -> dict[str, int]:
+    seq_len = getattr(task.params, "seq_len", 0)
+    return model.state_size(seq_len)
+
+
+class _Window:
+    """Running sums of the training metrics over the current logging window."""
+
+    def __init__(self, sums: dict[str, float] | None = None, n: int = 0):
+        self.sums = dict(sums or {})
+        self.n = n
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.n for k, v in self.sums.items()}
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "n": self.n}
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records a killed run wrote after its last checkpoint (and a torn last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or continue) training; returns what ``results.json`` holds."""
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda msg: tqdm.write(msg))
+    device, dtype = resolve_device(tc.device), getattr(torch, tc.dtype)
+
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    torch.manual_seed(tc.seed)
+    task, model = build_run(cfg)
+    optimizer = build_optimizer(model, tc, log=log)
+    scheduler = build_scheduler(optimizer, tc)
+    n_params = count_params(model)
+
+    step, states = 0, None
+    window, elapsed, last_eval, last_ckpt = _Window(), 0.0, None, None
+    if resume is not None:
+        load_model_weights(resume, model)
+        saved = resume.trainer_state()
+        try:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{resume.path}/trainer.pt does not fit this run's optimizer: {err}") from None
+        set_rng_states(saved["rng"])
+        step = int(saved["step"])
+        t = saved["trainer"]
+        window, elapsed, last_eval = _Window(t["window"]["sums"], t["window"]["n"]), t["elapsed_s"], t["last_eval"]
+        if tc.carry_state:
+            states = resume.states(device) if resume.has_states else None
+        last_ckpt = resume.path
+        log(f"resuming {run_dir} from {resume.path} (step {step} of {tc.steps})")
+
+    (run_dir / CONFIG_FILE).write_text(cfg.resolved().to_yaml())
+    metrics_path = run_dir / METRICS_FILE
+    if resume is None:
+        metrics_path.write_text("")
+    else:
+        _keep_metrics_until(metrics_path, step)
+    writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=step + 1 if resume is not None else None)
+    log(f"run {run_dir}: task {cfg.task.name}, model {cfg.model.name}, {n_params:,} parameters, "
+        f"{tc.steps} steps of batch {tc.batch_size} on {device}")
+
+    test_set = None
+
+    def record(rec: dict) -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        for k, v in rec.items():
+            if k not in ("step", "kind") and isinstance(v, (int, float)):
+                writer.add_scalar(f"{rec['kind']}/{k}", v, rec["step"])
+
+    def run_eval(at: int) -> dict:
+        nonlocal test_set
+        if test_set is None:
+            test_set = task.test_set()
+        metrics = evaluate(model, task, tc.eval_batch_size, test_set)
+        record({"step": at, "kind": "eval", **metrics})
+        return {"step": at, **metrics}
+
+    def checkpoint(at: int, seg_start: float) -> Path:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(f"parameters {bad[:5]} hold NaN/inf after step {at}: training stopped "
+                                   f"before writing a checkpoint; {_last_good(last_ckpt)}")
+        trainer_state = {"window": window.state(), "elapsed_s": elapsed + time.perf_counter() - seg_start,
+                         "last_eval": last_eval}
+        return save_checkpoint(run_dir / CKPT_DIR, at, cfg, model, optimizer, scheduler, trainer_state,
+                               states=states if tc.carry_state else None, keep=tc.keep_checkpoints)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    seg_start = time.perf_counter()
+    bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc="train", dynamic_ncols=True)
+    tokens, tick = 0, time.perf_counter()
+    try:
+        model.train()
+        while step < tc.steps:
+            x, y = task.train_batch(step, tc.batch_size)
+            x, y = _to_device(x, device, dtype), y.to(device)
+            out, new_states = model(x, states if tc.carry_state else None)
+            task_loss = task.loss(out, y)
+            aux = model.aux_loss()
+            loss = task_loss + aux
+            loss_value = loss.item()
+            if not _finite(loss_value):
+                raise TrainingDiverged(f"loss is {loss_value} at step {step + 1} (task loss {task_loss.item()}, "
+                                       f"aux loss {aux.item()}): training stopped; {_last_good(last_ckpt)}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if not _finite(grad_norm):
+                raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}: training stopped; "
+                                       f"{_last_good(last_ckpt)}")
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            if tc.carry_state:
+                states = detach_states(new_states)
+            step += 1
+            with torch.no_grad():
+                batch_metrics = task.metrics(out.detach(), y)
+            batch_metrics.pop("loss", None)
+            window.add({"loss": loss_value, "task_loss": task_loss.item(), "aux_loss": aux.item(),
+                        "grad_norm": grad_norm, **batch_metrics})
+            tokens += y.numel()
+            bar.update(1)
+
+            if step % tc.log_every == 0:
+                now = time.perf_counter()
+                writer.add_scalar("train/tokens_per_s", tokens / max(now - tick, 1e-9), step)
+                tokens, tick = 0, now
+                means = window.means()
+                record({"step": step, "kind": "train", "lr": lr, **means})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("loss", "accuracy")})
+                window = _Window()
+            if tc.eval_every and step % tc.eval_every == 0:
+                last_eval = run_eval(step)
+                bar.set_postfix({f"eval_{k}": f"{v:.4g}" for k, v in last_eval.items() if k != "step"})
+            if step == tc.steps and (last_eval is None or last_eval["step"] != step):
+                last_eval = run_eval(step)
+            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
+                last_ckpt = checkpoint(step, seg_start)
+        if last_eval is None or last_eval["step"] != step:
+            last_eval = run_eval(step)
+    finally:
+        bar.close()
+        writer.close()
+
+    wall = elapsed + time.perf_counter() - seg_start
+    metrics = {k: v for k, v in last_eval.items() if k != "step"}
+    results = {"run": str(run_dir), "step": step, "task": cfg.task.name, "model": cfg.model.name,
+               "metrics": metrics, "n_params": n_params, "state_size": state_size_of(model, task),
+               "wall_time_s": round(wall, 3), "checkpoint": str(last_ckpt) if last_ckpt else None}
+    tmp = run_dir / (RESULTS_FILE + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(run_dir / RESULTS_FILE)
+    log(f"done: step {step}, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        + f", {wall:.1f} s; results in {run_dir / RESULTS_FILE}")
+    return results
+
+
+def _last_good(path: Path | None) -> str:
+    if path is None:
+        return "no checkpoint had been written yet"
+    return f"the last good checkpoint {path} is intact (resume from it, e.g. with a lower train.lr)"

@@ -1,0 +1,61 @@
+"""Tiny run configs and helpers shared by the training, checkpoint and CLI tests."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# OBS with N=32 nodes on MQAR with 16 tokens, 2 pairs, vocabulary 32: a step takes milliseconds.
+TINY = {
+    "task": {"name": "mqar", "seed": 0, "test_size": 32,
+             "params": {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2}},
+    "model": {"name": "obs", "d_model": 16, "n_layers": 1,
+              "mixer": {"n_nodes": 32, "k_min": 2, "k_max": 4, "m_active": 4,
+                        "d_key": 16, "d_value": 16, "d_hidden": 16, "d_write": 16}},
+    "train": {"steps": 12, "batch_size": 4, "lr": 3e-3, "warmup": 2, "log_every": 2, "eval_every": 6,
+              "ckpt_every": 4, "progress": False},
+}
+
+
+def tiny_tree(**train) -> dict:
+    tree = json.loads(json.dumps(TINY))
+    tree["train"].update(train)
+    return tree
+
+
+def write_config(path: Path, **train) -> Path:
+    path.write_text(yaml.safe_dump(tiny_tree(**train), sort_keys=False))
+    return path
+
+
+def obs_cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the ``obs`` command in a fresh single-threaded process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "onebigstate.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"obs {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread, as in the `obs` subprocesses, so float results agree bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

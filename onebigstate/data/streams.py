@@ -18,8 +18,9 @@ seeded by ``(seed, split, row)``, so a row never depends on the batch size:
    discrete audio step (a random voice variant of the word, plus noise). Exposures of all
    pairings are shuffled together, with ``spacing`` filler steps between them.
 3. **Queries.** Each pairing is queried once, ``delay`` steps after its last exposure's
-   word (``delay`` log-uniform in ``[delay_min, delay_max]``; a query that lands on an
-   event moves to the next free step, and the real delay is recorded). A word query is
+   word (``delay`` log-uniform in ``[delay_min, delay_max]``). Later exposures are laid
+   out around the queries already placed, so delays are exact, except that a query
+   landing on another query moves to the next free step (the real delay is recorded). A word query is
    the word alone (another voice variant unless ``query_same_variant``); its target is the
    object class. An image query (a fraction ``image_query_frac`` of pairings) is the object
    alone, seen for ``view_frames`` steps (another exemplar); the target, on its last frame,
@@ -42,21 +43,19 @@ Worked example (2 pairings, 1 exposure each, delay 10, 2 frames per view):
 >>> batch = generate_streams(cfg, n=1, seed=0)
 >>> print(describe(batch, 0))  # doctest: +NORMALIZE_WHITESPACE
 pairings: 'two'->object 4, 'nine'->object 6
-t   0-3  silence
-t   4-5  pair-view   object 4
-t   6-7  silence
-t     8  pair-word   'two'
-t  9-10  silence
-t 11-12  pair-view   object 6
-t 13-14  silence
-t    15  pair-word   'nine'
-t 16-17  silence
-t    18  query-word  'two'  target 4 (delay 10, 1 exposure)
-t 19-24  silence
-t    25  query-word  'nine'  target 6 (delay 10, 1 exposure)
-t 26-60  silence
+t   0-1  silence
+t   2-3  pair-view   object 4
+t     4  pair-word   'two'
+t   5-8  silence
+t  9-10  pair-view   object 6
+t    11  pair-word   'nine'
+t 12-13  silence
+t    14  query-word  'two'  target 4 (delay 10, 1 exposure)
+t 15-20  silence
+t    21  query-word  'nine'  target 6 (delay 10, 1 exposure)
+t 22-60  silence
 
-The object seen at steps 4-5 (a 4) is named 'two' at step 8; at step 18 'two' is heard
+The object seen at steps 2-3 (a 4) is named 'two' at step 4; at step 14 'two' is heard
 alone and the model must answer 4. In another stream 'two' names another object.
 
 Evaluate recall against delay and exposures by fixing them, e.g.
@@ -183,27 +182,18 @@ def _plan(cfg: StreamConfig, split: SeeHearSplit, T: int, rng: np.random.Generat
     def view_at(t0: int, exemplar: int, event: int) -> None:
         s["event"][t0: t0 + view], s["img"][t0: t0 + view] = event, exemplar
 
+    delays = _log_uniform_int(rng, cfg.delay_min, cfg.delay_max, P)
+    image_query = rng.random(P) < cfg.image_query_frac
+    remaining = n_exp.copy()
     last_word = np.zeros(P, dtype=np.int64)
     last_variant = np.zeros(P, dtype=np.int64)
     last_exemplar = np.zeros(P, dtype=np.int64)
-    t = int(rng.integers(cfg.spacing[0], cfg.spacing[1] + 1))
-    for p in rng.permutation(np.repeat(np.arange(P), n_exp)):
-        exemplar = int(rng.choice(by_class[objects[p]]))
-        view_at(t, exemplar, PAIR_VIEW)
-        t_word = t + view - 1 + int(rng.integers(cfg.name_gap[0], cfg.name_gap[1] + 1))
-        variant = int(rng.integers(V))
-        s["event"][t_word], s["word"][t_word], s["variant"][t_word] = PAIR_WORD, words[p], variant
-        busy[t: t_word + 1] = True
-        last_word[p], last_variant[p], last_exemplar[p] = t_word, variant, exemplar
-        t = t_word + 1 + int(rng.integers(cfg.spacing[0], cfg.spacing[1] + 1))
 
-    delays = _log_uniform_int(rng, cfg.delay_min, cfg.delay_max, P)
-    image_query = rng.random(P) < cfg.image_query_frac
-    desired = last_word + delays
-    for p in np.argsort(desired, kind="stable"):
+    def place_query(p: int) -> None:
         span = view if image_query[p] else 1
-        q = int(desired[p])
-        # the query's steps and one silent step before them must be free
+        q = int(last_word[p] + delays[p])
+        # the query's steps and one silent step before them must be free; only another
+        # query can be there already, since exposures are laid out around the queries
         while q < T and busy[q - span: q + 1].any():
             q += 1
         if q >= T:
@@ -218,6 +208,24 @@ def _plan(cfg: StreamConfig, split: SeeHearSplit, T: int, rng: np.random.Generat
             s["event"][q], s["word"][q], s["variant"][q] = QUERY_WORD, words[p], variant
             s["target"][q], s["query_kind"][q] = objects[p], WORD_TO_OBJECT
         s["delay"][q], s["exposures"][q] = q - last_word[p], n_exp[p]
+
+    t = int(rng.integers(cfg.spacing[0], cfg.spacing[1] + 1))
+    for p in rng.permutation(np.repeat(np.arange(P), n_exp)):
+        exemplar = int(rng.choice(by_class[objects[p]]))
+        gap = int(rng.integers(cfg.name_gap[0], cfg.name_gap[1] + 1))
+        # an exposure goes around the queries already placed, so their delays stay exact
+        while busy[t: t + view + gap].any():
+            t += 1
+        view_at(t, exemplar, PAIR_VIEW)
+        t_word = t + view - 1 + gap
+        variant = int(rng.integers(V))
+        s["event"][t_word], s["word"][t_word], s["variant"][t_word] = PAIR_WORD, words[p], variant
+        busy[t: t_word + 1] = True
+        last_word[p], last_variant[p], last_exemplar[p] = t_word, variant, exemplar
+        remaining[p] -= 1
+        if remaining[p] == 0:
+            place_query(p)
+        t = t_word + 1 + int(rng.integers(cfg.spacing[0], cfg.spacing[1] + 1))
 
     probs = np.array([cfg.p_silence, cfg.p_distractor_image, cfg.p_distractor_word, cfg.p_noise])
     kinds = rng.choice(4, size=T, p=probs / probs.sum())

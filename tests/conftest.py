@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-# Two cores on CI: keep intra-op threads predictable.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores on CI: keep intra-op threads predictable (OMP_NUM_THREADS wins when set).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,6 +32,7 @@ class OBSConfig(StrictModel):
     k_min: int = Field(4, ge=1, description="fewest nodes in a circuit")
     k_max: int = Field(12, ge=1, description="most nodes in a circuit")
     m_active: int = Field(16, ge=1, description="m, most active nodes carried between steps")
+    value_from_key: bool = Field(True, description="V[n] = V_free[n] + K[n] W_kv: values start aligned with addresses")
     init_std: float = Field(0.01, ge=0.0, description="std of the seeded Gaussian initial state")
     state_seed: int = 0
     mode: Literal["episodic", "lifelong"] = "episodic"

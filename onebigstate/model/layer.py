@@ -51,7 +51,11 @@ class OBSLayer(nn.Module):
                                    spread_from_active=cfg.spread_from_active)
         self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
         self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init)
-        self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value))
+        self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value) * (0.1 if cfg.value_from_key else 1.0))
+        # With value_from_key, a node's value embedding is its address key mapped by a shared
+        # matrix (plus a free part): the circuit of a token then reads out as that token,
+        # which decoding can generalise across a large vocabulary without per-token learning.
+        self.key_to_value = (nn.Linear(cfg.d_key, cfg.d_value, bias=False) if cfg.value_from_key else None)
         beta = cfg.beta_init
         self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta))))
         self.controller = nn.Linear(cfg.d_model, cfg.d_hidden)
@@ -70,8 +74,15 @@ class OBSLayer(nn.Module):
         c = self.cfg
         return {"dense_floats": c.n_nodes * c.n_nodes, "carry_floats": c.m_active + c.k_max}
 
+    def node_values(self) -> torch.Tensor:
+        """V [N, Dv], the value embedding of every node."""
+        if self.key_to_value is None:
+            return self.value
+        return self.value + self.key_to_value(self.addresser.keys)
+
     def step_params(self) -> StepParams:
-        return StepParams(self.value, self.write.w_summary, self.write.w_out, self.write.b_out, self.beta_logit)
+        return StepParams(self.node_values(), self.write.w_summary, self.write.w_out, self.write.b_out,
+                          self.beta_logit)
 
     # ---- interfaces ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: StateStore | None = None,

@@ -20,6 +20,7 @@ class ModelConfig(StrictModel):
     n_layers: int = Field(1, ge=1)
     mlp_ratio: float = Field(0.0, ge=0.0, description="MLP after each mixer (0: none)")
     mixer: dict[str, Any] = Field(default_factory=dict, description="the mixer's own config keys")
+    tie_embeddings: bool = Field(True, description="token models: the output head reuses the input embedding")
 
     def check(self) -> None:
         mixer_config(self.name, self.mixer)
@@ -48,8 +49,23 @@ class SeqModel(nn.Module):
             if hidden > 0 else nn.Identity() for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, n_out, bias=False)
+        if vocab_size is not None:
+            # small embeddings (as in GPT-2), so tied output logits start near uniform
+            nn.init.normal_(self.embed.weight, std=0.02)
+            if cfg.tie_embeddings and n_out == vocab_size:
+                self.head.weight = self.embed.weight
 
     def forward(self, x: torch.Tensor, states: list | None = None, **mixer_kwargs) -> tuple[torch.Tensor, list]:
+        """x -> (outputs [B, T, n_out], states)."""
+        h, new_states = self.hidden(x, states, **mixer_kwargs)
+        return self.head(h), new_states
+
+    def hidden(self, x: torch.Tensor, states: list | None = None, **mixer_kwargs) -> tuple[torch.Tensor, list]:
+        """x -> (normalised hidden [B, T, d_model], states); ``self.head(h[mask])`` gives outputs.
+
+        Tasks that score only a few positions (MQAR) apply the head there alone, which saves
+        most of the work when the output vocabulary is large.
+        """
         if self.vocab_size is not None:
             if x.dtype != torch.long or x.dim() != 2:
                 raise ValueError(f"expected tokens int64 [B, T], got dtype {x.dtype} shape {tuple(x.shape)}")
@@ -68,7 +84,7 @@ class SeqModel(nn.Module):
             if not isinstance(mlp, nn.Identity):
                 h = h + mlp(h)
             new_states.append(st)
-        return self.head(self.final_norm(h)), new_states
+        return self.final_norm(h), new_states
 
     def aux_loss(self) -> torch.Tensor:
         """Auxiliary losses the mixers computed in the last forward (OBS: k cost, Gaussian reg)."""

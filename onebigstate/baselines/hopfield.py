@@ -7,9 +7,11 @@ retrieves from stored patterns Y with inverse temperature beta,
 
     xi_new = Y_k^T softmax(beta * Y_k xi),        output = Y_v^T softmax(beta * Y_k xi_last).
 
-Causal: at step t the stored patterns are the keys / values of steps 1..t (the step's own
-pattern included), projected from the input (Y_k = x W_k, Y_v = x W_v), and the state
-pattern is xi_0 = x_t W_q. ``n_updates`` > 1 runs n_updates - 1 update steps in the key
+Causal: at step t the stored patterns are the keys / values of the past steps 1..t-1,
+projected from the input (Y_k = x W_k, Y_v = x W_v), and the state pattern is
+xi_0 = x_t W_q; the first step has nothing stored and retrieves zero. ``include_current``
+also stores the step's own pattern before retrieving (then the layer is causal softmax
+attention without positions; with ``normalize_patterns`` a step would mostly retrieve itself). ``n_updates`` > 1 runs n_updates - 1 update steps in the key
 space before the final retrieval (one update already converges for well-separated
 patterns; beta large: retrieve one pattern, beta small: a metastable average). Without
 position information the layer is permutation-invariant over the stored set, by design.
@@ -42,6 +44,7 @@ class HopfieldConfig(StrictModel):
     learn_beta: bool = Field(False, description="learn beta per head (log-parametrised)")
     normalize_patterns: bool = Field(False, description="L2-normalise state and stored key patterns")
     n_updates: int = Field(1, ge=1, description="Hopfield update steps (the last one retrieves values)")
+    include_current: bool = Field(False, description="store step t's own pattern before step t retrieves")
 
 
 @register_mixer("hopfield", HopfieldConfig)
@@ -93,14 +96,17 @@ class HopfieldMixer(Mixer):
             P = state["k"].shape[2]
             k = torch.cat([state["k"], k], dim=2)
             v = torch.cat([state["v"], v], dim=2)
-        # step P + i retrieves from the stored patterns 0 .. P + i
-        mask = None if P == 0 else torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+        # step P + i retrieves from the stored patterns 0 .. P + i - 1 (.. P + i with include_current)
+        diagonal = P if self.cfg.include_current else P - 1
+        mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=diagonal)
         beta = self.beta.to(x.dtype)[None, :, None, None]
 
         def retrieve(query: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-            # softmax(beta * query K^T) values; beta folded into the query, so the scale is 1
-            return F.scaled_dot_product_attention(beta * query, k, values, attn_mask=mask,
-                                                  is_causal=mask is None, scale=1.0)
+            # softmax(beta * query K^T) values over the stored patterns; a step with none stored
+            # gets zero weights (a finite fill, so no NaN reaches the gradients)
+            scores = (beta * query) @ k.transpose(-1, -2)                  # [B, H, T, P+T]
+            weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=-1) * mask
+            return weights @ values
 
         for _ in range(self.cfg.n_updates - 1):
             xi = retrieve(xi, k)

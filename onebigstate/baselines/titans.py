@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from onebigstate.config import StrictModel
 from onebigstate.nets.mixer import Mixer, register_mixer
@@ -59,6 +60,13 @@ class TitansMixer(Mixer):
         self.memory = NeuralMemory(dim=d_model, chunk_size=cfg.chunk_size, heads=cfg.heads, dim_head=self.dim_head,
                                    momentum=cfg.momentum,
                                    default_model_kwargs=dict(depth=cfg.mem_depth, expansion_factor=cfg.mem_expansion))
+        # titans-pytorch 0.5 makes the per-head initial memory weights with einops.repeat, i.e.
+        # expanded views whose heads share storage; in-place optimizer steps (Adam) then fail with
+        # "more than one element of the written-to tensor refers to a single memory location".
+        # Give every head its own copy (same values), as per_head_learned_parameters intends.
+        params = self.memory.memory_model_parameters
+        for i, p in enumerate(params):
+            params[i] = nn.Parameter(p.detach().clone())
 
     def forward(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, object]:
         if x.dim() != 3 or x.shape[-1] != self.d_model:

@@ -1,0 +1,181 @@
+"""Every baseline mixer through the one model interface: it trains, its parameter count is
+what count_params reports and what a hand formula says, its state size is positive, and
+(for every model that carries a state) a sequence split into chunks with the state carried
+gives the values of one pass."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from onebigstate.baselines.deltanet import deltanet_param_count
+from onebigstate.baselines.mamba import mambapy_param_count
+from onebigstate.config import ConfigError
+from onebigstate.nets import ModelConfig, build_mixer, build_model, count_params
+from onebigstate.tasks.mqar import IGNORE, MQARConfig, generate_mqar
+
+# name -> mixer config used in these tests (small and fast on CPU)
+CASES = {
+    "transformer": ("transformer", {"n_heads": 2}),
+    "lstm": ("lstm", {}),
+    "mamba": ("mamba", {}),
+    "mamba-seq-scan": ("mamba", {"pscan": False}),
+    "deltanet": ("deltanet", {"n_heads": 2, "chunk_size": 8}),
+    "gated_deltanet": ("gated_deltanet", {"n_heads": 2, "chunk_size": 8}),
+    "hopfield": ("hopfield", {"n_heads": 2}),
+    "hopfield-learned-beta": ("hopfield", {"n_heads": 2, "learn_beta": True, "normalize_patterns": True,
+                                           "beta": 8.0, "n_updates": 2}),
+    "titans": ("titans", {"heads": 2, "chunk_size": 2}),
+}
+# models whose state does not grow with the sequence
+RECURRENT = {"lstm", "mamba", "deltanet", "gated_deltanet", "titans"}
+
+
+def hand_param_count(name: str, D: int, kw: dict) -> int:
+    """Parameters of one mixer at width D, written out per model."""
+    if name == "transformer":
+        return 4 * D * D                                   # qkv + out, no biases
+    if name == "lstm":
+        return 8 * D * D + 8 * D                           # 4 gates x (W_ih, W_hh, b_ih, b_hh)
+    if name == "mamba":
+        return mambapy_param_count(D)
+    if name in ("deltanet", "gated_deltanet"):
+        return deltanet_param_count(D, n_heads=kw["n_heads"], gated=name == "gated_deltanet")
+    if name == "hopfield":
+        return 4 * D * D + (kw["n_heads"] if kw.get("learn_beta") else 0)
+    if name == "titans":
+        H = kw["heads"]
+        E = D // H
+        hidden = 4 * E                                     # memory MLP: depth 2, expansion 4
+        mem = E + E * hidden + hidden * E                  # LayerNorm gamma + two weights
+        return (2 * D                                      # retrieve / store RMSNorms
+                + D * H * E + D * H                        # combine_heads, retrieve_gate
+                + mem + H * mem                            # template MLP + learned initial weights per head
+                + 3 * D * H * E                            # queries, keys, values
+                + 3 * (D * H + H))                         # adaptive step, momentum, decay
+    raise KeyError(name)
+
+
+def _model(case: str, d_model: int = 32, n_layers: int = 2, vocab: int = 64):
+    name, kw = CASES[case]
+    cfg = ModelConfig(name=name, d_model=d_model, n_layers=n_layers, mixer=kw)
+    return build_model(cfg, n_out=vocab, vocab_size=vocab)
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_trains_on_a_fixed_mqar_batch(case):
+    torch.manual_seed(0)
+    task = MQARConfig(vocab_size=64, seq_len=16, num_kv_pairs=4)
+    x, labels = generate_mqar(task, 8, seed=0)
+    model = _model(case, vocab=task.vocab_size)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert min(losses[-3:]) < 0.5 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_param_count_is_count_params_and_hand_formula(case):
+    name, kw = CASES[case]
+    D, V, L = 32, 64, 2
+    mixer = build_mixer(name, D, kw)
+    assert count_params(mixer) == hand_param_count(name, D, kw)
+    model = _model(case, d_model=D, n_layers=L, vocab=V)
+    # embedding (the head shares it), per layer (pre-norm + mixer), final norm
+    expected = V * D + L * (2 * D + hand_param_count(name, D, kw)) + 2 * D
+    assert count_params(model) == expected
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_state_size_is_positive_and_grows_only_for_attention(case):
+    name, _ = CASES[case]
+    model = _model(case)
+    s64, s1024 = model.state_size(64)["floats"], model.state_size(1024)["floats"]
+    assert s64 > 0
+    if name in RECURRENT:
+        assert s1024 == s64
+    else:
+        assert s1024 == 16 * s64 == 2 * 1024 * 32 * 2   # KV cache, 2 layers
+
+
+@pytest.mark.parametrize("splits", [(5, 1, 7), (1, 12), (8, 5)], ids=["5-1-7", "1-12", "8-5"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_chunks_with_carried_state_equal_one_pass(case, splits):
+    torch.manual_seed(0)
+    model = _model(case).double()
+    x = torch.randint(0, 64, (2, sum(splits)))
+    y_full, states_full = model(x)
+    states, ys, start = None, [], 0
+    for n in splits:
+        y, states = model(x[:, start:start + n], states)
+        ys.append(y)
+        start += n
+    torch.testing.assert_close(torch.cat(ys, dim=1), y_full, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["lstm", "mamba", "deltanet", "gated_deltanet"])
+def test_step_equals_forward(case):
+    torch.manual_seed(0)
+    name, kw = CASES[case]
+    mixer = build_mixer(name, 16, kw).double()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    y_full, _ = mixer(x)
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        y, state = mixer.step(x[:, t], state)
+        ys.append(y)
+    torch.testing.assert_close(torch.stack(ys, dim=1), y_full, rtol=1e-10, atol=1e-10)
+
+
+def test_hopfield_large_beta_retrieves_the_nearest_stored_pattern():
+    # with a huge beta and normalised patterns, retrieval returns the value of the closest stored key
+    torch.manual_seed(0)
+    mixer = build_mixer("hopfield", 8, {"n_heads": 1, "beta": 1e4, "normalize_patterns": True}).double()
+    with torch.no_grad():
+        for p in (mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.o_proj):
+            p.weight.copy_(torch.eye(8))
+    stored = torch.eye(8, dtype=torch.float64)[:4] * 3.0                        # four orthogonal patterns
+    cue = stored[2] + 0.3 * torch.randn(8, dtype=torch.float64)
+    y, _ = mixer(torch.cat([stored, cue[None]]).unsqueeze(0))
+    torch.testing.assert_close(y[0, -1], stored[2])
+
+
+def test_unknown_or_ill_typed_config_keys_are_errors():
+    with pytest.raises(ConfigError, match="n_head"):
+        build_mixer("transformer", 32, {"n_head": 4})
+    with pytest.raises(ConfigError, match="impl"):
+        build_mixer("mamba", 32, {"impl": "cuda"})
+    with pytest.raises(ConfigError, match="chunk_size"):
+        build_mixer("deltanet", 32, {"chunk_size": 0})
+
+
+def test_attention_state_mismatch_is_reported():
+    mixer = build_mixer("transformer", 16, {"n_heads": 2})
+    _, cache = mixer(torch.randn(2, 3, 16))
+    with pytest.raises(ValueError, match=r"\(batch, heads\)"):
+        mixer(torch.randn(3, 3, 16), cache)
+
+
+def _fla_importable() -> bool:
+    try:
+        import fla.layers  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_fla_importable(), reason="fla is importable here; this checks the message when it is not")
+@pytest.mark.parametrize("name,kw", [("deltanet", {"impl": "fla"}), ("gated_deltanet", {"impl": "fla"}),
+                                     ("mamba", {"impl": "fla_mamba2"})], ids=["deltanet", "gated", "mamba2"])
+def test_fla_impl_without_fla_says_so(name, kw):
+    with pytest.raises(ImportError, match="flash-linear-attention"):
+        build_mixer(name, 32, kw)

@@ -1,0 +1,82 @@
+"""The `obs` command: help lists the subcommands, `obs eval` on a finished run, demo help, and
+the refusal to overwrite an existing run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onebigstate.cli.main import SUBCOMMANDS, main
+from training_helpers import single_thread, write_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # One intra-op thread: the same float results as the `obs` subprocesses, and no OpenMP
+    # spinning on a busy two-core machine.
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    cfg = write_config(d / "run.yaml", steps=6, ckpt_every=3, eval_every=3)
+    with single_thread():
+        assert main(["train", str(cfg), "--out", str(d / "run")]) == 0
+    return d / "run"
+
+
+def test_obs_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for name in ("demo", "train", "eval"):
+        assert name in SUBCOMMANDS and name in out
+
+
+def test_demo_help_says_what_it_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "multi-query associative recall" in out and "demo.yaml" in out
+
+
+def test_obs_eval_on_finished_run_prints_table_and_writes_eval_json(finished_run, capsys):
+    with single_thread():
+        assert main(["eval", str(finished_run)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "parameters" in out and "dense_floats" in out
+    ev = json.loads((finished_run / "eval.json").read_text())
+    res = json.loads((finished_run / "results.json").read_text())
+    assert ev["step"] == res["step"] == 6
+    assert ev["metrics"] == pytest.approx(res["metrics"], rel=1e-6)
+    assert ev["n_params"] == res["n_params"] and ev["state_size"] == res["state_size"]
+
+
+def test_obs_eval_on_truncated_checkpoint_exits_with_message(finished_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    f = run / "checkpoints" / "last" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "obs eval: error:" in err and "model.safetensors is truncated" in err
+
+
+def test_train_refuses_to_overwrite_an_existing_run(finished_run, tmp_path, capsys):
+    cfg = write_config(tmp_path / "run.yaml")
+    assert main(["train", str(cfg), "--out", str(finished_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_of_finished_run_extends_it_with_more_steps(finished_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    with single_thread():
+        assert main(["train", "--resume", str(run), "train.steps=8"]) == 0
+    assert "changed train settings: steps" in capsys.readouterr().out
+    assert json.loads((run / "results.json").read_text())["step"] == 8

@@ -34,6 +34,12 @@ def test_each_step_sees_only_its_modality(batch):
     assert torch.allclose(silent, silent[:1].expand_as(silent))
     # default flags: image steps continuous
     assert torch.equal(enc(batch.features, m)[1], m == IMAGE)
+    # packed steps (features, modality, flag in one tensor) give the same result
+    packed = batch.packed()
+    assert packed.shape[-1] == lay.packed_dim == lay.feature_dim + 2
+    xp, cp = enc(packed)
+    assert torch.equal(xp, x) and torch.equal(cp, batch.continuous)
+    assert all(torch.equal(u, v) for u, v in zip(lay.unpack(packed), (batch.features, m, batch.continuous)))
 
 
 def test_gradients_reach_only_the_encoders_used(batch):

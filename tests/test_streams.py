@@ -69,7 +69,7 @@ def _check_stream(batch, b: int) -> int:
         else:
             assert kind == OBJECT_TO_WORD and ev[q] == QUERY_VIEW and batch.modality[b, q] == IMAGE
             word = word_of[item[q].item()]
-            assert tgt[q].item() == word
+            assert tgt[q].item() == streams.WORD_TARGET_OFFSET + word
         named = torch.nonzero((ev == PAIR_WORD) & (item == word)).flatten()
         assert batch.exposures[b, q].item() == named.numel()
         assert batch.delay[b, q].item() == q - named.max().item() > 0
@@ -87,6 +87,8 @@ def test_targets_delays_and_exposures_are_consistent(data):
     assert set(batch.exposures[batch.exposures > 0].tolist()) <= {1, 2, 3, 5}
     assert (batch.query_kind == OBJECT_TO_WORD).any() and (batch.query_kind == WORD_TO_OBJECT).any()
     assert ((batch.target != IGNORE) == (batch.query_kind > 0)).all()
+    answers = batch.target[batch.target != IGNORE]
+    assert answers.min() >= 0 and answers.max() < streams.n_targets(load_seeandhear()) == 40
 
 
 @pytest.mark.parametrize("delay", [10, 100, 1000])

@@ -24,7 +24,9 @@ seeded by ``(seed, split, row)``, so a row never depends on the batch size:
    the word alone (another voice variant unless ``query_same_variant``); its target is the
    object class. An image query (a fraction ``image_query_frac`` of pairings) is the object
    alone, seen for ``view_frames`` steps (another exemplar); the target, on its last frame,
-   is the word id (0..9 digit words, 10..29 novel words). A silent step precedes each query.
+   is ``WORD_TARGET_OFFSET + word id`` (10 + 0..9 digit words, 10 + 10..29 novel words).
+   Targets thus share one output space of ``n_targets = 40`` classes: 0..9 objects, then
+   words. A silent step precedes each query.
 4. **Filler.** Every other step is silence, a distractor object view (any class, never
    named), a distractor word (a word of the split that is in no pairing of this stream;
    noise when there is none), or noise (random pixels or random log-mel values), in the
@@ -83,6 +85,13 @@ EVENT_NAMES = ("silence", "pair-view", "pair-word", "distractor-view", "distract
                "noise-image", "noise-audio", "query-view", "query-word")
 # query kinds
 WORD_TO_OBJECT, OBJECT_TO_WORD = 1, 2
+# object->word targets are word ids shifted past the object classes
+WORD_TARGET_OFFSET = N_CLASSES
+
+
+def n_targets(data: SeeHearData) -> int:
+    """Size of the output space of the targets: the objects, then every word (40 with the shipped file)."""
+    return WORD_TARGET_OFFSET + len(data.words)
 
 
 class StreamConfig(StrictModel):
@@ -142,7 +151,7 @@ class StreamBatch:
     features: torch.Tensor      # [B, T, F] float32
     modality: torch.Tensor      # [B, T] int64: 0 none, 1 image, 2 audio
     continuous: torch.Tensor    # [B, T] bool
-    target: torch.Tensor        # [B, T] int64, IGNORE off the queries
+    target: torch.Tensor        # [B, T] int64, IGNORE off the queries; objects 0..9, words from WORD_TARGET_OFFSET
     delay: torch.Tensor         # [B, T] int64, -1 off the queries
     exposures: torch.Tensor     # [B, T] int64, -1 off the queries
     query_kind: torch.Tensor    # [B, T] int64: 0, WORD_TO_OBJECT, OBJECT_TO_WORD
@@ -152,6 +161,10 @@ class StreamBatch:
     pair_words: torch.Tensor    # [B, P] word id of pairing p
     words: tuple[str, ...]      # names of the word ids
     layout: StreamLayout
+
+    def packed(self) -> torch.Tensor:
+        """``[B, T, F + 2]``: features, modality id, continuous flag (``StreamLayout.pack``)."""
+        return self.layout.pack(self.features, self.modality, self.continuous)
 
     def to(self, device: torch.device | str) -> "StreamBatch":
         moved = {f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor)
@@ -202,7 +215,7 @@ def _plan(cfg: StreamConfig, split: SeeHearSplit, T: int, rng: np.random.Generat
         if image_query[p]:
             exemplar = last_exemplar[p] if cfg.query_same_variant else int(rng.choice(by_class[objects[p]]))
             view_at(q - view + 1, exemplar, QUERY_VIEW)
-            s["target"][q], s["query_kind"][q] = split.word_ids[words[p]], OBJECT_TO_WORD
+            s["target"][q], s["query_kind"][q] = WORD_TARGET_OFFSET + split.word_ids[words[p]], OBJECT_TO_WORD
         else:
             variant = last_variant[p] if cfg.query_same_variant else int(rng.integers(V))
             s["event"][q], s["word"][q], s["variant"][q] = QUERY_WORD, words[p], variant
@@ -330,7 +343,7 @@ def describe(batch: StreamBatch, b: int, start: int = 0, stop: int | None = None
         tgt = batch.target[b, u].item()
         if tgt != IGNORE:
             n_exp = batch.exposures[b, u].item()
-            answer = repr(words[tgt]) if batch.query_kind[b, u] == OBJECT_TO_WORD else str(tgt)
+            answer = repr(words[tgt - WORD_TARGET_OFFSET]) if batch.query_kind[b, u] == OBJECT_TO_WORD else str(tgt)
             what += f"  target {answer} (delay {batch.delay[b, u].item()}, {n_exp} exposure{'s' * (n_exp > 1)})"
         span = f"{t}" if u == t else f"{t}-{u}"
         lines.append(f"t {span:>5}  {name:<10}  {what}".rstrip())

@@ -16,7 +16,8 @@ from onebigstate.encoders.image import ImageEncoder
 
 class MultimodalEncoder(nn.Module):
     """``(features [B, T, F], modality [B, T], continuous [B, T] | None)`` ->
-    ``(x [B, T, D], continuous [B, T] bool)``.
+    ``(x [B, T, D], continuous [B, T] bool)``; or ``(packed [B, T, F + 2])`` alone, as
+    made by ``StreamLayout.pack``.
 
     Image steps go through :class:`ImageEncoder` (on ``features[..., layout.image_slice]``),
     audio steps through :class:`AudioEncoder` (``layout.audio_slice``), token and action
@@ -51,8 +52,10 @@ class MultimodalEncoder(nn.Module):
         self._slices = {IMAGE: layout.image_slice, AUDIO: layout.audio_slice,
                         TOKEN: slice(0, 1), ACTION: slice(0, 1)}
 
-    def forward(self, features: torch.Tensor, modality: torch.Tensor,
+    def forward(self, features: torch.Tensor, modality: torch.Tensor | None = None,
                 continuous: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if modality is None:
+            features, modality, continuous = self.layout.unpack(features)
         B, T, F = features.shape
         if F != self.layout.feature_dim:
             raise ValueError(f"features must be [B, T, {self.layout.feature_dim}] for {self.layout}, got {tuple(features.shape)}")

@@ -20,11 +20,12 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
     S = store.as_dense().detach().clone()
     carry = store.carry if store.carry is not None else Carry.empty(B, cfg, S.dtype, S.device)
     carry = carry.detach()
+    with_chain = bool(inputs.continuous.any())
     reads, k_soft, k_hard, gates, actives, ws, pos_log = [], [], [], [], [], [], []
     batch_rows = torch.arange(B, device=S.device).unsqueeze(1) * N
     for t in range(T):
         plan = plan_writes(params, cfg, inputs.circuit_idx[:, t], inputs.scores[:, t],
-                           inputs.features[:, t], inputs.continuous[:, t], carry)
+                           inputs.features[:, t], inputs.continuous[:, t], carry, with_chain=with_chain)
         pos = flat_positions(plan.rows, plan.cols, N)
         S = S.reshape(-1).index_add(0, pos.reshape(-1), plan.vals.reshape(-1)).view(B, N, N)
         with torch.no_grad():

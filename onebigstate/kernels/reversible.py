@@ -27,15 +27,19 @@ from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weig
                                       read_rows_and_coeffs, spread)
 
 
-def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, w_rows: torch.Tensor,
-                  w_cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
     """Sum of the step's writes landing on the grid read_rows x read_cols.
 
-    read_rows [B, R], read_cols [B, C], write entries (w_rows, w_cols, vals) [B, W] -> [B, R, C].
+    read_rows [B, R], read_cols [B, C] -> [B, R, C]. Every write lies in a column of the
+    circuit, so: (rows match block rows) @ block values @ (circuit matches read columns).
     """
-    hit_r = (read_rows.unsqueeze(2) == w_rows.unsqueeze(1)).to(vals.dtype)     # [B, R, W]
-    hit_c = (read_cols.unsqueeze(2) == w_cols.unsqueeze(1)).to(vals.dtype)     # [B, C, W]
-    return torch.bmm(hit_r * vals.unsqueeze(1), hit_c.transpose(1, 2))
+    dtype = plan.alpha.dtype
+    per_circuit_col = 0
+    for b_rows, b_vals in zip(plan.block_rows, plan.block_vals):
+        hit = (read_rows.unsqueeze(2) == b_rows.unsqueeze(1)).to(dtype)           # [B, R, Rb]
+        per_circuit_col = per_circuit_col + torch.bmm(hit, b_vals)                 # [B, R, K]
+    col_hit = (plan.circuit_idx.unsqueeze(2) == read_cols.unsqueeze(1)).to(dtype)  # [B, K, C]
+    return torch.bmm(per_circuit_col, col_hit)
 
 
 class _ReversibleScan(torch.autograd.Function):
@@ -46,14 +50,15 @@ class _ReversibleScan(torch.autograd.Function):
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
         carry = Carry(carry_idx, carry_w, carry_cidx, carry_alpha)
+        with_chain = bool(continuous.any())
         reads, k_soft, k_hard, gates = [], [], [], []
         act_log, w_log, alpha_log, vals_log, pos_log = [], [], [], [], []
         for t in range(T):
             plan = plan_writes(params, cfg, circuit_idx[:, t], scores[:, t], features[:, t],
-                               continuous[:, t], carry)
-            pos = flat_positions(plan.rows, plan.cols, N)
-            store.add_(pos, plan.vals)
-            store.mark_written(pos, plan.vals != 0)
+                               continuous[:, t], carry, with_chain=with_chain)
+            pos, vals = flat_positions(plan.rows, plan.cols, N), plan.vals
+            store.add_(pos, vals)
+            store.mark_written(pos, vals != 0)
             rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
             activation = spread(coeff, store.rows(rows))                        # [B, N]
             active_idx = choose_active(activation, cfg)
@@ -61,11 +66,14 @@ class _ReversibleScan(torch.autograd.Function):
             carry = Carry(active_idx, w, circuit_idx[:, t], plan.alpha)
             reads.append(r); k_soft.append(plan.k_soft); k_hard.append(plan.k_hard); gates.append(plan.gates)
             act_log.append(active_idx); w_log.append(w); alpha_log.append(plan.alpha)
-            vals_log.append(plan.vals); pos_log.append(pos)
+            vals_log.append(vals)
+            if n_reg_samples > 0:
+                pos_log.append(pos)
         store.carry = carry
-        if T == 0:
-            raise ValueError("obs_scan needs at least one step (T >= 1)")
-        sample_pos = sample_positions(torch.stack(pos_log, 1), n_reg_samples)
+        if n_reg_samples > 0:
+            sample_pos = sample_positions(torch.stack(pos_log, 1), n_reg_samples)
+        else:
+            sample_pos = circuit_idx.new_zeros((B, 0))
         reg_values = store.values_at(sample_pos)
         k_hard_t = torch.stack(k_hard, 1)
         active_t = torch.stack(act_log, 1)
@@ -76,6 +84,7 @@ class _ReversibleScan(torch.autograd.Function):
                               carry_alpha, scores, features, k_hard_t, active_t, w_t,
                               torch.stack(alpha_log, 1), torch.stack(vals_log, 1), sample_pos, *param_tensors)
         ctx.cfg = cfg
+        ctx.with_chain = with_chain
         ctx.used = False
         w_out = w_t.detach().clone()
         ctx.mark_non_differentiable(k_hard_t, active_t, w_out)
@@ -122,7 +131,7 @@ class _ReversibleScan(torch.autograd.Function):
                 a_leaf = c_alpha.detach().requires_grad_(True)
                 carry = Carry(c_idx, w_leaf, c_cidx, a_leaf)
                 plan = plan_writes(params, cfg, circuit_idx[:, t], s_leaf, f_leaf, continuous[:, t],
-                                   carry, k_hard=k_hard[:, t])
+                                   carry, k_hard=k_hard[:, t], with_chain=ctx.with_chain)
                 pos = flat_positions(plan.rows, plan.cols, N)
                 # S_t -> S_{t-1}: subtract exactly what the forward pass added.
                 flatS.index_add_(0, pos.reshape(-1), -vals_log[:, t].reshape(-1))
@@ -131,7 +140,7 @@ class _ReversibleScan(torch.autograd.Function):
                 R = rows.shape[1]
                 read_pos = flat_positions(rows.unsqueeze(2).expand(B, R, M), a_t.unsqueeze(1).expand(B, R, M), N)
                 base = flatS[read_pos].requires_grad_(True)                              # [B, R, M]
-                grid = base + _local_writes(rows, a_t, plan.rows, plan.cols, plan.vals)
+                grid = base + _local_writes(rows, a_t, plan)
                 activation = spread(coeff, grid)                                        # [B, M]
                 w, r = active_weights_and_read(params, cfg, activation, a_t)
                 surrogate = ((g_read[:, t] * r).sum() + (g_w_next * w).sum()

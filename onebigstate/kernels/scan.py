@@ -75,6 +75,8 @@ def obs_scan(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig, *,
              backend: str = "reversible", n_reg_samples: int = 0) -> ScanOutputs:
     """Run the recurrence over the window; updates ``store`` (state and carry) in place."""
     inputs.check(cfg)
+    if inputs.circuit_idx.shape[1] == 0:
+        raise ValueError("obs_scan needs at least one step (T >= 1)")
     if backend == "reference":
         from onebigstate.kernels.reference import scan_reference
         return scan_reference(store, inputs, params, cfg, n_reg_samples)

@@ -102,13 +102,34 @@ class Carry:
 
 @dataclass
 class WritePlan:
+    """The step's writes. Every written entry lies in a column of the new circuit I_t, so the
+    writes are blocks ``S[block_rows[i], I_t] += block_vals[i]``: intra (rows I_t), assoc
+    (rows A_{t-1}) and, when the window has continuous inputs, chain (rows I_{t-1})."""
+
     k_soft: torch.Tensor   # [B]     continuous node count in [k_min, k_max]
     k_hard: torch.Tensor   # [B] long  nodes actually used this step
     alpha: torch.Tensor    # [B, K]  circuit weights (zero beyond k_hard)
     gates: torch.Tensor    # [B, 3]  signed (g_in, g_as, g_ch)
-    rows: torch.Tensor     # [B, W] long  row of every written entry
-    cols: torch.Tensor     # [B, W] long  column of every written entry
-    vals: torch.Tensor     # [B, W]  signed change of every written entry
+    circuit_idx: torch.Tensor             # [B, K] long  columns of every block
+    block_rows: tuple[torch.Tensor, ...]  # ([B, K], [B, M], [B, K]) long
+    block_vals: tuple[torch.Tensor, ...]  # ([B, K, K], [B, M, K], [B, K, K])
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Row of every written entry [B, W] long."""
+        K = self.circuit_idx.shape[1]
+        return torch.cat([r.unsqueeze(2).expand(-1, -1, K).reshape(r.shape[0], -1) for r in self.block_rows], 1)
+
+    @property
+    def cols(self) -> torch.Tensor:
+        """Column of every written entry [B, W] long."""
+        c = self.circuit_idx.unsqueeze(1)
+        return torch.cat([c.expand(-1, r.shape[1], -1).reshape(r.shape[0], -1) for r in self.block_rows], 1)
+
+    @property
+    def vals(self) -> torch.Tensor:
+        """Signed change of every written entry [B, W]."""
+        return torch.cat([v.reshape(v.shape[0], -1) for v in self.block_vals], 1)
 
 
 def active_summary(p: StepParams, carry: Carry, cfg: StepConfig) -> torch.Tensor:
@@ -119,13 +140,14 @@ def active_summary(p: StepParams, carry: Carry, cfg: StepConfig) -> torch.Tensor
 
 def plan_writes(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, scores: torch.Tensor,
                 features: torch.Tensor, continuous: torch.Tensor, carry: Carry,
-                k_hard: torch.Tensor | None = None) -> WritePlan:
+                k_hard: torch.Tensor | None = None, with_chain: bool = True) -> WritePlan:
     """The write module: how many nodes, which pairs, by how much.
 
     circuit_idx [B, K] long, top-K nodes by address score (descending); scores [B, K];
     features [B, H] the write module's input projection of the step's features;
     continuous [B] (1 for continuous inputs, which also chain to the previous circuit).
     ``k_hard`` replays a logged node count (backward passes must not re-round).
+    ``with_chain=False`` drops the chain block (all its values would be zero: no continuous input).
     """
     hidden = F.gelu(features + active_summary(p, carry, cfg) @ p.w_summary.T)   # [B, H]
     out = hidden @ p.w_out.T + p.b_out                                           # [B, 4]
@@ -145,18 +167,13 @@ def plan_writes(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, score
     a_col = alpha.unsqueeze(1)                                                   # [B, 1, K]
     intra = g_in[:, None, None] * alpha.unsqueeze(2) * a_col                     # [B, K, K]
     assoc = g_as[:, None, None] * carry.active_w.unsqueeze(2) * a_col            # [B, M, K]
-    chain = (continuous * g_ch)[:, None, None] * carry.alpha.unsqueeze(2) * a_col  # [B, K, K]
-
-    B, K, M = circuit_idx.shape[0], cfg.k_max, cfg.m_active
-    rows = torch.cat([circuit_idx.unsqueeze(2).expand(B, K, K).reshape(B, -1),
-                      carry.active_idx.unsqueeze(2).expand(B, M, K).reshape(B, -1),
-                      carry.circuit_idx.unsqueeze(2).expand(B, K, K).reshape(B, -1)], dim=1)
-    cols_one = circuit_idx.unsqueeze(1)
-    cols = torch.cat([cols_one.expand(B, K, K).reshape(B, -1),
-                      cols_one.expand(B, M, K).reshape(B, -1),
-                      cols_one.expand(B, K, K).reshape(B, -1)], dim=1)
-    vals = torch.cat([intra.reshape(B, -1), assoc.reshape(B, -1), chain.reshape(B, -1)], dim=1)
-    return WritePlan(k_soft, k_hard, alpha, gates, rows, cols, vals)
+    rows = [circuit_idx, carry.active_idx]
+    vals = [intra, assoc]
+    if with_chain:
+        chain = (continuous * g_ch)[:, None, None] * carry.alpha.unsqueeze(2) * a_col  # [B, K, K]
+        rows.append(carry.circuit_idx)
+        vals.append(chain)
+    return WritePlan(k_soft, k_hard, alpha, gates, circuit_idx, tuple(rows), tuple(vals))
 
 
 def read_rows_and_coeffs(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, alpha: torch.Tensor,

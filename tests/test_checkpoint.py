@@ -182,3 +182,14 @@ def test_rng_states_round_trip():
     a = (random.random(), float(np.random.rand()), float(torch.rand(())))
     ck.set_rng_states(saved)
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == a
+
+
+def test_rewriting_the_step_last_points_at_replaces_it_atomically(run_copy):
+    """A run resumed from an older checkpoint reaches the step `last` names and rewrites it."""
+    cfg, model, opt, sched = _parts(run_copy)
+    root = run_copy / "checkpoints"
+    assert os.readlink(root / "last") == "step_00000008"
+    ck.save_checkpoint(root, 8, cfg, model, opt, sched, {"marker": 1}, keep=2)
+    assert os.readlink(root / "last") == "step_00000008"
+    assert read_checkpoint(run_copy).trainer_state()["trainer"] == {"marker": 1}
+    assert sorted(p.name for p in root.iterdir()) == ["last", "step_00000004", "step_00000008"]

@@ -208,22 +208,27 @@ def save_checkpoint(root: str | Path, step: int, cfg: RunConfig, model: torch.nn
     for f in files + [META_FILE]:
         _fsync_file(tmp / f)
     _fsync_dir(tmp)
-    # The folder `last` points at is never `final` here unless it is the same step written
-    # again; any other folder of this step is a leftover of a run killed before moving `last`.
     last = root / LAST
     if final.exists():
         if last.is_symlink() and os.readlink(last) == final.name:
-            raise CheckpointError(f"refusing to overwrite the last good checkpoint {final}")
+            # Rewriting the step `last` points at (a run resumed from an earlier checkpoint):
+            # point `last` at the complete temporary folder while the old one is replaced.
+            _point_last(root, tmp.name)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    link_tmp = root / f".tmp-last-{os.getpid()}"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    os.symlink(final.name, link_tmp)
-    os.replace(link_tmp, last)
+    _point_last(root, final.name)
     _fsync_dir(root)
     _prune(root, step, keep)
     return final
+
+
+def _point_last(root: Path, target: str) -> None:
+    """Make ``root/last`` a symlink to ``target`` atomically (a new link renamed over the old)."""
+    link_tmp = root / f".tmp-last-{os.getpid()}"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(target, link_tmp)
+    os.replace(link_tmp, root / LAST)
 
 
 def _prune(root: Path, step: int, keep: int) -> None:

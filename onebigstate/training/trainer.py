@@ -183,7 +183,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         t = saved["trainer"]
         window, elapsed, last_eval = _Window(t["window"]["sums"], t["window"]["n"]), t["elapsed_s"], t["last_eval"]
         if tc.carry_state:
-            states = resume.states(device) if resume.has_states else None
+            if resume.has_states:
+                states = resume.states(device)
+            else:
+                log(f"note: {resume.path} holds no carried states; the streams start afresh")
         last_ckpt = resume.path
         log(f"resuming {run_dir} from {resume.path} (step {step} of {tc.steps})")
 

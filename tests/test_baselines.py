@@ -206,3 +206,18 @@ def test_detaching_the_carried_state_changes_no_values(case):
     y2, _ = model(x[:, 6:], states)
     y2_detached, _ = model(x[:, 6:], [_detach(s) for s in states])
     torch.testing.assert_close(y2_detached, y2, rtol=0, atol=0)
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    from onebigstate.baselines.transformer import apply_rotary, rotary_angles
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8, dtype=torch.float64), torch.randn(1, 1, 1, 8, dtype=torch.float64)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        cm, sm = rotary_angles(torch.tensor([m]), 8, 10000.0)
+        cn, sn = rotary_angles(torch.tensor([n]), 8, 10000.0)
+        return (apply_rotary(q, cm, sm) * apply_rotary(k, cn, sn)).sum()
+
+    # angles are computed in float32, hence the tolerance
+    torch.testing.assert_close(score(7, 3), score(107, 103), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(score(7, 3), score(7, 4))

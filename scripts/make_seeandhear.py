@@ -3,9 +3,10 @@ and its checksum ``seeandhear.npz.sha256``.
 
 Two sources, both offline:
 - the 1797 handwritten 8x8 digit scans bundled with scikit-learn (``load_digits``);
-- the spoken words "zero".."nine" and 20 other words (the novel words, never used in
-  training) synthesised with espeak-ng (``espeakng-loader``) in 16 voices (8 English
-  accents x 2 voice variants) at 3 speaking rates/pitches: 48 variants per word.
+- the spoken words "zero".."nine", 20 other words (the novel words, never used in
+  training) and 40 extra words (optional extra names for training, disjoint from both)
+  synthesised with espeak-ng (``espeakng-loader``) in 16 voices (8 English accents x 2
+  voice variants) at 3 speaking rates/pitches: 48 variants per word.
 
 Each utterance is resampled to 16 kHz, turned into log-mel frames by
 ``onebigstate.data.logmel`` (40 mel bins, 30 ms hop), trimmed to its non-silent part and
@@ -34,11 +35,16 @@ from onebigstate.data.espeak import Espeak
 from onebigstate.data.logmel import LogMelConfig, fix_frames, log_mel, trim_silence
 
 ASSET = Path(__file__).resolve().parents[1] / "onebigstate" / "data" / "assets" / "seeandhear.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NOVEL_WORDS = ("apple", "ball", "banana", "bird", "book", "car", "cat", "chair", "cup", "dog",
                "duck", "fish", "flower", "hat", "house", "milk", "shoe", "spoon", "tree", "truck")
+# more names for training only: a model that has heard many words generalises better to new ones
+EXTRA_WORDS = ("baby", "bath", "bear", "bed", "blanket", "bottle", "bowl", "box", "bread", "bunny",
+               "button", "cheese", "clock", "coat", "cookie", "cow", "door", "egg", "frog", "grape",
+               "horse", "juice", "key", "kitty", "lamp", "moon", "mouse", "nose", "orange", "pig",
+               "plate", "sock", "star", "sun", "table", "teddy", "toy", "train", "water", "window")
 # 8 English accents of espeak-ng, each with a male and a female voice variant. Variants with
 # "breath" (f2, f3, f5) or the klatt synthesiser add noise that differs run to run, so they are
 # left out: with these, the same script gives the same samples.
@@ -91,6 +97,9 @@ def build() -> dict[str, np.ndarray]:
     tts = Espeak()
     digit_mel, digit_len = synth_words(tts, DIGIT_WORDS)
     novel_mel, novel_len = synth_words(tts, NOVEL_WORDS)
+    # synthesised last: espeak-ng carries some state from one utterance to the next, so this
+    # order keeps the digit and novel words identical to format version 1
+    extra_mel, extra_len = synth_words(tts, EXTRA_WORDS)
     variant_voice = np.repeat(np.arange(len(VOICES)), len(PROSODY)).astype(np.int64)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -99,7 +108,7 @@ def build() -> dict[str, np.ndarray]:
         "logmel": MEL.model_dump(), "n_frames": N_FRAMES, "trim_top_db": TRIM_TOP_DB,
         "voices": list(VOICES), "test_voices": list(TEST_VOICES),
         "prosody_rate_pitch": [list(p) for p in PROSODY],
-        "digit_words": list(DIGIT_WORDS), "novel_words": list(NOVEL_WORDS),
+        "digit_words": list(DIGIT_WORDS), "novel_words": list(NOVEL_WORDS), "extra_words": list(EXTRA_WORDS),
         "digit_test_fraction": DIGIT_TEST_FRACTION, "digit_split_seed": DIGIT_SPLIT_SEED,
         "command": "python scripts/make_seeandhear.py",
     }
@@ -110,6 +119,7 @@ def build() -> dict[str, np.ndarray]:
         "digit_split": digit_split(labels),
         "digit_words": np.array(DIGIT_WORDS),
         "novel_words": np.array(NOVEL_WORDS),
+        "extra_words": np.array(EXTRA_WORDS),
         "voices": np.array(VOICES),
         "voice_split": np.array([int(v in TEST_VOICES) for v in VOICES], dtype=np.uint8),
         "variant_voice": variant_voice,
@@ -119,6 +129,8 @@ def build() -> dict[str, np.ndarray]:
         "digit_word_frames": digit_len,
         "novel_word_mel": novel_mel,
         "novel_word_frames": novel_len,
+        "extra_word_mel": extra_mel,
+        "extra_word_frames": extra_len,
     }
 
 
@@ -152,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)
     sums.write_text(f"{digest}  {args.out.name}\n")
-    dw, nw = arrays["digit_word_frames"], arrays["novel_word_frames"]
+    dw, nw, ew = arrays["digit_word_frames"], arrays["novel_word_frames"], arrays["extra_word_frames"]
     print(f"wrote {args.out} ({len(data) / 1e6:.2f} MB, sha256 {digest[:16]}...) and {sums.name}")
     print(f"  digits {arrays['digit_images'].shape}, words {arrays['digit_word_mel'].shape} + novel "
-          f"{arrays['novel_word_mel'].shape}; utterances longer than {N_FRAMES} frames (cropped): "
-          f"{int((dw > N_FRAMES).sum())}/{dw.size} digit words, {int((nw > N_FRAMES).sum())}/{nw.size} novel words")
+          f"{arrays['novel_word_mel'].shape} + extra {arrays['extra_word_mel'].shape}; utterances longer than "
+          f"{N_FRAMES} frames (cropped): {int((dw > N_FRAMES).sum())}/{dw.size} digit words, "
+          f"{int((nw > N_FRAMES).sum())}/{nw.size} novel words, {int((ew > N_FRAMES).sum())}/{ew.size} extra words")
     return 0
 
 

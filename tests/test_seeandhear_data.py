@@ -42,13 +42,13 @@ def test_shipped_file_contents():
     assert data.images.shape == (1797, 8, 8) and 0.0 <= data.images.min() and data.images.max() <= 1.0
     assert sorted(np.unique(data.labels).tolist()) == list(range(10))
     assert data.words[:10] == ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-    assert len(data.words) == 30 and len(set(data.words)) == 30
-    assert data.word_mel.shape == (30, 48, 40, 24)
+    assert len(data.words) == 70 and len(set(data.words)) == 70
+    assert data.word_mel.shape == (70, 48, 40, 24)
     assert len(data.voices) == 16 and data.voice_is_test.sum() == 4
     # every stored utterance holds speech: louder than the silence it was padded with
     silence = data.meta["logmel"]["eps"]
     assert (data.word_mel.max(axis=(2, 3)) > np.log(silence) + 10).all()
-    assert data.meta["n_frames"] == 24 and data.meta["format_version"] == 1
+    assert data.meta["n_frames"] == 24 and data.meta["format_version"] == 2
     assert DEFAULT_PATH.stat().st_size < 5_000_000
 
 
@@ -61,7 +61,14 @@ def test_splits_are_disjoint_and_novel_words_never_in_train():
     assert novel_ids == set(range(10, 30)) and novel_ids.isdisjoint(train.word_ids.tolist())
     assert novel_ids.isdisjoint(test.word_ids.tolist()) and set(novel.word_ids.tolist()) == novel_ids
     assert train.images.shape[0] + test.images.shape[0] == 1797
-    assert not (data.image_is_test & ~data.image_is_test).any()
+    # the extra words are training words: never novel, only in train/test when asked for
+    extra = data.split("train", extra_words=True)
+    assert set(extra.word_ids.tolist()) == set(range(10)) | set(range(30, 70))
+    assert novel_ids.isdisjoint(extra.word_ids.tolist())
+    assert novel_ids.isdisjoint(data.split("test", extra_words=True).word_ids.tolist())
+    assert {data.words[i] for i in novel_ids}.isdisjoint(data.words[i] for i in extra.word_ids)
+    with pytest.raises(ValueError, match="not novel"):
+        data.split("novel", extra_words=True)
     # every class in both image splits
     assert set(train.labels.tolist()) == set(test.labels.tolist()) == set(range(10))
     with pytest.raises(ValueError, match="split must be one of"):
@@ -113,8 +120,10 @@ def test_wrong_keys(tmp_path):
     ("novel_word_mel", lambda a: a[:, :10], r"key 'novel_word_mel' has shape \(20, 10, 40, 24\), expected \(20, 48, 40, 24\)"),
     ("digit_images", lambda a: a.astype(np.float32), r"key 'digit_images' should be a 3-d array of dtype kind 'u'"),
     ("digit_labels", lambda a: a + 5, r"digit labels outside 0\.\.9"),
-    ("novel_words", lambda a: np.concatenate([a[:-1], ["seven"]]), r"novel words overlap the digit words"),
-], ids=["shape", "dtype", "labels", "overlap"])
+    ("novel_words", lambda a: np.concatenate([a[:-1], ["seven"]]), r"novel words \['seven'\] also appear among the training words"),
+    ("extra_words", lambda a: np.concatenate([a[:-1], ["apple"]]), r"novel words \['apple'\] also appear among the training words"),
+    ("extra_word_frames", lambda a: a[:5], r"key 'extra_word_frames' has shape \(5, 48\), expected \(40, 48\)"),
+], ids=["shape", "dtype", "labels", "novel-digit-overlap", "novel-extra-overlap", "extra-shape"])
 def test_mismatched_contents(tmp_path, key, value, message):
     arrays = _shipped_arrays()
     arrays[key] = value(arrays[key])

@@ -88,7 +88,7 @@ def test_targets_delays_and_exposures_are_consistent(data):
     assert (batch.query_kind == OBJECT_TO_WORD).any() and (batch.query_kind == WORD_TO_OBJECT).any()
     assert ((batch.target != IGNORE) == (batch.query_kind > 0)).all()
     answers = batch.target[batch.target != IGNORE]
-    assert answers.min() >= 0 and answers.max() < streams.n_targets(load_seeandhear()) == 40
+    assert answers.min() >= 0 and answers.max() < streams.n_targets(load_seeandhear()) == 80
 
 
 @pytest.mark.parametrize("delay", [10, 100, 1000])
@@ -106,6 +106,12 @@ def test_novel_words_only_in_novel_streams(data):
     train = generate_streams(StreamConfig(), 8, seed=0, data=data)
     heard = train.item[train.modality == AUDIO]
     assert heard[heard >= 0].max() < 10
+    extra = generate_streams(StreamConfig(extra_words=True, n_pairs=10), 8, seed=0, data=data)
+    heard = extra.item[extra.modality == AUDIO]
+    heard = set(heard[heard >= 0].tolist())
+    assert heard.isdisjoint(range(10, 30)) and len(heard & set(range(30, 70))) > 20
+    with pytest.raises(ValueError, match="extra_words adds training words"):
+        StreamConfig(split="novel", extra_words=True)
     novel = generate_streams(StreamConfig(split="novel"), 8, seed=0, data=data)
     heard = novel.item[novel.modality == AUDIO]
     assert heard[heard >= 0].min() >= 10 and (novel.pair_words >= 10).all()

@@ -6,9 +6,10 @@ generation parameter). Axis letters: ``N`` images, ``W`` words, ``V`` variants o
 (voice x speaking rate/pitch), ``M`` mel bins, ``L`` log-mel frames.
 
 Contents (default file): 1797 digit images ``[N, 8, 8]`` of 10 classes, split 80/20 per
-class; the words "zero".."nine" (word id = digit) and 20 novel words (ids 10..29) each in
-48 variants ``[V, M=40, L=24]``: 16 espeak-ng voices (8 English accents x 2) x 3 rates and
-pitches. Voices are split 12 train / 4 test. The novel words belong to no training split.
+class; the words "zero".."nine" (word id = digit), 20 novel words (ids 10..29) and 40
+extra training words (ids 30..69), each in 48 variants ``[V, M=40, L=24]``: 16 espeak-ng
+voices (8 English accents x 2) x 3 rates and pitches. Voices are split 12 train / 4 test.
+The novel words belong to no training split.
 
 Splits (:meth:`SeeHearData.split`):
 
@@ -19,6 +20,9 @@ train     train digits   "zero".."nine" (ids 0..9)   train voices
 test      test digits    "zero".."nine" (ids 0..9)   test voices
 novel     test digits    20 novel words (ids 10..29) test voices
 ========= ============== =========================== ===============
+
+``split(name, extra_words=True)`` adds the 40 extra words (ids 30..69) to ``train`` and
+``test``: more names to learn from, so that a model generalises better to novel words.
 
 Every problem with the file (missing, checksum mismatch, truncated or not an archive,
 missing or unexpected keys, wrong shapes or types) raises :class:`DataFileError` naming
@@ -53,6 +57,7 @@ _SCHEMA = {
     "digit_split": ("u", 1),
     "digit_words": ("U", 1),
     "novel_words": ("U", 1),
+    "extra_words": ("U", 1),
     "voices": ("U", 1),
     "voice_split": ("u", 1),
     "variant_voice": ("i", 1),
@@ -62,6 +67,8 @@ _SCHEMA = {
     "digit_word_frames": ("i", 2),
     "novel_word_mel": ("f", 4),
     "novel_word_frames": ("i", 2),
+    "extra_word_mel": ("f", 4),
+    "extra_word_frames": ("i", 2),
 }
 
 
@@ -89,8 +96,8 @@ class SeeHearData:
     images: np.ndarray          # [1797, 8, 8] float32 in [0, 1]
     labels: np.ndarray          # [1797] int64
     image_is_test: np.ndarray   # [1797] bool
-    words: tuple[str, ...]      # 30 names: digit words (ids 0..9), then novel words (10..29)
-    word_mel: np.ndarray        # [30, V, M, L] float32 raw log-mel
+    words: tuple[str, ...]      # 70 names: digit words (ids 0..9), novel words (10..29), extra words (30..69)
+    word_mel: np.ndarray        # [70, V, M, L] float32 raw log-mel
     word_frames: np.ndarray     # [30, V] frames of speech before centring in L frames
     voices: tuple[str, ...]     # [n_voices]
     voice_is_test: np.ndarray   # [n_voices] bool
@@ -98,10 +105,15 @@ class SeeHearData:
     variant_rate: np.ndarray    # [V] words per minute
     variant_pitch: np.ndarray   # [V] espeak pitch 0..100
     n_digit_words: int
+    n_novel_words: int
 
     @property
     def novel_word_ids(self) -> np.ndarray:
-        return np.arange(self.n_digit_words, len(self.words))
+        return np.arange(self.n_digit_words, self.n_digit_words + self.n_novel_words)
+
+    @property
+    def extra_word_ids(self) -> np.ndarray:
+        return np.arange(self.n_digit_words + self.n_novel_words, len(self.words))
 
     @property
     def digit_word_ids(self) -> np.ndarray:
@@ -120,13 +132,18 @@ class SeeHearData:
     def mel_std(self) -> float:
         return float(self.word_mel[: self.n_digit_words][:, self.variants(False)].std())
 
-    def split(self, name: str) -> SeeHearSplit:
-        """``"train"``, ``"test"`` or ``"novel"`` (see the module docstring's table)."""
+    def split(self, name: str, extra_words: bool = False) -> SeeHearSplit:
+        """``"train"``, ``"test"`` or ``"novel"`` (see the module docstring's table);
+        ``extra_words`` adds the extra words to ``train`` and ``test``."""
         if name not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        if extra_words and name == "novel":
+            raise ValueError("extra_words adds training words: it applies to the train and test splits, not novel")
         test = name != "train"
         img = np.nonzero(self.image_is_test == test)[0]
         ids = self.novel_word_ids if name == "novel" else self.digit_word_ids
+        if extra_words:
+            ids = np.concatenate([ids, self.extra_word_ids])
         var = self.variants(test)
         return SeeHearSplit(name=name, images=self.images[img], labels=self.labels[img],
                             word_mel=self.word_mel[ids][:, var], word_ids=ids,
@@ -173,7 +190,8 @@ def _check_schema(path: Path, z: dict[str, np.ndarray]) -> None:
             raise DataFileError(f"{path}: key {key!r} should be a {ndim}-d array of dtype kind {kind!r}, "
                                 f"got shape {a.shape} dtype {a.dtype}")
     n = z["digit_images"].shape[0]
-    nw_d, nw_n, n_voices = z["digit_words"].shape[0], z["novel_words"].shape[0], z["voices"].shape[0]
+    nw_d, nw_n, nw_e = z["digit_words"].shape[0], z["novel_words"].shape[0], z["extra_words"].shape[0]
+    n_voices = z["voices"].shape[0]
     V = z["variant_voice"].shape[0]
     M, L = z["digit_word_mel"].shape[2:]
     expect = {
@@ -181,6 +199,7 @@ def _check_schema(path: Path, z: dict[str, np.ndarray]) -> None:
         "voice_split": (n_voices,), "variant_rate": (V,), "variant_pitch": (V,),
         "digit_word_mel": (nw_d, V, M, L), "digit_word_frames": (nw_d, V),
         "novel_word_mel": (nw_n, V, M, L), "novel_word_frames": (nw_n, V),
+        "extra_word_mel": (nw_e, V, M, L), "extra_word_frames": (nw_e, V),
     }
     for key, shape in expect.items():
         if z[key].shape != shape:
@@ -195,8 +214,11 @@ def _check_schema(path: Path, z: dict[str, np.ndarray]) -> None:
     for name, values in (("digit_split", z["digit_split"]), ("voice_split", z["voice_split"])):
         if set(np.unique(values).tolist()) != {0, 1}:
             raise DataFileError(f"{path}: {name} must hold both 0 (train) and 1 (test), got {np.unique(values)}")
-    if set(z["digit_words"].tolist()) & set(z["novel_words"].tolist()):
-        raise DataFileError(f"{path}: novel words overlap the digit words")
+    digit, novel, extra = (set(z[k].tolist()) for k in ("digit_words", "novel_words", "extra_words"))
+    if novel & (digit | extra):
+        raise DataFileError(f"{path}: novel words {sorted(novel & (digit | extra))} also appear among the training words")
+    if digit & extra:
+        raise DataFileError(f"{path}: extra words {sorted(digit & extra)} repeat digit words")
     try:
         json.loads(str(z["meta"]))
     except json.JSONDecodeError as e:
@@ -227,7 +249,7 @@ def _load_cached(path: Path, size: int, mtime_ns: int, verify: bool) -> SeeHearD
                                 f"or was regenerated without its checksum (`{REGENERATE}` writes both)")
     z = _read_arrays(path)
     _check_schema(path, z)
-    words = tuple(z["digit_words"].tolist()) + tuple(z["novel_words"].tolist())
+    words = tuple(z["digit_words"].tolist()) + tuple(z["novel_words"].tolist()) + tuple(z["extra_words"].tolist())
     return SeeHearData(
         path=path,
         meta=json.loads(str(z["meta"])),
@@ -235,12 +257,14 @@ def _load_cached(path: Path, size: int, mtime_ns: int, verify: bool) -> SeeHearD
         labels=z["digit_labels"].astype(np.int64),
         image_is_test=z["digit_split"].astype(bool),
         words=words,
-        word_mel=np.concatenate([z["digit_word_mel"], z["novel_word_mel"]]).astype(np.float32),
-        word_frames=np.concatenate([z["digit_word_frames"], z["novel_word_frames"]]).astype(np.int64),
+        word_mel=np.concatenate([z["digit_word_mel"], z["novel_word_mel"], z["extra_word_mel"]]).astype(np.float32),
+        word_frames=np.concatenate([z["digit_word_frames"], z["novel_word_frames"],
+                                    z["extra_word_frames"]]).astype(np.int64),
         voices=tuple(z["voices"].tolist()),
         voice_is_test=z["voice_split"].astype(bool),
         variant_voice=z["variant_voice"].astype(np.int64),
         variant_rate=z["variant_rate"].astype(np.int64),
         variant_pitch=z["variant_pitch"].astype(np.int64),
         n_digit_words=len(z["digit_words"]),
+        n_novel_words=len(z["novel_words"]),
     )

@@ -9,8 +9,8 @@ seeded by ``(seed, split, row)``, so a row never depends on the batch size:
 1. **A fresh pairing.** ``n_pairs`` of the 10 objects (digit classes) and ``n_pairs``
    words of the split are drawn, and word ``p`` names object ``p``: a new random mapping in
    every stream, so it can only be held in the state. Training streams use "zero".."nine"
-   (in a shuffled meaning: "three" may name the 7s); ``split="novel"`` uses 20 words that
-   never appear in training.
+   (in a shuffled meaning: "three" may name the 7s), plus 40 extra words with
+   ``extra_words=True``; ``split="novel"`` uses 20 words that never appear in training.
 2. **Exposures.** Each pairing is met ``e`` times (``e`` drawn from ``exposures``): the
    object is seen for ``view_frames`` continuous image steps (a random exemplar of the
    class, each frame jittered by up to ``image_jitter`` pixels plus pixel noise), then,
@@ -24,9 +24,9 @@ seeded by ``(seed, split, row)``, so a row never depends on the batch size:
    the word alone (another voice variant unless ``query_same_variant``); its target is the
    object class. An image query (a fraction ``image_query_frac`` of pairings) is the object
    alone, seen for ``view_frames`` steps (another exemplar); the target, on its last frame,
-   is ``WORD_TARGET_OFFSET + word id`` (10 + 0..9 digit words, 10 + 10..29 novel words).
-   Targets thus share one output space of ``n_targets = 40`` classes: 0..9 objects, then
-   words. A silent step precedes each query.
+   is ``WORD_TARGET_OFFSET + word id`` (word ids: 0..9 digit words, 10..29 novel words,
+   30..69 extra words). Targets thus share one output space of ``n_targets = 80`` classes:
+   0..9 objects, then words. A silent step precedes each query.
 4. **Filler.** Every other step is silence, a distractor object view (any class, never
    named), a distractor word (a word of the split that is in no pairing of this stream;
    noise when there is none), or noise (random pixels or random log-mel values), in the
@@ -90,7 +90,7 @@ WORD_TARGET_OFFSET = N_CLASSES
 
 
 def n_targets(data: SeeHearData) -> int:
-    """Size of the output space of the targets: the objects, then every word (40 with the shipped file)."""
+    """Size of the output space of the targets: the objects, then every word (80 with the shipped file)."""
     return WORD_TARGET_OFFSET + len(data.words)
 
 
@@ -98,6 +98,7 @@ class StreamConfig(StrictModel):
     """How see-and-hear streams are built (see the module docstring)."""
 
     split: Literal["train", "test", "novel"] = "train"
+    extra_words: bool = Field(False, description="add the 40 extra training words to the train/test vocabulary")
     seq_len: int | None = Field(None, ge=8, description="steps per stream; None: required_len")
     n_pairs: int = Field(5, ge=1, le=N_CLASSES, description="word-object pairings per stream")
     exposures: list[int] = Field(default_factory=lambda: [1, 2, 3, 5], description="exposures per pairing, drawn from this list")
@@ -120,6 +121,8 @@ class StreamConfig(StrictModel):
     def _check(self) -> "StreamConfig":
         if not self.exposures or min(self.exposures) < 1:
             raise ValueError(f"exposures must be a non-empty list of counts >= 1, got {self.exposures}")
+        if self.extra_words and self.split == "novel":
+            raise ValueError("extra_words adds training words: use it with split train or test, not novel")
         if self.delay_min > self.delay_max:
             raise ValueError(f"delay_min ({self.delay_min}) must be <= delay_max ({self.delay_max})")
         if not 1 <= self.name_gap[0] <= self.name_gap[1]:
@@ -289,7 +292,7 @@ def _features(cfg: StreamConfig, s: dict[str, np.ndarray], split: SeeHearSplit, 
 def generate_streams(cfg: StreamConfig, n: int, seed: int, data: SeeHearData | None = None) -> StreamBatch:
     """``n`` streams of ``cfg.length`` steps. Row ``b`` depends only on ``(cfg, seed, b)``."""
     data = data if data is not None else load_seeandhear()
-    split = data.split(cfg.split)
+    split = data.split(cfg.split, extra_words=cfg.extra_words)
     layout = StreamLayout(image_shape=tuple(split.images.shape[1:]), n_mels=split.word_mel.shape[2],
                           audio_frames=split.word_mel.shape[3])
     T = cfg.length

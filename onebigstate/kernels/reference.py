@@ -10,7 +10,7 @@ import torch
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, spread)
+                                      read_rows_and_coeffs, spread, take)
 
 
 def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
@@ -31,7 +31,7 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
         with torch.no_grad():
             store.mark_written(pos, plan.vals != 0)
         rows, coeff = read_rows_and_coeffs(params, cfg, inputs.circuit_idx[:, t], plan.alpha, carry)
-        row_values = S.reshape(B * N, N)[rows + batch_rows]                 # [B, R, N]
+        row_values = take(S.reshape(B * N, N), rows + batch_rows)          # [B, R, N]
         activation = spread(coeff, row_values)                              # [B, N]
         active_idx = choose_active(activation.detach(), cfg)
         w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
@@ -39,7 +39,7 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
         reads.append(r); k_soft.append(plan.k_soft); k_hard.append(plan.k_hard)
         gates.append(plan.gates); actives.append(active_idx); ws.append(w.detach()); pos_log.append(pos)
     sample = sample_positions(torch.stack(pos_log, 1), n_reg_samples)
-    reg_values = S.reshape(-1)[sample]
+    reg_values = take(S.reshape(-1), sample)
     store.set_dense(S.detach())
     store.carry = carry.detach()
     return ScanOutputs(torch.stack(reads, 1), torch.stack(k_soft, 1), torch.stack(gates, 1),

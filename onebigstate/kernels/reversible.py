@@ -24,7 +24,7 @@ import torch
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, spread)
+                                      read_rows_and_coeffs, spread, take)
 
 
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
@@ -139,13 +139,13 @@ class _ReversibleScan(torch.autograd.Function):
                 a_t = active[:, t]
                 R = rows.shape[1]
                 read_pos = flat_positions(rows.unsqueeze(2).expand(B, R, M), a_t.unsqueeze(1).expand(B, R, M), N)
-                base = flatS[read_pos].requires_grad_(True)                              # [B, R, M]
+                base = take(flatS, read_pos).requires_grad_(True)                              # [B, R, M]
                 grid = base + _local_writes(rows, a_t, plan)
                 activation = spread(coeff, grid)                                        # [B, M]
                 w, r = active_weights_and_read(params, cfg, activation, a_t)
                 surrogate = ((g_read[:, t] * r).sum() + (g_w_next * w).sum()
                              + (g_alpha_next * plan.alpha).sum() + (g_k_soft[:, t] * plan.k_soft).sum()
-                             + (g_gates[:, t] * plan.gates).sum() + (G[pos] * plan.vals).sum())
+                             + (g_gates[:, t] * plan.gates).sum() + (take(G, pos) * plan.vals).sum())
                 leaves = [*p_leaves, s_leaf, f_leaf, w_leaf, a_leaf, base]
                 grads = torch.autograd.grad(surrogate, leaves, allow_unused=True)
             n_p = len(p_leaves)

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from onebigstate.kernels.step import Carry
+from onebigstate.kernels.step import Carry, take
 
 
 def initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torch.float32,
@@ -93,12 +93,12 @@ class DenseState(StateStore):
         self.S.view(-1).index_add_(0, pos.reshape(-1), vals.reshape(-1).to(self.S.dtype))
 
     def values_at(self, pos):
-        return self.S.view(-1)[pos]
+        return take(self.S.view(-1), pos)
 
     def rows(self, rows):
         B, N = self.batch, self.n_nodes
         flat_rows = rows + torch.arange(B, device=rows.device).unsqueeze(1) * N
-        return self.S.view(B * N, N)[flat_rows]
+        return take(self.S.view(B * N, N), flat_rows)
 
     def mark_written(self, pos, written):
         self.touched.view(-1)[pos[written]] = True

@@ -27,7 +27,7 @@ def _copy_asset(tmp_path: Path) -> Path:
 
 def _write_npz_with_checksum(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez(buf, **arrays)
     path.write_bytes(buf.getvalue())
     path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n")
 
@@ -95,6 +95,15 @@ def test_checksum_mismatch_names_file(tmp_path):
     with pytest.raises(DataFileError, match=rf"{path.name}: sha256 mismatch") as e:
         load_seeandhear(path)
     assert str(path.resolve()) in str(e.value)
+    # unverified, the damage is still caught when the archive is read
+    with pytest.raises(DataFileError, match=rf"{path.name}: not a readable \.npz archive"):
+        load_seeandhear(path, verify=False)
+
+
+def test_loaded_arrays_are_read_only():
+    data = load_seeandhear()
+    with pytest.raises(ValueError, match="read-only"):
+        data.images[0, 0, 0] = 1.0
 
 
 def test_truncated_file(tmp_path):

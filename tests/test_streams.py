@@ -32,6 +32,8 @@ def test_deterministic_per_seed_and_rows_independent_of_batch_size(data):
     assert _same(a, b)
     one = generate_streams(cfg, 1, seed=7, data=data)
     assert torch.equal(one.features[0], a.features[0]) and torch.equal(one.target[0], a.target[0])
+    half = generate_streams(cfg, 1, seed=7, data=data, dtype=torch.float16)
+    assert half.features.dtype == torch.float16 and torch.equal(half.features[0], a.features[0].half())
     other = generate_streams(cfg, 3, seed=8, data=data)
     assert not torch.equal(other.event, a.event)
     # the same seed in another split draws other streams

@@ -39,6 +39,7 @@ import functools
 import hashlib
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +173,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
         size = path.stat().st_size
         raise DataFileError(f"{path}: not a readable .npz archive ({size} bytes; truncated or corrupt?): "
                             f"{type(e).__name__}: {e}") from e
@@ -229,7 +230,8 @@ def load_seeandhear(path: str | Path | None = None, verify: bool = True) -> SeeH
     """Load and check the see-and-hear file (default: the shipped asset).
 
     ``verify`` compares the file's sha256 with ``<path>.sha256`` first. Loads are cached
-    per (path, size, modification time), so calling this again is free.
+    per (path, size, modification time), so calling this again is free; the arrays are
+    shared between callers and therefore read-only.
     """
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
@@ -250,7 +252,7 @@ def _load_cached(path: Path, size: int, mtime_ns: int, verify: bool) -> SeeHearD
     z = _read_arrays(path)
     _check_schema(path, z)
     words = tuple(z["digit_words"].tolist()) + tuple(z["novel_words"].tolist()) + tuple(z["extra_words"].tolist())
-    return SeeHearData(
+    data = SeeHearData(
         path=path,
         meta=json.loads(str(z["meta"])),
         images=(z["digit_images"].astype(np.float32) / 16.0),
@@ -268,3 +270,7 @@ def _load_cached(path: Path, size: int, mtime_ns: int, verify: bool) -> SeeHearD
         n_digit_words=len(z["digit_words"]),
         n_novel_words=len(z["novel_words"]),
     )
+    for value in vars(data).values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    return data

@@ -20,9 +20,9 @@ seeded by ``(seed, split, row)``, so a row never depends on the batch size:
 3. **Queries.** Each pairing is queried once, ``delay`` steps after its last exposure's
    word (``delay`` log-uniform in ``[delay_min, delay_max]``). Later exposures are laid
    out around the queries already placed, so delays are exact, except that a query
-   landing on another query moves to the next free step (the real delay is recorded). A word query is
-   the word alone (another voice variant unless ``query_same_variant``); its target is the
-   object class. An image query (a fraction ``image_query_frac`` of pairings) is the object
+   landing on another query moves to the next free step (the real delay is recorded). A
+   word query is the word alone (another voice variant unless ``query_same_variant``); its
+   target is the object class. An image query (a fraction ``image_query_frac`` of pairings) is the object
    alone, seen for ``view_frames`` steps (another exemplar); the target, on its last frame,
    is ``WORD_TARGET_OFFSET + word id`` (word ids: 0..9 digit words, 10..29 novel words,
    30..69 extra words). Targets thus share one output space of ``n_targets = 80`` classes:

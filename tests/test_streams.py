@@ -138,6 +138,28 @@ def test_feature_layout_and_flags(data):
     assert not torch.equal(a, b)
 
 
+def test_recall_counts_group_by_kind_exposures_delay(data):
+    cfg = StreamConfig(n_pairs=4, exposures=[1, 3], delay_min=20, delay_max=20, image_query_frac=0.5)
+    batch = generate_streams(cfg, 3, seed=5, data=data)
+    perfect = batch.target.clamp_min(0)
+    counts = streams.recall_counts(perfect, batch)
+    assert sum(t for _, t in counts.values()) == 12 and all(c == t for c, t in counts.values())
+    assert {k[0] for k in counts} == {"word->object", "object->word"} and {k[1] for k in counts} <= {1, 3}
+    assert {k[2] for k in counts} == {20}
+    logits = torch.nn.functional.one_hot(perfect, streams.n_targets(data)).float()
+    logits[..., 0] += 2.0  # now every answer is class 0
+    wrong = streams.recall_counts(logits, batch)
+    assert sum(c for c, _ in wrong.values()) == int((batch.target == 0).sum())
+
+
+def test_evaluation_grid_at_long_delays(data):
+    for delay in (1000, 10_000):
+        cfg = StreamConfig(split="novel", exposures=[1], delay_min=delay, delay_max=delay, image_query_frac=0.5)
+        batch = generate_streams(cfg, 2, seed=0, data=data, dtype=torch.float16)
+        d = batch.delay[batch.target != IGNORE]
+        assert d.numel() == 10 and (d == delay).all() and batch.features.dtype == torch.float16
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match=r"seq_len \(50\) is too short.*need up to"):
         StreamConfig(seq_len=50)

@@ -6,8 +6,9 @@ stream generator built on it, and the SAYCam-format video loader. See ``README.m
 """
 from onebigstate.data.layout import ACTION, AUDIO, IMAGE, NONE, TOKEN, StreamLayout
 from onebigstate.data.seeandhear import DataFileError, SeeHearData, SeeHearSplit, load_seeandhear
-from onebigstate.data.streams import StreamBatch, StreamConfig, describe, generate_streams, n_targets
+from onebigstate.data.streams import (StreamBatch, StreamConfig, describe, generate_streams, n_targets,
+                                      recall_counts)
 
 __all__ = ["ACTION", "AUDIO", "IMAGE", "NONE", "TOKEN", "DataFileError", "SeeHearData", "SeeHearSplit",
            "StreamBatch", "StreamConfig", "StreamLayout", "describe", "generate_streams", "load_seeandhear",
-           "n_targets"]
+           "n_targets", "recall_counts"]

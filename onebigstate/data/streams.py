@@ -333,6 +333,25 @@ def generate_streams(cfg: StreamConfig, n: int, seed: int, data: SeeHearData | N
         words=data.words, layout=layout)
 
 
+def recall_counts(logits: torch.Tensor, batch: StreamBatch) -> dict[tuple[str, int, int], tuple[int, int]]:
+    """Correct and total answers per ``(query kind, exposures, delay)``, from model outputs
+    ``logits [B, T, n_targets]`` (or predicted classes ``[B, T]``): the numbers behind recall
+    against exposures and against delay. Query kinds are ``"word->object"`` and ``"object->word"``.
+    """
+    pred = logits.argmax(-1) if logits.dim() == 3 else logits
+    if pred.shape != batch.target.shape:
+        raise ValueError(f"predictions must be [B, T] = {tuple(batch.target.shape)}, got {tuple(pred.shape)}")
+    mask = batch.target != IGNORE
+    names = {WORD_TO_OBJECT: "word->object", OBJECT_TO_WORD: "object->word"}
+    counts: dict[tuple[str, int, int], list[int]] = {}
+    for kind, n_exp, delay, ok in zip(batch.query_kind[mask].tolist(), batch.exposures[mask].tolist(),
+                                      batch.delay[mask].tolist(), (pred[mask] == batch.target[mask]).tolist()):
+        c = counts.setdefault((names[kind], n_exp, delay), [0, 0])
+        c[0] += int(ok)
+        c[1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(counts.items())}
+
+
 def describe(batch: StreamBatch, b: int, start: int = 0, stop: int | None = None) -> str:
     """Readable listing of stream ``b`` (steps ``start:stop``), one line per run of equal steps."""
     words = batch.words

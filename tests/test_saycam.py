@@ -60,6 +60,12 @@ def test_clip_round_trip(folder):
     assert [clip.step_text(k) for k in (0, 3, 4, 6, 8)] == ["look at the ball", "look at the ball", "", "ball", ""]
 
 
+def test_max_seconds_reads_the_start(folder):
+    clip = load_clip(folder / "day1.mp4", SayCamConfig(fps=5, image_size=(8, 8), max_seconds=1.0))
+    assert clip.frames.shape == (5, 8, 8) and clip.duration == 1.0
+    assert clip.mel.shape == (40, 1 + 16000 // 480) and clip.audio_windows.shape == (5, 40, 24)
+
+
 def test_clip_as_stream_feeds_the_encoders(folder):
     clip = load_clip(folder / "day1.mp4", SayCamConfig(fps=5, image_size=(8, 8)))
     steps = clip_to_steps(clip)

@@ -185,13 +185,14 @@ def _decode_audio(av, path: Path, cfg: SayCamConfig, duration: float) -> np.ndar
         if not container.streams.audio:
             return None
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-        chunks, start = [], None
+        chunks, start, n = [], None, 0
         for frame in container.decode(audio=0):
             if start is None:
                 start = float(frame.time) if frame.time is not None else 0.0
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
-            if cfg.max_seconds is not None and sum(c.size for c in chunks) >= (cfg.max_seconds + 1) * sr:
+                n += chunks[-1].size
+            if cfg.max_seconds is not None and n >= (cfg.max_seconds + 1) * sr:
                 break
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))

@@ -110,3 +110,32 @@ def test_simulation_checks_its_windows():
         mf_from_states(np.zeros((100, 2)), u, tau_max=10, washout=10, n_fit=95)
     with pytest.raises(ValueError, match="not a linear SSM"):
         memory_function(torch.nn.LSTM(2, 2), tau_max=3, method="closed_form")
+
+
+def test_docstring_example_runs():
+    from onebigstate.analysis import memory_function as mod
+    lines = [ln.strip() for ln in mod.__doc__.splitlines() if ln.startswith("    res")]
+    assert len(lines) == 3
+    scope = {"S4D": S4D, "S4DConfig": S4DConfig, "torch": torch, "memory_function": memory_function}
+    exec(lines[0], scope)
+    assert scope["res"].method == "closed_form" and scope["res"].mc <= 32 + 1e-6
+    exec("\n".join(lines[1:]), scope)
+    assert scope["res"].method == "simulation" and scope["res"].mc <= 64
+
+
+def test_cli_memory_writes_plot_and_json(tmp_path, capsys):
+    import argparse
+    import json
+
+    from onebigstate.cli import memory as cli
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["memory", "two_level", "lstm", "--n-state", "8", "--tau-max", "12",
+                              "--n-fit", "300", "--n-test", "300", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "two_level" in printed and "lstm" in printed and "MC =" in printed
+    data = json.loads((tmp_path / "memory.json").read_text())
+    assert [m["model"] for m in data["models"]] == ["two_level", "lstm"]
+    assert all(m["mc"] <= m["read_out_dim"] + 1e-6 for m in data["models"])
+    assert (tmp_path / "memory.png").exists()

@@ -46,6 +46,7 @@ def test_conv_matches_recurrent_values_and_gradients(init, disc):
 
 
 @pytest.mark.parametrize("mode", ["conv", "recurrent"])
+@torch.no_grad()
 def test_carried_state_equals_one_pass(mode):
     m = _layer("s4d_inv", "zoh")
     u = torch.randn(2, 13, 3, dtype=torch.float64)
@@ -57,6 +58,7 @@ def test_carried_state_equals_one_pass(mode):
     assert rel_err(s2, s_all) < 1e-10
 
 
+@torch.no_grad()
 def test_step_equals_forward():
     m = _layer("two_level", "bilinear")
     u = torch.randn(2, 6, 3, dtype=torch.float64)

@@ -25,8 +25,8 @@ Two routes:
   steps, clipped to [0, 1].
 
 Adapters give every recurrent model in the library a state vector (:func:`adapter_for`); the
-scalar input enters through a fixed random input projection ``u_t * w_in`` (``w_in`` of unit
-norm scaled by ``input_scale``).
+scalar input enters through a fixed random input projection ``u_t * w_in`` (``w_in`` a random
+direction whose entries have RMS ``input_scale``).
 
     res = memory_function(S4D(1, S4DConfig(d_state=32)), tau_max=256)           # closed form
     res = memory_function(torch.nn.LSTM(16, 32, batch_first=True), tau_max=64)  # simulation
@@ -180,9 +180,19 @@ class StateAdapter:
 
 
 def _input_projection(d: int, seed: int, scale: float) -> torch.Tensor:
+    """A fixed random direction [d] with entries of RMS ``scale`` (norm scale * sqrt(d)), float64."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(d, generator=gen, dtype=torch.float64)
-    return w / w.norm() * scale
+    return w / w.norm() * math.sqrt(d) * scale
+
+
+def _input_map(d: int, seed: int, scale: float, bias: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w, b) float32 [d]: the scalar input enters as u_t * w + b. ``b`` is a second fixed random
+    direction with RMS ``bias`` (zero when bias = 0); it breaks the u -> -u symmetry that lets a
+    model keep only even functions of u (which a linear read-out cannot see)."""
+    w = _input_projection(d, seed, scale).float()
+    b = _input_projection(d, seed + 7919, bias).float() if bias else torch.zeros(d)
+    return w, b
 
 
 class DiagonalSSMAdapter(StateAdapter):
@@ -205,7 +215,7 @@ class DiagonalSSMAdapter(StateAdapter):
         elif H == 1:
             w = np.ones(1)
         else:
-            w = _input_projection(H, input_seed, input_scale * math.sqrt(H)).numpy()
+            w = _input_projection(H, input_seed, input_scale).numpy()
         self.lam, self.b, self.w = lam, b * w[:, None], w
         self.state_dim = 2 * lam.size
         self.describe = "real and imaginary parts of the diagonal state, all channels"
@@ -234,7 +244,7 @@ class DenseSSMAdapter(StateAdapter):
         if channel is not None:
             A, B = A[channel:channel + 1], B[channel:channel + 1]
         elif H > 1:
-            B = B * _input_projection(H, input_seed, input_scale * math.sqrt(H)).numpy()[:, None]
+            B = B * _input_projection(H, input_seed, input_scale).numpy()[:, None]
         self.A = scipy.linalg.block_diag(*A)
         self.B = B.reshape(-1)
         self.state_dim = len(self.B)
@@ -255,9 +265,9 @@ class DenseSSMAdapter(StateAdapter):
 class LSTMAdapter(StateAdapter):
     """torch.nn.LSTM (batch_first or not): [h, c] of every layer after each step."""
 
-    def __init__(self, lstm: nn.LSTM, input_seed: int = 0, input_scale: float = 1.0):
+    def __init__(self, lstm: nn.LSTM, input_seed: int = 0, input_scale: float = 1.0, input_bias: float = 0.0):
         self.lstm = lstm
-        self.w = _input_projection(lstm.input_size, input_seed, input_scale).float()
+        self.w, self.b = _input_map(lstm.input_size, input_seed, input_scale, input_bias)
         self.state_dim = 2 * lstm.num_layers * lstm.hidden_size
         self.describe = "hidden h and cell c of every layer"
 
@@ -269,7 +279,7 @@ class LSTMAdapter(StateAdapter):
         if lstm.bidirectional or lstm.proj_size:
             raise ValueError("the LSTM adapter supports unidirectional LSTMs without projections")
         dtype = next(lstm.parameters()).dtype
-        x = torch.as_tensor(u, dtype=dtype)[:, None] * self.w.to(dtype)        # [T, D]
+        x = torch.as_tensor(u, dtype=dtype)[:, None] * self.w.to(dtype) + self.b.to(dtype)  # [T, D]
         hs, cs = [], []
         for layer in range(lstm.num_layers):
             W_ih, W_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
@@ -303,10 +313,11 @@ class MambaAdapter(StateAdapter):
     The short convolution's input cache is not part of the vector (``include_conv=True`` adds it).
     """
 
-    def __init__(self, mamba, input_seed: int = 0, input_scale: float = 1.0, include_conv: bool = False):
+    def __init__(self, mamba, input_seed: int = 0, input_scale: float = 1.0, input_bias: float = 0.0,
+                 include_conv: bool = False):
         self.mamba = mamba
         c = mamba.config
-        self.w = _input_projection(c.d_model, input_seed, input_scale).float()
+        self.w, self.b = _input_map(c.d_model, input_seed, input_scale, input_bias)
         self.include_conv = include_conv
         per = c.d_inner * c.d_state + (c.d_inner * (c.d_conv - 1) if include_conv else 0)
         self.state_dim = c.n_layers * per
@@ -315,7 +326,7 @@ class MambaAdapter(StateAdapter):
     @torch.no_grad()
     def run(self, u: np.ndarray) -> np.ndarray:
         c = self.mamba.config
-        xs = torch.as_tensor(u, dtype=torch.float32)[:, None] * self.w
+        xs = torch.as_tensor(u, dtype=torch.float32)[:, None] * self.w + self.b
         caches = [(None, torch.zeros(1, c.d_inner, c.d_conv - 1)) for _ in range(c.n_layers)]
         out = np.empty((len(u), self.state_dim))
         for t in range(len(u)):
@@ -332,19 +343,20 @@ class DeltaNetAdapter(StateAdapter):
     time: the fast-weight matrices S [H, K, V] of all heads, flattened (``include_conv=True``
     adds the short convolutions' caches)."""
 
-    def __init__(self, mixer, input_seed: int = 0, input_scale: float = 1.0, include_conv: bool = False):
+    def __init__(self, mixer, input_seed: int = 0, input_scale: float = 1.0, input_bias: float = 0.0,
+                 include_conv: bool = False):
         if mixer.cfg.impl == "fla":
             raise ValueError("the memory function steps the model; use deltanet impl 'recurrent' or 'chunk'")
         self.mixer = mixer
         self.include_conv = include_conv
-        self.w = _input_projection(mixer.d_model, input_seed, input_scale * math.sqrt(mixer.d_model)).float()
+        self.w, self.b = _input_map(mixer.d_model, input_seed, input_scale, input_bias)
         sizes = mixer.state_size(0)
         self.state_dim = sizes["floats"] if include_conv else sizes["matrix_floats"]
         self.describe = "delta-rule fast-weight matrices S of all heads" + (" and conv caches" if include_conv else "")
 
     @torch.no_grad()
     def run(self, u: np.ndarray) -> np.ndarray:
-        xs = torch.as_tensor(u, dtype=torch.float32)[:, None] * self.w
+        xs = torch.as_tensor(u, dtype=torch.float32)[:, None] * self.w + self.b
         state = None
         out = np.empty((len(u), self.state_dim))
         for t in range(len(u)):
@@ -371,12 +383,13 @@ class OBSAdapter(StateAdapter):
     equals stepping it (``OBSLayer.step`` is that forward on one step; a test of the layer checks it).
     """
 
-    def __init__(self, layer, features: str = "active", input_seed: int = 0, input_scale: float = 1.0):
+    def __init__(self, layer, features: str = "active", input_seed: int = 0, input_scale: float = 1.0,
+                 input_bias: float = 0.0):
         if features not in ("active", "output", "both"):
             raise ValueError(f"features must be 'active', 'output' or 'both', got '{features}'")
         self.layer, self.features = layer, features
         c = layer.cfg
-        self.w = _input_projection(c.d_model, input_seed, input_scale * math.sqrt(c.d_model)).float()
+        self.w, self.b = _input_map(c.d_model, input_seed, input_scale, input_bias)
         self.state_dim = {"active": c.n_nodes, "output": c.d_model, "both": c.n_nodes + c.d_model}[features]
         self.describe = {"active": "active weights w_t scattered at A_t (N dims)",
                          "output": "layer output y_t (d_model dims)",
@@ -386,7 +399,7 @@ class OBSAdapter(StateAdapter):
     def run(self, u: np.ndarray) -> np.ndarray:
         was = self.layer.training
         self.layer.eval()
-        xs = (torch.as_tensor(u, dtype=torch.float32)[:, None] * self.w).unsqueeze(0)
+        xs = (torch.as_tensor(u, dtype=torch.float32)[:, None] * self.w + self.b).unsqueeze(0)
         y, _ = self.layer(xs)
         self.layer.train(was)
         st = self.layer.last_stats
@@ -400,7 +413,8 @@ class OBSAdapter(StateAdapter):
         return torch.cat(parts, 1).double().numpy()
 
 
-def adapter_for(model, input_seed: int = 0, input_scale: float = 1.0, **kwargs) -> StateAdapter:
+def adapter_for(model, input_seed: int = 0, input_scale: float = 1.0, input_bias: float = 0.0,
+                **kwargs) -> StateAdapter:
     """The state adapter of a library model (S4D, DenseSSM, nn.LSTM, mambapy Mamba, OBSLayer,
     DeltaNetMixer), or ``(lam, b)`` / ``("dense", A, B)`` tuples for raw linear SSMs."""
     if isinstance(model, StateAdapter):
@@ -418,14 +432,14 @@ def adapter_for(model, input_seed: int = 0, input_scale: float = 1.0, **kwargs) 
     if isinstance(model, DenseSSM):
         return DenseSSMAdapter(model, input_seed=input_seed, input_scale=input_scale, **kwargs)
     if isinstance(model, nn.LSTM):
-        return LSTMAdapter(model, input_seed, input_scale)
+        return LSTMAdapter(model, input_seed, input_scale, input_bias)
     if isinstance(model, OBSLayer):
-        return OBSAdapter(model, input_seed=input_seed, input_scale=input_scale, **kwargs)
+        return OBSAdapter(model, input_seed=input_seed, input_scale=input_scale, input_bias=input_bias, **kwargs)
     from onebigstate.baselines.deltanet import DeltaNetMixer
     if isinstance(model, DeltaNetMixer):
-        return DeltaNetAdapter(model, input_seed, input_scale, **kwargs)
+        return DeltaNetAdapter(model, input_seed, input_scale, input_bias, **kwargs)
     if type(model).__name__ == "Mamba" and hasattr(model, "step") and hasattr(model, "config"):
-        return MambaAdapter(model, input_seed, input_scale, **kwargs)
+        return MambaAdapter(model, input_seed, input_scale, input_bias, **kwargs)
     raise TypeError(f"no memory-function adapter for {type(model).__name__}; expected S4D, DenseSSM, "
                     f"nn.LSTM, mambapy Mamba, OBSLayer, DeltaNetMixer or a StateAdapter")
 
@@ -440,15 +454,20 @@ class _RawDense(DenseSSMAdapter):
 
 def memory_function(model_or_ssm, tau_max: int = 100, method: str = "auto", *, n_fit: int = 8000,
                     n_test: int = 8000, washout: int | None = None, ridge: float = 1e-12, seed: int = 0,
-                    input_seed: int = 0, input_scale: float = 1.0, label: str = "", **adapter_kwargs) -> MemoryResult:
+                    input_seed: int = 0, input_scale: float = 1.0, input_bias: float = 0.0, label: str = "",
+                    **adapter_kwargs) -> MemoryResult:
     """MF(tau) for tau = 0..tau_max and MC, by closed form (linear SSMs) or simulation.
 
     ``method``: "closed_form", "simulation", or "auto" (closed form where the model is linear).
     Simulation uses ``washout`` (default max(tau_max, 1000)) steps, then ``n_fit`` to fit and
     ``n_test`` to score; ``seed`` seeds the input sequence, ``input_seed`` the input projection.
+    ``input_bias`` (nonlinear models only; for linear ones a constant input only shifts the state,
+    which the read-out's intercept absorbs) adds a fixed random offset to the projected input.
     """
     if method not in ("auto", "closed_form", "simulation"):
         raise ValueError(f"method must be 'auto', 'closed_form' or 'simulation', got '{method}'")
+    if input_bias:
+        adapter_kwargs["input_bias"] = input_bias
     adapter = adapter_for(model_or_ssm, input_seed=input_seed, input_scale=input_scale, **adapter_kwargs)
     if method in ("auto", "closed_form"):
         res = adapter.closed_form(tau_max, label)

@@ -63,6 +63,8 @@ class S4DConfig(StrictModel):
     r_disc: float = Field(1.0, gt=0.0, le=1.0, description="radius of the disc the random init samples")
     freeze_recurrent: bool = Field(False, description="fix eigenvalues and step size; B, C, D still train")
     learn_b: bool = Field(True, description="train the input weights B (initialised to 1)")
+    lr_recurrent: float | None = Field(None, gt=0.0, description="learning rate of the eigenvalues and step "
+                                       "(tagged for the optimizer builder; None: the run's lr)")
     mode: Literal["conv", "recurrent"] = "conv"
     init_seed: int | None = Field(None, description="seed of the eigenvalue and step draws (None: torch's RNG)")
 
@@ -150,13 +152,13 @@ def s4d_conv(u: torch.Tensor, lam: torch.Tensor, lam_log: torch.Tensor, b: torch
     Returns (y [B, T, H], x_last [B, H, M]), with x_last the state after the last step.
     """
     Bsz, T, H = u.shape
-    K = s4d_kernel(lam_log, C * b, T)                                    # [H, T]
+    pows = torch.exp(lam_log.unsqueeze(-1) * torch.arange(T, device=u.device))  # [H, M, T] lam^l
+    K = 2 * torch.einsum("hm,hml->hl", C * b, pows).real                        # [H, T]
     n = 2 * T
     y = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=n) * torch.fft.rfft(K, n=n), n=n)[..., :T]
     y = y.transpose(1, 2) + D * u
     # x_last = sum_t lam^(T-1-t) b u_t (+ lam^T x0)
-    back = torch.exp(lam_log.unsqueeze(-1) * torch.arange(T - 1, -1, -1, device=u.device))  # [H, M, T]
-    x_last = b * torch.einsum("hmt,bth->bhm", back, u.to(back.dtype))
+    x_last = b * torch.einsum("hmt,bth->bhm", pows.flip(-1), u.to(pows.dtype))
     if x0 is not None:
         fwd = torch.exp(lam_log.unsqueeze(-1) * torch.arange(1, T + 1, device=u.device))    # [H, M, T]
         y = y + 2 * torch.einsum("hm,bhm,hmt->bth", C, x0, fwd).real
@@ -202,8 +204,8 @@ class S4D(Mixer):
         self.log_A_re = nn.Parameter(torch.log(-A.real).float(), requires_grad=train_rec)
         self.A_im = nn.Parameter(A.imag.float().clone(), requires_grad=train_rec)
         for p in (self.log_dt, self.log_A_re, self.A_im):
-            # The S4 convention: no weight decay on the recurrent parameters.
-            p._optim = {"weight_decay": 0.0}
+            # The S4 convention: no weight decay on the recurrent parameters, optionally their own lr.
+            p._optim = {"weight_decay": 0.0, **({"lr": cfg.lr_recurrent} if cfg.lr_recurrent else {})}
         self.B_ri = nn.Parameter(torch.stack([torch.ones(H, M), torch.zeros(H, M)], -1), requires_grad=cfg.learn_b)
         self.C_ri = nn.Parameter(torch.randn(H, M, 2) * math.sqrt(0.5 / M))
         self.D = nn.Parameter(torch.randn(H))

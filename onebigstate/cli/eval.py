@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def results_table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title)
+def results_table(title: str, rows: list[tuple[str, str]], caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption)
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for k, v in rows:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     rows += [("step", format_value(ckpt.step)), ("test sequences", format_value(cfg.task.test_size)),
              ("parameters", format_value(out["n_params"]))]
     rows += [(f"state size: {k}", format_value(v)) for k, v in out["state_size"].items()]
-    Console().print(results_table(f"{cfg.model.name} on {cfg.task.name} ({ckpt.path})", rows))
+    Console().print(results_table(f"{cfg.model.name} on {cfg.task.name}, held-out set", rows, caption=str(ckpt.path)))
     path = Path(args.out) if args.out else (ckpt.run_dir or ckpt.path) / "eval.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")

@@ -37,6 +37,8 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0, description="seed of the model's initialisation and of the run's RNGs")
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ... or auto (cuda when available)")
     dtype: Literal["float32", "float64"] = "float32"
+    threads: int = Field(0, ge=0, description="intra-op CPU threads (0: leave torch's setting); float "
+                                              "results depend on it, so exact resumption needs the same")
     carry_state: bool = Field(False, description="lifelong: carry the model's states across batches "
                                                  "(detached) and store them in checkpoints")
     progress: bool = Field(True, description="show a progress bar")

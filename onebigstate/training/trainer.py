@@ -160,6 +160,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     log = log or (lambda msg: tqdm.write(msg))
     device, dtype = resolve_device(tc.device), getattr(torch, tc.dtype)
 
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     torch.manual_seed(tc.seed)

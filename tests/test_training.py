@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from onebigstate.config import build_config
-from onebigstate.tasks.base import TEST_SEED_OFFSET, TaskConfig, heldout_seed, batch_seed
+from onebigstate.config import StrictModel, build_config
+from onebigstate.tasks.base import TEST_SEED_OFFSET, Task, TaskConfig, batch_seed, heldout_seed
 from onebigstate.tasks.mqar_task import MQARTask
-from onebigstate.tasks.registry import build_task
+from onebigstate.tasks.registry import build_task, register_task
 from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.config import RunConfig, TrainConfig
 from onebigstate.training.optim import build_optimizer, lr_factor, param_settings
@@ -211,3 +211,42 @@ def test_configs_shipped_in_repo_are_valid():
         assert cfg.model.name == "obs" and cfg.task.name == "mqar"
     big = load_config(RunConfig, ROOT / "configs" / "mqar_256_32.yaml")
     assert (big.task.params["vocab_size"], big.task.params["seq_len"], big.task.params["num_kv_pairs"]) == (8192, 256, 32)
+
+
+class _ToyFeatureParams(StrictModel):
+    d_input: int = 3
+    seq_len: int = 8
+
+
+@register_task("toy_features_for_tests", _ToyFeatureParams)
+class _ToyFeatureTask(Task):
+    """Feature inputs [B, T, 3]: predict the sign of the first feature (a d_input task)."""
+
+    def __init__(self, cfg, params):
+        super().__init__(cfg, params)
+        self.d_input, self.n_out = params.d_input, 2
+
+    def _make(self, n, seed):
+        x = torch.randn(n, self.params.seq_len, self.d_input, generator=torch.Generator().manual_seed(seed))
+        return x, (x[..., 0] > 0).long()
+
+    def train_batch(self, step, batch_size):
+        return self._make(batch_size, batch_seed(self.cfg.seed, step))
+
+    def test_set(self):
+        return self._make(self.cfg.test_size, heldout_seed(self.cfg.seed))
+
+    def loss(self, outputs, labels):
+        return nn.functional.cross_entropy(outputs.reshape(-1, 2), labels.reshape(-1))
+
+    def metrics(self, outputs, labels):
+        return {"loss": float(self.loss(outputs, labels)), "accuracy": float((outputs.argmax(-1) == labels).float().mean())}
+
+
+def test_feature_input_task_trains_in_float64(tmp_path):
+    tree = tiny_tree(steps=4, ckpt_every=2, eval_every=2, dtype="float64")
+    tree["task"] = {"name": "toy_features_for_tests", "test_size": 8, "params": {"d_input": 3}}
+    res = train(build_config(RunConfig, tree), tmp_path / "run")
+    assert res["step"] == 4 and set(res["metrics"]) == {"loss", "accuracy"}
+    ckpt = read_checkpoint(tmp_path / "run")
+    assert all(t.dtype == torch.float64 for t in ckpt.model_tensors().values() if t.is_floating_point())

@@ -1,7 +1,7 @@
 """``obs demo``: the quick demonstration run.
 
 Until the see-and-hear demo exists, it trains OBS on multi-query associative recall with
-``configs/demo.yaml`` (about three minutes on two CPU cores) and prints the result table.
+``configs/demo.yaml`` (a few minutes on CPU) and prints the result table.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 HELP = f"""Run the demo: for now, OBS learns multi-query associative recall (MQAR: 64 tokens,
 8 key-value pairs, vocabulary 1024) from scratch, with {DEMO_CONFIG.name} from the repository's
-configs/ folder, in about three minutes on two CPU cores, then prints the held-out accuracy,
-parameter count, state size and time. Success: test accuracy near 0.99. key=value overrides
+configs/ folder, in a few minutes on CPU (304 s on one busy core), then prints the held-out
+accuracy, parameter count, state size and time. Success: test accuracy near 0.99 (0.9855 on
+500 held-out sequences after the 250 steps). key=value overrides
 work as for `obs train`. (The see-and-hear association demo will replace it.)"""
 
 

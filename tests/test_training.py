@@ -250,3 +250,11 @@ def test_feature_input_task_trains_in_float64(tmp_path):
     assert res["step"] == 4 and set(res["metrics"]) == {"loss", "accuracy"}
     ckpt = read_checkpoint(tmp_path / "run")
     assert all(t.dtype == torch.float64 for t in ckpt.model_tensors().values() if t.is_floating_point())
+
+
+@pytest.mark.slow
+def test_demo_config_learns_mqar_to_high_held_out_accuracy(tmp_path):
+    """configs/demo.yaml (what `obs demo` runs): held-out accuracy >= 0.95 after its 250 steps."""
+    from onebigstate.config import load_config
+    res = train(load_config(RunConfig, ROOT / "configs" / "demo.yaml"), tmp_path / "demo")
+    assert res["metrics"]["accuracy"] >= 0.95, res

@@ -12,6 +12,8 @@ class OBSMixerConfig(OBSConfig):
 
 @register_mixer("obs", OBSMixerConfig)
 class OBSMixer(OBSLayer):
+    uses_continuous_flags = True
+
     def __init__(self, d_model: int, cfg: OBSMixerConfig):
         super().__init__(OBSConfig(**{**cfg.model_dump(), "d_model": d_model}))
 

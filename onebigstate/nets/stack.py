@@ -33,14 +33,19 @@ def count_params(module: nn.Module) -> int:
 class SeqModel(nn.Module):
     """tokens [B, T] long (vocab_size set) or features [B, T, d_input] -> outputs [B, T, n_out]."""
 
-    def __init__(self, cfg: ModelConfig, n_out: int, vocab_size: int | None = None, d_input: int | None = None):
+    def __init__(self, cfg: ModelConfig, n_out: int, vocab_size: int | None = None, d_input: int | None = None,
+                 encoder: nn.Module | None = None):
         super().__init__()
-        if (vocab_size is None) == (d_input is None):
-            raise ValueError("give exactly one of vocab_size (token inputs) or d_input (feature inputs)")
+        if sum(a is not None for a in (vocab_size, d_input, encoder)) != 1:
+            raise ValueError("give exactly one of vocab_size (token inputs), d_input (feature inputs) "
+                             "or encoder (a module mapping the raw input to [B, T, d_model])")
         self.cfg = cfg
         self.vocab_size = vocab_size
         d = cfg.d_model
-        self.embed = nn.Embedding(vocab_size, d) if vocab_size is not None else nn.Linear(d_input, d)
+        if encoder is not None:
+            self.embed = encoder
+        else:
+            self.embed = nn.Embedding(vocab_size, d) if vocab_size is not None else nn.Linear(d_input, d)
         self.mixers = nn.ModuleList(build_mixer(cfg.name, d, cfg.mixer) for _ in range(cfg.n_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.n_layers))
         hidden = int(cfg.mlp_ratio * d)
@@ -55,12 +60,18 @@ class SeqModel(nn.Module):
             if cfg.tie_embeddings and n_out == vocab_size:
                 self.head.weight = self.embed.weight
 
-    def forward(self, x: torch.Tensor, states: list | None = None, **mixer_kwargs) -> tuple[torch.Tensor, list]:
-        """x -> (outputs [B, T, n_out], states)."""
-        h, new_states = self.hidden(x, states, **mixer_kwargs)
+    def forward(self, x: torch.Tensor, states: list | None = None,
+                continuous: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+        """x -> (outputs [B, T, n_out], states).
+
+        ``continuous`` [B, T] bool marks continuous-modality steps; it reaches the mixers that
+        use it (OBS chains consecutive circuits of continuous input) and no others.
+        """
+        h, new_states = self.hidden(x, states, continuous)
         return self.head(h), new_states
 
-    def hidden(self, x: torch.Tensor, states: list | None = None, **mixer_kwargs) -> tuple[torch.Tensor, list]:
+    def hidden(self, x: torch.Tensor, states: list | None = None,
+               continuous: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
         """x -> (normalised hidden [B, T, d_model], states); ``self.head(h[mask])`` gives outputs.
 
         Tasks that score only a few positions (MQAR) apply the head there alone, which saves
@@ -72,14 +83,18 @@ class SeqModel(nn.Module):
             if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
                 raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range "
                                  f"[{int(x.min())}, {int(x.max())}]")
-        elif x.dim() != 3:
+        elif isinstance(self.embed, nn.Linear) and x.dim() != 3:
             raise ValueError(f"expected features [B, T, d_input], got shape {tuple(x.shape)}")
         if states is not None and len(states) != len(self.mixers):
             raise ValueError(f"expected {len(self.mixers)} states (one per layer), got {len(states)}")
         h = self.embed(x)
         new_states = []
         for i, (norm, mixer, mlp) in enumerate(zip(self.norms, self.mixers, self.mlps)):
-            y, st = mixer(norm(h), None if states is None else states[i], **mixer_kwargs)
+            state = None if states is None else states[i]
+            if getattr(mixer, "uses_continuous_flags", False):
+                y, st = mixer(norm(h), state, continuous=continuous)
+            else:
+                y, st = mixer(norm(h), state)
             h = h + y
             if not isinstance(mlp, nn.Identity):
                 h = h + mlp(h)
@@ -100,5 +115,6 @@ class SeqModel(nn.Module):
         return {k: sum(s.get(k, 0) for s in sizes) for k in sizes[0]}
 
 
-def build_model(cfg: ModelConfig, n_out: int, vocab_size: int | None = None, d_input: int | None = None) -> SeqModel:
-    return SeqModel(cfg, n_out, vocab_size=vocab_size, d_input=d_input)
+def build_model(cfg: ModelConfig, n_out: int, vocab_size: int | None = None, d_input: int | None = None,
+                encoder: nn.Module | None = None) -> SeqModel:
+    return SeqModel(cfg, n_out, vocab_size=vocab_size, d_input=d_input, encoder=encoder)

@@ -80,3 +80,13 @@ def test_resume_of_finished_run_extends_it_with_more_steps(finished_run, tmp_pat
         assert main(["train", "--resume", str(run), "train.steps=8"]) == 0
     assert "changed train settings: steps" in capsys.readouterr().out
     assert json.loads((run / "results.json").read_text())["step"] == 8
+
+
+def test_obs_demo_runs_its_config_and_prints_the_result_table(tmp_path, capsys):
+    tiny = ["task.params.seq_len=16", "task.params.num_kv_pairs=2", "task.test_size=4", "model.d_model=16",
+            "model.mixer.n_nodes=32", "model.mixer.k_min=2", "model.mixer.k_max=4", "model.mixer.m_active=4",
+            "train.steps=2", "train.batch_size=2", "train.eval_every=0", "train.ckpt_every=0", "train.progress=false"]
+    assert main(["demo", "--out", str(tmp_path / "demo"), *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "obs demo: OBS on MQAR" in out and "test accuracy" in out
+    assert json.loads((tmp_path / "demo" / "results.json").read_text())["step"] == 2

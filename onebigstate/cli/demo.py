@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from onebigstate.cli.eval import format_value, results_table
+from onebigstate.cli.eval import results_rows, results_table
 from onebigstate.config import ConfigError, load_config
 from onebigstate.training.config import RunConfig
 from onebigstate.training.trainer import train
@@ -41,9 +41,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(RunConfig, DEMO_CONFIG, args.overrides)
     run_dir = Path(args.out) if args.out else Path(cfg.out_dir) / f"demo-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     res = train(cfg, run_dir)
-    rows = [(f"test {k}", format_value(v)) for k, v in res["metrics"].items()]
-    rows += [("training steps", format_value(res["step"])), ("parameters", format_value(res["n_params"]))]
-    rows += [(f"state size: {k}", format_value(v)) for k, v in res["state_size"].items()]
-    rows += [("wall time (s)", f"{res['wall_time_s']:.1f}"), ("run folder", str(run_dir))]
-    Console().print(results_table("obs demo: OBS on MQAR (64 tokens, 8 pairs)", rows))
+    Console().print(results_table("obs demo: OBS on MQAR (64 tokens, 8 pairs)", results_rows(res)))
     return 0

@@ -43,6 +43,15 @@ def format_value(v) -> str:
     return str(v)
 
 
+def results_rows(res: dict) -> list[tuple[str, str]]:
+    """Table rows of a ``results.json`` record (see :func:`onebigstate.training.trainer.train`)."""
+    rows = [(f"test {k}", format_value(v)) for k, v in res["metrics"].items()]
+    rows += [("training steps", format_value(res["step"])), ("parameters", format_value(res["n_params"]))]
+    rows += [(f"state size: {k}", format_value(v)) for k, v in res["state_size"].items()]
+    rows += [("wall time (s)", f"{res['wall_time_s']:.1f}"), ("run folder", str(res["run"]))]
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     ckpt = read_checkpoint(args.checkpoint)
     task, model = model_from_checkpoint(ckpt, device=args.device)

@@ -5,6 +5,9 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rich.console import Console
+
+from onebigstate.cli.eval import results_rows, results_table
 from onebigstate.config import ConfigError, build_config, load_config
 from onebigstate.training.checkpoint import check_same_run, read_checkpoint
 from onebigstate.training.config import RunConfig
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if (run_dir / METRICS_FILE).exists() or (run_dir / CKPT_DIR).exists():
             raise ConfigError(f"run folder {run_dir} already holds a run; continue it with "
                               f"`obs train --resume {run_dir}` or choose another --out")
-        train(cfg, run_dir)
+        _print_results(train(cfg, run_dir), cfg)
         return 0
 
     ckpt = read_checkpoint(args.resume)
@@ -67,5 +70,10 @@ def run(args: argparse.Namespace) -> int:
     changed = [k for k, v in cfg.train.model_dump().items() if ckpt.config.train.model_dump()[k] != v]
     if changed:
         print(f"note: continuing with changed train settings: {', '.join(changed)}")
-    train(cfg, run_dir, resume=ckpt)
+    _print_results(train(cfg, run_dir, resume=ckpt), cfg)
     return 0
+
+
+def _print_results(res: dict, cfg: RunConfig) -> None:
+    title = f"{cfg.model.name} on {cfg.task.name}: held-out results"
+    Console().print(results_table(title, results_rows(res)))

@@ -8,7 +8,7 @@ range, so no training batch is a test sequence.
 
     task = build_task(TaskConfig(name="mqar", params={"seq_len": 64, "num_kv_pairs": 8}))
     x, y = task.train_batch(step=0, batch_size=32)
-    out, _ = model(x)
+    out, y, _ = task.forward(model, x, y)     # MQAR: logits at the answer positions only
     loss = task.loss(out, y)
     task.metrics(out, y)    # {"loss": ..., "accuracy": ...}
 
@@ -18,13 +18,16 @@ Tasks register themselves by name with their params' config class
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from onebigstate.config import StrictModel
+
+if TYPE_CHECKING:
+    from onebigstate.nets.stack import ModelConfig, SeqModel
 
 # Train batches use seeds below this; test sets use seeds at or above it.
 TEST_SEED_OFFSET = 1_000_000
@@ -62,6 +65,20 @@ class Task(ABC):
     def __init__(self, cfg: TaskConfig, params: StrictModel):
         self.cfg = cfg
         self.params = params
+
+    def build_model(self, cfg: "ModelConfig") -> "SeqModel":
+        """The model for this task's inputs; tasks with their own encoder (see-and-hear) override it."""
+        from onebigstate.nets.stack import build_model
+        return build_model(cfg, self.n_out, vocab_size=self.vocab_size, d_input=self.d_input)
+
+    def forward(self, model: "SeqModel", inputs: torch.Tensor, labels: torch.Tensor,
+                states: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Run the model on a batch: (outputs, labels, states), the pair :meth:`loss` and
+        :meth:`metrics` take. The default runs the whole model; a task that scores only a few
+        positions (MQAR) may apply the output head there alone and return those labels.
+        """
+        outputs, states = model(inputs, states)
+        return outputs, labels, states
 
     @abstractmethod
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

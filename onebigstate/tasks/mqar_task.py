@@ -28,6 +28,19 @@ class MQARTask(Task):
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         return generate_mqar(self.params, self.cfg.test_size, heldout_seed(self.cfg.seed))
 
+    def forward(self, model, inputs: torch.Tensor, labels: torch.Tensor,
+                states: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Logits at the answer positions only: (outputs [Q, V], labels [Q], states).
+
+        Only about 1 position in 8 carries an answer, and the output vocabulary is large, so the
+        head is applied there alone (``model.hidden`` then ``model.head``).
+        """
+        if not hasattr(model, "hidden"):
+            return super().forward(model, inputs, labels, states)
+        h, states = model.hidden(inputs, states)
+        mask = labels != IGNORE
+        return model.head(h[mask]), labels[mask], states
+
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on the answer positions only (labels != IGNORE)."""
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]).float(), labels.reshape(-1),

@@ -37,7 +37,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from onebigstate.nets.stack import SeqModel, build_model, count_params
+from onebigstate.nets.stack import SeqModel, count_params
 from onebigstate.tasks.base import Task
 from onebigstate.tasks.registry import build_task
 from onebigstate.training.checkpoint import (Checkpoint, CheckpointError, detach_states, load_model_weights,
@@ -68,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
 def build_run(cfg: RunConfig) -> tuple[Task, SeqModel]:
     """The task and the model of a run, the model on its device and dtype (weights from the current RNG)."""
     task = build_task(cfg.task)
-    model = build_model(cfg.model, task.n_out, vocab_size=task.vocab_size, d_input=task.d_input)
+    model = task.build_model(cfg.model)
     return task, model.to(device=resolve_device(cfg.train.device), dtype=getattr(torch, cfg.train.dtype))
 
 
@@ -97,8 +97,7 @@ def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | Non
     try:
         for start in range(0, inputs.shape[0], batch_size):
             x = _to_device(inputs[start:start + batch_size], device, dtype)
-            y = labels[start:start + batch_size].to(device)
-            out, _ = model(x)
+            out, y, _ = task.forward(model, x, labels[start:start + batch_size].to(device))
             for k, (s, n) in task.metric_counts(out, y).items():
                 acc = sums.setdefault(k, [0.0, 0.0])
                 acc[0] += s
@@ -238,7 +237,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         while step < tc.steps:
             x, y = task.train_batch(step, tc.batch_size)
             x, y = _to_device(x, device, dtype), y.to(device)
-            out, new_states = model(x, states if tc.carry_state else None)
+            out, y, new_states = task.forward(model, x, y, states if tc.carry_state else None)
             task_loss = task.loss(out, y)
             aux = model.aux_loss()
             loss = task_loss + aux
@@ -264,7 +263,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
             batch_metrics.pop("loss", None)
             window.add({"loss": loss_value, "task_loss": task_loss.item(), "aux_loss": aux.item(),
                         "grad_norm": grad_norm, **batch_metrics})
-            tokens += y.numel()
+            tokens += x.shape[0] * x.shape[1]
             bar.update(1)
 
             if step % tc.log_every == 0:

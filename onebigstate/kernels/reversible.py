@@ -24,7 +24,7 @@ import torch
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, spread, take)
+                                      read_rows_and_coeffs, spread)
 
 
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
@@ -78,12 +78,14 @@ class _ReversibleScan(torch.autograd.Function):
         k_hard_t = torch.stack(k_hard, 1)
         active_t = torch.stack(act_log, 1)
         # One copy of the final state: the caller keeps mutating its own (lifelong mode).
-        final_state = store.as_dense().clone()
+        snapshot = store.snapshot()
+        snap_keys = sorted(snapshot)
         w_t = torch.stack(w_log, 1)
-        ctx.save_for_backward(final_state, circuit_idx, continuous, carry_idx, carry_cidx, carry_w,
+        ctx.save_for_backward(*[snapshot[k] for k in snap_keys], circuit_idx, continuous, carry_idx, carry_cidx, carry_w,
                               carry_alpha, scores, features, k_hard_t, active_t, w_t,
                               torch.stack(alpha_log, 1), torch.stack(vals_log, 1), sample_pos, *param_tensors)
         ctx.cfg = cfg
+        ctx.store_cls, ctx.snap_keys = type(store), snap_keys
         ctx.with_chain = with_chain
         ctx.used = False
         w_out = w_t.detach().clone()
@@ -97,15 +99,19 @@ class _ReversibleScan(torch.autograd.Function):
             raise RuntimeError("the reversible OBS scan rebuilds states in place during backward and "
                                "cannot be differentiated twice; use backend='reference' for that")
         ctx.used = True
-        (S, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha, scores, features,
-         k_hard, active, w_log, alpha_log, vals_log, sample_pos, *param_tensors) = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        n_snap = len(ctx.snap_keys)
+        # The state S_T, rebuilt step by step into earlier states below (our own copy).
+        state = ctx.store_cls.from_snapshot(dict(zip(ctx.snap_keys, saved[:n_snap])))
+        (circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha, scores, features,
+         k_hard, active, w_log, alpha_log, vals_log, sample_pos, *param_tensors) = saved[n_snap:]
         cfg: StepConfig = ctx.cfg
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
-        flatS = S.view(-1)
-        G = torch.zeros_like(flatS)
+        # G = dL/dS_t from every later read, stored like the state (dense or sparse alike).
+        G = state.zeros_like()
         if g_reg is not None:
-            G.index_add_(0, sample_pos.reshape(-1), g_reg.reshape(-1))
+            G.add_(sample_pos, g_reg)
         zeros = lambda *shape: torch.zeros(*shape, dtype=scores.dtype, device=scores.device)
         g_read = g_read if g_read is not None else zeros(B, T, params_dim(param_tensors))
         g_k_soft = g_k_soft if g_k_soft is not None else zeros(B, T)
@@ -134,18 +140,18 @@ class _ReversibleScan(torch.autograd.Function):
                                    carry, k_hard=k_hard[:, t], with_chain=ctx.with_chain)
                 pos = flat_positions(plan.rows, plan.cols, N)
                 # S_t -> S_{t-1}: subtract exactly what the forward pass added.
-                flatS.index_add_(0, pos.reshape(-1), -vals_log[:, t].reshape(-1))
+                state.add_(pos, -vals_log[:, t])
                 rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
                 a_t = active[:, t]
                 R = rows.shape[1]
                 read_pos = flat_positions(rows.unsqueeze(2).expand(B, R, M), a_t.unsqueeze(1).expand(B, R, M), N)
-                base = take(flatS, read_pos).requires_grad_(True)                              # [B, R, M]
+                base = state.values_at(read_pos).requires_grad_(True)                              # [B, R, M]
                 grid = base + _local_writes(rows, a_t, plan)
                 activation = spread(coeff, grid)                                        # [B, M]
                 w, r = active_weights_and_read(params, cfg, activation, a_t)
                 surrogate = ((g_read[:, t] * r).sum() + (g_w_next * w).sum()
                              + (g_alpha_next * plan.alpha).sum() + (g_k_soft[:, t] * plan.k_soft).sum()
-                             + (g_gates[:, t] * plan.gates).sum() + (take(G, pos) * plan.vals).sum())
+                             + (g_gates[:, t] * plan.gates).sum() + (G.values_at(pos) * plan.vals).sum())
                 leaves = [*p_leaves, s_leaf, f_leaf, w_leaf, a_leaf, base]
                 grads = torch.autograd.grad(surrogate, leaves, allow_unused=True)
             n_p = len(p_leaves)
@@ -160,7 +166,7 @@ class _ReversibleScan(torch.autograd.Function):
             g_w_next = d_w if d_w is not None else zeros(B, M)
             g_alpha_next = d_a if d_a is not None else zeros(B, K)
             if d_base is not None:
-                G.index_add_(0, read_pos.reshape(-1), d_base.reshape(-1))
+                G.add_(read_pos, d_base)
         # (store, cfg, n_reg, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha)
         return (None, None, None, None, None, None, None, None, None, d_scores, d_features, *p_grads)
 

@@ -53,6 +53,19 @@ class StateStore(ABC):
         ...
 
     @abstractmethod
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the values only (no carry, no written-entry map), for the backward pass."""
+
+    @classmethod
+    @abstractmethod
+    def from_snapshot(cls, tensors: dict[str, torch.Tensor]) -> "StateStore":
+        """A store over a snapshot's tensors (used, and changed in place, by the backward pass)."""
+
+    @abstractmethod
+    def zeros_like(self) -> "StateStore":
+        """A store of the same layout holding zeros (the backward pass's dL/dS accumulator)."""
+
+    @abstractmethod
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Everything needed to restore this state exactly (for checkpoints)."""
 
@@ -77,12 +90,15 @@ class StateStore(ABC):
 class DenseState(StateStore):
     """A dense [B, N, N] tensor per batch of streams, and a [B, N, N] bool map of touched entries."""
 
-    def __init__(self, S: torch.Tensor, touched: torch.Tensor | None = None, carry: Carry | None = None):
+    def __init__(self, S: torch.Tensor, touched: torch.Tensor | None = None, carry: Carry | None = None,
+                 track_written: bool = True):
         if S.dim() != 3 or S.shape[1] != S.shape[2]:
             raise ValueError(f"dense state must be [B, N, N], got shape {tuple(S.shape)}")
         self.S = S
         self.batch, self.n_nodes = S.shape[0], S.shape[1]
-        self.touched = touched if touched is not None else torch.zeros(S.shape, dtype=torch.bool, device=S.device)
+        if touched is None and track_written:
+            touched = torch.zeros(S.shape, dtype=torch.bool, device=S.device)
+        self.touched = touched
         self.carry = carry
 
     @classmethod
@@ -101,9 +117,12 @@ class DenseState(StateStore):
         return take(self.S.view(B * N, N), flat_rows)
 
     def mark_written(self, pos, written):
-        self.touched.view(-1)[pos[written]] = True
+        if self.touched is not None:
+            self.touched.view(-1)[pos[written]] = True
 
     def entries_written(self):
+        if self.touched is None:
+            raise ValueError("this state does not track written entries (track_written=False)")
         return self.touched.view(self.batch, -1).sum(1)
 
     def clone(self):
@@ -111,18 +130,32 @@ class DenseState(StateStore):
         if self.carry is not None:
             c = self.carry
             carry = Carry(c.active_idx.clone(), c.active_w.clone(), c.circuit_idx.clone(), c.alpha.clone())
-        return DenseState(self.S.clone(), self.touched.clone(), carry)
+        touched = None if self.touched is None else self.touched.clone()
+        return DenseState(self.S.clone(), touched, carry, track_written=touched is not None)
+
+    def snapshot(self):
+        return {"S": self.S.clone()}
+
+    @classmethod
+    def from_snapshot(cls, tensors):
+        return cls(tensors["S"], track_written=False)
+
+    def zeros_like(self):
+        return DenseState(torch.zeros_like(self.S), track_written=False)
 
     def reset_streams(self, s0: torch.Tensor, which: torch.Tensor) -> None:
         """Start the streams where ``which`` [B] bool is True afresh from ``s0``."""
         if which.any():
             self.S[which] = s0.to(self.S.dtype)
-            self.touched[which] = False
+            if self.touched is not None:
+                self.touched[which] = False
             if self.carry is not None:
                 self.carry = self.carry.select(~which)
 
     def to_tensors(self):
-        out = {"S": self.S, "touched": self.touched}
+        out = {"S": self.S}
+        if self.touched is not None:
+            out["touched"] = self.touched
         if self.carry is not None:
             c = self.carry
             out.update(active_idx=c.active_idx, active_w=c.active_w, circuit_idx=c.circuit_idx, alpha=c.alpha)
@@ -133,7 +166,7 @@ class DenseState(StateStore):
         carry = None
         if "active_idx" in t:
             carry = Carry(t["active_idx"], t["active_w"], t["circuit_idx"], t["alpha"])
-        return cls(t["S"], t["touched"], carry)
+        return cls(t["S"], t.get("touched"), carry, track_written="touched" in t)
 
     def as_dense(self):
         return self.S

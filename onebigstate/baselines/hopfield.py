@@ -21,9 +21,15 @@ positive value per head (log-parametrised, starting at ``beta``). ``normalize_pa
 L2-normalises xi and the stored keys, so beta alone sets the sharpness of retrieval
 (similarities are cosines); start beta larger then (e.g. 8).
 
+``conv_size`` > 0 adds a short causal depthwise convolution over the input before the
+projections (as the Based / DeltaNet layers have), so a stored key can carry the step
+before it; without it the layer cannot bind a token to the one that followed it, which
+MQAR needs (one layer or several).
+
 The carried state is the stored set (keys and values of the steps so far), so chunks with the
 state carried give the same outputs as one pass; its size counted the Zoology way is
-``2 * T * D`` floats per stream, as for an attention KV cache.
+``2 * T * D`` floats per stream, as for an attention KV cache (plus ``D * (conv_size - 1)``
+for the convolution's last inputs).
 """
 from __future__ import annotations
 
@@ -45,11 +51,12 @@ class HopfieldConfig(StrictModel):
     normalize_patterns: bool = Field(False, description="L2-normalise state and stored key patterns")
     n_updates: int = Field(1, ge=1, description="Hopfield update steps (the last one retrieves values)")
     include_current: bool = Field(False, description="store step t's own pattern before step t retrieves")
+    conv_size: int = Field(0, ge=0, description="short causal depthwise conv over the input (0: none)")
 
 
 @register_mixer("hopfield", HopfieldConfig)
 class HopfieldMixer(Mixer):
-    """x [B, T, D] -> (y [B, T, D], state = {"k": [B, H, P+T, E], "v": [B, H, P+T, E]})."""
+    """x [B, T, D] -> (y [B, T, D], state = {"k", "v": [B, H, P+T, E], "conv": [B, D, conv_size-1] or None})."""
 
     def __init__(self, d_model: int, cfg: HopfieldConfig):
         super().__init__()
@@ -70,6 +77,8 @@ class HopfieldMixer(Mixer):
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        if cfg.conv_size > 0:
+            self.conv = nn.Conv1d(d_model, d_model, cfg.conv_size, groups=d_model, bias=False)
 
     @property
     def beta(self) -> torch.Tensor:
@@ -85,6 +94,13 @@ class HopfieldMixer(Mixer):
         def heads(z: torch.Tensor) -> torch.Tensor:
             return z.view(B, T, H, E).transpose(1, 2)                      # [B, H, T, E]
 
+        conv_next = None
+        if self.cfg.conv_size > 0:
+            W = self.cfg.conv_size
+            cache = x.new_zeros(B, D, W - 1) if state is None else state["conv"]
+            full = torch.cat([cache, x.transpose(1, 2)], dim=2)            # [B, D, W-1+T]
+            x = F.conv1d(full, self.conv.weight, groups=D).transpose(1, 2)
+            conv_next = full[:, :, full.shape[2] - (W - 1):]
         xi, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if self.cfg.normalize_patterns:
             xi, k = F.normalize(xi, dim=-1), F.normalize(k, dim=-1)
@@ -114,7 +130,7 @@ class HopfieldMixer(Mixer):
                 xi = F.normalize(xi, dim=-1)
         o = retrieve(xi, v)
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, D))
-        return y, {"k": k, "v": v}
+        return y, {"k": k, "v": v, "conv": conv_next}
 
     def state_size(self, seq_len: int) -> dict[str, int]:
-        return {"floats": 2 * seq_len * self.d_model}
+        return {"floats": 2 * seq_len * self.d_model + self.d_model * max(self.cfg.conv_size - 1, 0)}

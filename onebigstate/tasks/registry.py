@@ -39,6 +39,7 @@ def register_task(name: str, config: type[StrictModel]):
 def _load_all() -> None:
     # Importing the modules runs their @register_task decorators.
     import onebigstate.tasks.mqar_task  # noqa: F401
+    import onebigstate.tasks.seeandhear_task  # noqa: F401
 
 
 def task_params(name: str, params: dict | None) -> StrictModel:

@@ -22,8 +22,9 @@ class GaussianRegConfig(StrictModel):
     n_samples: int = Field(1024, ge=1)
 
 
-class OBSConfig(StrictModel):
-    d_model: int = Field(64, ge=1, description="width of the layer's input and output")
+class OBSCoreConfig(StrictModel):
+    """Everything of the OBS layer but its width (the mixer config inside a model stack)."""
+
     n_nodes: int = Field(512, ge=2, description="N, nodes of the big state")
     d_key: int = Field(64, ge=1, description="width of the node address keys K[n]")
     d_value: int = Field(64, ge=1, description="width of the node value embeddings V[n]")
@@ -35,7 +36,6 @@ class OBSConfig(StrictModel):
     value_from_key: bool = Field(True, description="V[n] = V_free[n] + K[n] W_kv: values start aligned with addresses")
     init_std: float = Field(0.01, ge=0.0, description="std of the seeded Gaussian initial state")
     state_seed: int = 0
-    mode: Literal["episodic", "lifelong"] = "episodic"
     spread_from_active: bool = Field(True, description="read also spreads from A_{t-1}'s rows (gated)")
     beta_init: float = Field(0.02, gt=0.0, lt=1.0, description="initial gate of that spread")
     gate_scale: float = Field(1.0, gt=0.0, description="largest |change| of a write gate")
@@ -48,7 +48,7 @@ class OBSConfig(StrictModel):
     gaussian_reg: GaussianRegConfig = GaussianRegConfig()
 
     @model_validator(mode="after")
-    def _check_sizes(self) -> "OBSConfig":
+    def _check_sizes(self) -> "OBSCoreConfig":
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
         if self.k_max > self.n_nodes:
@@ -56,3 +56,14 @@ class OBSConfig(StrictModel):
         if self.m_active > self.n_nodes:
             raise ValueError(f"m_active ({self.m_active}) must be <= n_nodes ({self.n_nodes})")
         return self
+
+
+class OBSConfig(OBSCoreConfig):
+    """The OBS layer's config.
+
+    Episodic or lifelong is not a layer setting: ``layer(x)`` starts every stream from the
+    seeded initial state (episodic); passing the returned state back in, ``layer(x, state)``,
+    continues the streams (lifelong). In training runs, ``train.carry_state`` does the latter.
+    """
+
+    d_model: int = Field(64, ge=1, description="width of the layer's input and output")

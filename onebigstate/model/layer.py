@@ -61,6 +61,10 @@ class OBSLayer(nn.Module):
         self.controller = nn.Linear(cfg.d_model, cfg.d_hidden)
         self.read_norm = nn.LayerNorm(cfg.d_value)
         self.out = nn.Linear(cfg.d_hidden + cfg.d_value, cfg.d_model)
+        # Address keys, value embeddings and the spread gate are per-node memories, not
+        # weights to shrink: no weight decay.
+        for p in (self.addresser.keys, self.value, self.beta_logit):
+            p._optim = {"weight_decay": 0.0}
         self.register_buffer("s0", initial_state(cfg.n_nodes, cfg.init_std, cfg.state_seed), persistent=False)
         self.last_stats: OBSStats | None = None
 

@@ -71,7 +71,8 @@ def mixer_config(name: str, kwargs: dict | None) -> StrictModel:
     try:
         return MIXERS[name].config.model_validate(kwargs or {})
     except ValidationError as err:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        msgs = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+                         + e["msg"].removeprefix("Value error, ") for e in err.errors())
         raise ConfigError(f"invalid config for model '{name}': {msgs}") from None
 
 

@@ -1,12 +1,12 @@
 """OBS as a registered mixer, so the generic stack and every benchmark can build it by name."""
 from __future__ import annotations
 
-from onebigstate.model.config import OBSConfig
+from onebigstate.model.config import OBSConfig, OBSCoreConfig
 from onebigstate.model.layer import OBSLayer
 from onebigstate.nets.mixer import register_mixer
 
 
-class OBSMixerConfig(OBSConfig):
+class OBSMixerConfig(OBSCoreConfig):
     """OBSConfig without d_model (the stack sets it)."""
 
 

@@ -258,3 +258,27 @@ def test_demo_config_learns_mqar_to_high_held_out_accuracy(tmp_path):
     from onebigstate.config import load_config
     res = train(load_config(RunConfig, ROOT / "configs" / "demo.yaml"), tmp_path / "demo")
     assert res["metrics"]["accuracy"] >= 0.95, res
+
+
+def test_init_from_loads_weights_of_another_run(tmp_path):
+    """train.init_from starts a run (a curriculum stage) from another run's weights."""
+    from onebigstate.config import build_config
+    from onebigstate.training.checkpoint import read_checkpoint
+    from onebigstate.training.config import RunConfig
+    from onebigstate.training.trainer import model_from_checkpoint, train
+
+    base = {"task": {"name": "mqar", "test_size": 8, "params": {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2}},
+            "model": {"name": "obs", "d_model": 16, "mixer": {"n_nodes": 32, "k_min": 2, "k_max": 4, "m_active": 4,
+                                                            "d_key": 8, "d_value": 8, "d_hidden": 8, "d_write": 8}},
+            "train": {"steps": 2, "batch_size": 4, "progress": False}}
+    first = build_config(RunConfig, base)
+    train(first, tmp_path / "a", log=lambda m: None)
+    second = build_config(RunConfig, base, [f"train.init_from={tmp_path / 'a'}", "train.steps=1", "train.lr=1e-12",
+                                            "task.params.seq_len=24", "task.params.num_kv_pairs=4"])
+    msgs = []
+    train(second, tmp_path / "b", log=msgs.append)
+    assert any("initialised the weights from" in m for m in msgs)
+    _, m_a = model_from_checkpoint(read_checkpoint(tmp_path / "a"))
+    _, m_b = model_from_checkpoint(read_checkpoint(tmp_path / "b"))
+    for (n, pa), (_, pb) in zip(m_a.named_parameters(), m_b.named_parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6), n

@@ -42,6 +42,9 @@ class TrainConfig(StrictModel):
     carry_state: bool = Field(False, description="lifelong: carry the model's states across batches "
                                                  "(detached) and store them in checkpoints")
     progress: bool = Field(True, description="show a progress bar")
+    init_from: str | None = Field(None, description="start from the weights of this checkpoint or run folder "
+                                                    "(a curriculum: same model, other task settings); "
+                                                    "optimizer and step start afresh")
 
 
 class RunConfig(StrictModel):

@@ -41,7 +41,7 @@ from onebigstate.nets.stack import SeqModel, count_params
 from onebigstate.tasks.base import Task
 from onebigstate.tasks.registry import build_task
 from onebigstate.training.checkpoint import (Checkpoint, CheckpointError, detach_states, load_model_weights,
-                                             save_checkpoint, set_rng_states)
+                                             read_checkpoint, save_checkpoint, set_rng_states)
 from onebigstate.training.config import RunConfig
 from onebigstate.training.optim import build_optimizer, build_scheduler
 
@@ -171,6 +171,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
 
     step, states = 0, None
     window, elapsed, last_eval, last_ckpt = _Window(), 0.0, None, None
+    if tc.init_from is not None and resume is None:
+        init = read_checkpoint(tc.init_from)
+        load_model_weights(init, model)
+        log(f"initialised the weights from {init.path} (step {init.step} of its run)")
     if resume is not None:
         load_model_weights(resume, model)
         saved = resume.trainer_state()

@@ -139,12 +139,6 @@ def undiscretize(lam: torch.Tensor, dt: torch.Tensor, method: str) -> torch.Tens
 
 # ---- the two paths (ops) -------------------------------------------------------------------
 
-def s4d_kernel(lam_log: torch.Tensor, CB: torch.Tensor, L: int) -> torch.Tensor:
-    """K[h, l] = 2 Re(sum_m CB[h, m] lam[h, m]^l), l < L. lam_log [H, M] = log(lam) -> [H, L]."""
-    pows = torch.exp(lam_log.unsqueeze(-1) * torch.arange(L, device=lam_log.device))  # [H, M, L]
-    return 2 * torch.einsum("hm,hml->hl", CB, pows).real
-
-
 def s4d_conv(u: torch.Tensor, lam: torch.Tensor, lam_log: torch.Tensor, b: torch.Tensor, C: torch.Tensor,
              D: torch.Tensor, x0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """FFT path. u [B, T, H] real; lam, lam_log, b, C [H, M] complex; D [H]; x0 [B, H, M] or None.

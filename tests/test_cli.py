@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from onebigstate.cli.main import SUBCOMMANDS, main
 from training_helpers import single_thread, write_config
@@ -40,7 +41,7 @@ def test_demo_help_says_what_it_runs(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "multi-query associative recall" in out and "demo.yaml" in out
+    assert "see-and-hear" in out and "Transformer, LSTM, Mamba, DeltaNet" in out
 
 
 def test_obs_eval_on_finished_run_prints_table_and_writes_eval_json(finished_run, capsys):
@@ -83,10 +84,10 @@ def test_resume_of_finished_run_extends_it_with_more_steps(finished_run, tmp_pat
 
 
 def test_obs_demo_runs_its_config_and_prints_the_result_table(tmp_path, capsys):
-    tiny = ["task.params.seq_len=16", "task.params.num_kv_pairs=2", "task.test_size=4", "model.d_model=16",
-            "model.mixer.n_nodes=32", "model.mixer.k_min=2", "model.mixer.k_max=4", "model.mixer.m_active=4",
-            "train.steps=2", "train.batch_size=2", "train.eval_every=0", "train.ckpt_every=0", "train.progress=false"]
-    assert main(["demo", "--out", str(tmp_path / "demo"), *tiny]) == 0
+    from test_seeandhear_demo import TINY
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "demo"), "train.steps=1"]) == 0
     out = capsys.readouterr().out
-    assert "obs demo: OBS on MQAR" in out and "test accuracy" in out
-    assert json.loads((tmp_path / "demo" / "results.json").read_text())["step"] == 2
+    assert "obs demo: see and hear" in out and "w->o d=10" in out
+    assert json.loads((tmp_path / "demo" / "models" / "obs" / "results.json").read_text())["step"] == 1

@@ -31,11 +31,11 @@ def run_demo(exp: SeeHearExperiment, run_dir: str | Path = DEFAULT_RUN, fresh: b
              console: Console | None = None) -> dict:
     console = console or Console(width=max(Console().width, 150))
     t0 = time.perf_counter()
-    steps = exp.train.get("steps")
+    steps = exp.train.steps
     names = ", ".join(f"{m.label} ({m.model.n_layers}L)" for m in exp.models)
     console.print(f"[bold]obs demo[/bold]: see and hear. Models: {names}; {steps} training steps of "
-                  f"{exp.train.get('batch_size')} streams each, encoders pretrained for "
-                  f"{exp.task.get('pretrain_steps', 0)} batches; run folder {run_dir}")
+                  f"{exp.train.batch_size} streams each, encoders pretrained for "
+                  f"{exp.task.pretrain_steps} batches; run folder {run_dir}")
     summary = run_experiment(exp, run_dir, reuse=not fresh, log=lambda msg: console.print(msg, highlight=False))
     recalls = {k: {m: RecallResult.from_json(r) for m, r in v.items()} for k, v in summary["recall"].items()}
     wall = time.perf_counter() - t0

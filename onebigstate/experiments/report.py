@@ -29,7 +29,7 @@ def _columns(exp) -> list[tuple[str, str, int, int]]:
 
 def budget_line(exp, rows: list[dict]) -> str:
     steps = sorted({r["steps"] for r in rows})
-    b = exp.train.get("batch_size")
+    b = exp.train.batch_size
     params = ", ".join(f"{r['label']} {r['params']:,}" for r in rows)
     return (f"same budget: {'/'.join(map(str, steps))} steps of {b} streams each; parameters: {params}; "
             f"{exp.grid.n_streams} held-out streams per condition")

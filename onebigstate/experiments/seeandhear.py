@@ -34,6 +34,7 @@ from onebigstate.experiments.recall import RecallGrid, RecallResult, measure_rec
 from onebigstate.experiments.report import markdown_tables, rich_table
 from onebigstate.nets.stack import ModelConfig, count_params
 from onebigstate.tasks.base import TaskConfig
+from onebigstate.tasks.seeandhear_task import TASK_KEYS, SeeHearParams
 from onebigstate.training.checkpoint import CheckpointError, read_checkpoint
 from onebigstate.training.config import RunConfig, TrainConfig
 from onebigstate.training.trainer import RESULTS_FILE, model_from_checkpoint, train
@@ -56,10 +57,15 @@ def _default_models() -> list[ModelSpec]:
             ModelSpec(label="deltanet", model=ModelConfig(name="deltanet", n_layers=2))]
 
 
-def _default_task() -> dict[str, Any]:
-    return {"n_pairs": 3, "exposures": [1, 2], "delay_min": 3, "delay_max": 30, "view_frames": 2,
-            "name_gap": [1, 2], "spacing": [1, 4], "image_query_frac": 0.5, "extra_words": True,
-            "pretrain_steps": 150, "freeze_encoder": True}
+def _default_task() -> SeeHearParams:
+    return SeeHearParams(n_pairs=3, exposures=[1, 2], delay_min=3, delay_max=30, view_frames=2, name_gap=(1, 2),
+                         spacing=(1, 4), image_query_frac=0.5, extra_words=True, pretrain_steps=150,
+                         freeze_encoder=True)
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(steps=120, batch_size=16, lr=3e-3, warmup=10, eval_batch_size=64, log_every=10,
+                       progress=False)
 
 
 class GridConfig(StrictModel):
@@ -75,21 +81,18 @@ class SeeHearExperiment(StrictModel):
     """One comparison: the task's streams, the models, the shared training budget, the recall grid."""
 
     seed: int = 0
-    task: dict[str, Any] = Field(default_factory=_default_task, description="seeandhear task params")
+    task: SeeHearParams = Field(default_factory=_default_task, description="the seeandhear task's params")
     models: list[ModelSpec] = Field(default_factory=_default_models)
-    train: dict[str, Any] = Field(default_factory=lambda: {"steps": 120, "batch_size": 16, "lr": 3e-3, "warmup": 10,
-                                                           "eval_batch_size": 64, "log_every": 10, "progress": False},
-                                  description="TrainConfig keys shared by every model")
+    train: TrainConfig = Field(default_factory=_default_train, description="training settings shared by every model")
     test_size: int = Field(64, ge=1, description="held-out streams of the trainer's own final evaluation")
     grid: GridConfig = GridConfig()
     eval_seed: int = Field(5_000_000, description="seed of the recall streams (apart from training and test seeds)")
 
     def run_config(self, spec: ModelSpec) -> RunConfig:
-        train = dict(self.train)
-        if spec.steps is not None:
-            train["steps"] = spec.steps
-        return RunConfig(task=TaskConfig(name="seeandhear", seed=self.seed, test_size=self.test_size, params=self.task),
-                         model=spec.model, train=TrainConfig(**train), run_name=spec.label)
+        train = self.train if spec.steps is None else self.train.model_copy(update={"steps": spec.steps})
+        task = TaskConfig(name="seeandhear", seed=self.seed, test_size=self.test_size,
+                          params=self.task.model_dump(mode="json"))
+        return RunConfig(task=task, model=spec.model, train=train, run_name=spec.label)
 
 
 def _matching_run(run_dir: Path, cfg: RunConfig) -> Path | None:
@@ -154,8 +157,7 @@ def run_experiment(exp: SeeHearExperiment, run_dir: str | Path, reuse: bool = Tr
 
 
 def _streams(exp: SeeHearExperiment, split: str, image_queries: bool) -> StreamConfig:
-    from onebigstate.tasks.seeandhear_task import TASK_KEYS
-    d = {k: v for k, v in exp.task.items() if k not in TASK_KEYS}
+    d = exp.task.model_dump(exclude=TASK_KEYS)
     d.update(split=split, image_query_frac=1.0 if image_queries else 0.0, seq_len=None)
     if split == "novel":
         d["extra_words"] = False

@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from onebigstate.config import StrictModel
+from onebigstate.model.discretiser import Discretiser, DiscretiserConfig
 from onebigstate.nets.mixer import build_mixer, mixer_config
 
 
@@ -21,6 +22,8 @@ class ModelConfig(StrictModel):
     mlp_ratio: float = Field(0.0, ge=0.0, description="MLP after each mixer (0: none)")
     mixer: dict[str, Any] = Field(default_factory=dict, description="the mixer's own config keys")
     tie_embeddings: bool = Field(True, description="token models: the output head reuses the input embedding")
+    discretiser: DiscretiserConfig | None = Field(None, description="quantise the final hidden vector into "
+                                                                     "discrete codes before the head (FSQ or VQ)")
 
     def check(self) -> None:
         mixer_config(self.name, self.mixer)
@@ -53,6 +56,8 @@ class SeqModel(nn.Module):
             nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
             if hidden > 0 else nn.Identity() for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d)
+        # The discretiser turns the read-out into codes; the head then decides from the code.
+        self.discretiser = Discretiser(d, cfg.discretiser) if cfg.discretiser is not None else None
         self.head = nn.Linear(d, n_out, bias=False)
         if vocab_size is not None:
             # small embeddings (as in GPT-2), so tied output logits start near uniform
@@ -99,7 +104,10 @@ class SeqModel(nn.Module):
             if not isinstance(mlp, nn.Identity):
                 h = h + mlp(h)
             new_states.append(st)
-        return self.final_norm(h), new_states
+        h = self.final_norm(h)
+        if self.discretiser is not None:
+            h, _ = self.discretiser(h)
+        return h, new_states
 
     def aux_loss(self) -> torch.Tensor:
         """Auxiliary losses the mixers computed in the last forward (OBS: k cost, Gaussian reg)."""
@@ -108,6 +116,8 @@ class SeqModel(nn.Module):
             stats = getattr(m, "last_stats", None)
             if stats is not None:
                 total = total + stats.aux_loss
+        if self.discretiser is not None and self.discretiser.aux_loss is not None:
+            total = total + self.discretiser.aux_loss
         return total
 
     def state_size(self, seq_len: int) -> dict[str, int]:

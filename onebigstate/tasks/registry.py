@@ -38,8 +38,14 @@ def register_task(name: str, config: type[StrictModel]):
 
 def _load_all() -> None:
     # Importing the modules runs their @register_task decorators.
+    import onebigstate.tasks.continual  # noqa: F401
+    import onebigstate.tasks.delayed_recall  # noqa: F401
     import onebigstate.tasks.mqar_task  # noqa: F401
+    import onebigstate.tasks.parity  # noqa: F401
+    import onebigstate.tasks.retention  # noqa: F401
+    import onebigstate.tasks.s5  # noqa: F401
     import onebigstate.tasks.seeandhear_task  # noqa: F401
+    import onebigstate.tasks.selective_copy  # noqa: F401
 
 
 def task_params(name: str, params: dict | None) -> StrictModel:

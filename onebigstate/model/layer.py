@@ -24,7 +24,7 @@ from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser
 from onebigstate.model.config import OBSConfig
 from onebigstate.model.regularizer import gaussian_strength_loss
-from onebigstate.model.state import DenseState, StateStore, initial_state
+from onebigstate.model.state import StateStore, initial_state, make_state
 from onebigstate.model.write_module import WriteModule
 
 
@@ -71,7 +71,7 @@ class OBSLayer(nn.Module):
     # ---- state -------------------------------------------------------------------------
     def init_state(self, batch: int) -> StateStore:
         """A fresh state per stream: the seeded Gaussian S_0, empty carry."""
-        return DenseState.fresh(self.s0, batch)
+        return make_state(self.cfg.state_backend, self.s0, batch)
 
     def state_size(self) -> dict[str, int]:
         """State size per stream the two ways: dense N^2 floats, plus the carry."""

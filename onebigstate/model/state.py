@@ -103,6 +103,7 @@ class DenseState(StateStore):
 
     @classmethod
     def fresh(cls, s0: torch.Tensor, batch: int) -> "DenseState":
+        """``batch`` streams, each a copy of the initial state ``s0`` [N, N]."""
         return cls(s0.unsqueeze(0).expand(batch, -1, -1).clone())
 
     def add_(self, pos, vals):
@@ -176,3 +177,15 @@ class DenseState(StateStore):
 
     def __repr__(self) -> str:
         return f"DenseState(batch={self.batch}, n_nodes={self.n_nodes}, dtype={self.S.dtype})"
+
+
+# State backends by name (OBSConfig.state_backend). A sparse backend (hash-generated initial
+# values plus stored deltas) or a row-sharded one registers here and the model is unchanged.
+STATE_BACKENDS: dict[str, type[StateStore]] = {"dense": DenseState}
+
+
+def make_state(backend: str, s0: torch.Tensor, batch: int) -> StateStore:
+    """A fresh state of ``batch`` streams, all starting from ``s0``."""
+    if backend not in STATE_BACKENDS:
+        raise ValueError(f"unknown state backend '{backend}'; known: {sorted(STATE_BACKENDS)}")
+    return STATE_BACKENDS[backend].fresh(s0, batch)

@@ -30,7 +30,7 @@ def demo_experiment(config: str | Path | None = None, overrides: list[str] | Non
 def run_demo(exp: SeeHearExperiment, run_dir: str | Path = DEFAULT_RUN, fresh: bool = False,
              console: Console | None = None) -> dict:
     console = console or Console(width=max(Console().width, 150))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     steps = exp.train.steps
     names = ", ".join(f"{m.label} ({m.model.n_layers}L)" for m in exp.models)
     console.print(f"[bold]obs demo[/bold]: see and hear. Models: {names}; {steps} training steps of "
@@ -38,13 +38,14 @@ def run_demo(exp: SeeHearExperiment, run_dir: str | Path = DEFAULT_RUN, fresh: b
                   f"{exp.task.pretrain_steps} batches; run folder {run_dir}")
     summary = run_experiment(exp, run_dir, reuse=not fresh, log=lambda msg: console.print(msg, highlight=False))
     recalls = {k: {m: RecallResult.from_json(r) for m, r in v.items()} for k, v in summary["recall"].items()}
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     trained = [r["label"] for r in summary["rows"] if not r["source"].startswith("loaded")]
     how = "all trained now" if len(trained) == len(summary["rows"]) else (
         "loaded from an earlier obs demo's checkpoints" + (f" except {', '.join(trained)}" if trained else ""))
     console.print(rich_table(exp, summary["rows"], recalls,
-                             title=f"obs demo: see and hear, recall of new pairings ({how}; {wall:.0f} s)"))
+                             title=f"obs demo: see and hear, recall of new pairings ({how}; "
+                                   f"{wall:.0f} s wall, {cpu:.0f} s CPU)"))
     console.print("plots: " + ", ".join(str(Path(run_dir) / f) for f in summary["figures"]), highlight=False)
     console.print(f"tables: {Path(run_dir) / 'results.md'}; numbers: {Path(run_dir) / 'summary.json'}", highlight=False)
-    summary["wall_time_s"] = wall
+    summary["wall_time_s"], summary["cpu_time_s"] = wall, cpu
     return summary

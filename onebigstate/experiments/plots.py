@@ -55,9 +55,9 @@ def plot_state_heatmap(view: PairingView, path: Path, max_nodes: int = 64) -> Pa
 
 
 def plot_circuits(view: PairingView, path: Path, min_frac: float = 0.05) -> Path:
-    """The object's circuit (left) and the word's (right) as a graph: edges are the stream's
-    changes ``S_T - S_0`` between their nodes (width by size, red positive, blue negative);
-    arrows from object to word are the association written when the word was heard."""
+    """The object's circuit (left) and the word's (right) as a graph, right after the word was
+    heard: edges are the changes ``S_t - S_0`` between their nodes (width by size, red positive,
+    blue negative); an arrow i -> j is ``S[i, j]``, which spreads activation from i to j."""
     obj, word = view.object_nodes, view.word_nodes
     shared = [n for n in obj if n in word]
     left = [n for n in obj if n not in shared]
@@ -67,7 +67,7 @@ def plot_circuits(view: PairingView, path: Path, min_frac: float = 0.05) -> Path
         for i, n in enumerate(group):
             pos[n] = (col, 1.0 - (i + 0.5) / max(len(group), 1))
     nodes = left + shared + right
-    delta = view.delta.numpy()
+    delta = view.pairing_delta.numpy()
     vals = [(i, j, float(delta[i, j])) for i in nodes for j in nodes if i != j]
     vmax = max((abs(v) for _, _, v in vals), default=1.0) or 1.0
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -75,22 +75,25 @@ def plot_circuits(view: PairingView, path: Path, min_frac: float = 0.05) -> Path
         if abs(v) < min_frac * vmax:
             continue
         (x0, y0), (x1, y1) = pos[i], pos[j]
-        cross = (i in obj) != (j in obj) or (i in word) != (j in word)
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>" if cross else "-", lw=0.3 + 2.5 * abs(v) / vmax,
+                    arrowprops=dict(arrowstyle="-|>", lw=0.3 + 2.5 * abs(v) / vmax,
                                     color="tab:red" if v > 0 else "tab:blue", alpha=0.25 + 0.6 * abs(v) / vmax,
                                     shrinkA=7, shrinkB=7, connectionstyle="arc3,rad=0.08"))
     for n in nodes:
         color = "tab:purple" if n in shared else "tab:blue" if n in obj else "tab:orange"
         ax.scatter(*pos[n], s=260, color=color, zorder=3, edgecolors="k", linewidths=0.5)
         ax.text(*pos[n], str(n), ha="center", va="center", fontsize=6, color="w", zorder=4)
-    ax.text(0.0, 1.04, f"object {view.object_class}\n(step {view.object_step})", ha="center", fontsize=9)
+    o2w = float(delta[np.ix_(obj, word)].sum())
+    w2o = float(delta[np.ix_(word, obj)].sum())
+    ax.text(0.0, 1.04, f"object {view.object_class}\n(last frame, step {view.object_step})", ha="center", fontsize=9)
     ax.text(1.0, 1.04, f"word '{view.word}'\n(step {view.word_step})", ha="center", fontsize=9)
+    ax.text(0.5, -0.04, f"sum of changes object -> word {o2w:+.3g}, word -> object {w2o:+.3g}", ha="center",
+            fontsize=9)
     ax.set_xlim(-0.3, 1.3)
-    ax.set_ylim(-0.05, 1.15)
+    ax.set_ylim(-0.08, 1.15)
     ax.axis("off")
-    ax.set_title("Circuits of a word and of its object, and the connections between them "
-                 f"(|change| >= {min_frac:.0%} of the largest)", fontsize=9)
+    ax.set_title("Circuits of a word and of its object right after the word was heard\n"
+                 f"arrow i->j: S[i, j] - S0[i, j] (shown if >= {min_frac:.0%} of the largest)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -1,0 +1,147 @@
+"""Cells, suites and the model zoo every suite draws from.
+
+A :class:`Cell` is one training run (task setting x model x lr x seed) plus the evaluations
+run on its final weights (:class:`Eval`). Cells of one (setting, model) differ only in lr and
+seed; the report picks the best lr by mean held-out accuracy over seeds (as Zoology does) and
+gives the mean and spread over seeds at that lr.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from onebigstate.nets.stack import ModelConfig
+from onebigstate.tasks.base import TaskConfig
+from onebigstate.training.config import RunConfig, TrainConfig
+
+Mode = Literal["quick", "full"]
+
+# Every registered model the suites know; `obs bench --models` picks among them.
+MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans", "s4d"]
+
+
+@dataclass
+class Eval:
+    """An evaluation of a trained cell.
+
+    kind ``params``: the held-out set of the same task with ``params`` changed (longer sequences,
+    more pairs), each sequence from a fresh state; one column ``label``.
+    kind ``grouped``: the task's held-out set, accuracy per group (distance, phase, length bucket).
+    kind ``lifelong``: the task's ``lifelong_set()`` streamed in windows of ``window`` tokens,
+    the state carried from window to window; accuracy per group.
+    """
+
+    kind: Literal["params", "grouped", "lifelong"]
+    label: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    window: int = 0
+
+
+@dataclass
+class Cell:
+    name: str                      # folder under the suite's run folder, unique
+    setting: str                   # the task setting, a row group of the table
+    model: str                     # model label, a row of the table
+    lr: float
+    seed: int
+    config: RunConfig
+    x: dict[str, float] = field(default_factory=dict)       # plot coordinates of the setting
+    evals: list[Eval] = field(default_factory=list)
+
+
+@dataclass
+class Plot:
+    """``kind="x"``: accuracy against ``cell.x[key]`` (one line per model and remaining coordinates);
+    ``kind="evals"``: accuracy against the number in the eval columns ``key=NUMBER``."""
+
+    kind: Literal["x", "evals"]
+    key: str
+    xlabel: str
+    log_x: bool = True
+    file: str = ""
+
+
+@dataclass
+class Suite:
+    name: str
+    title: str
+    description: str
+    cells: list[Cell]
+    plots: list[Plot] = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    """What ``obs bench`` passes to a suite's ``build``."""
+
+    mode: Mode = "quick"
+    models: list[str] | None = None          # None: every model of MODELS
+    seeds: list[int] | None = None           # None: the mode's default (quick: [0], full: [0, 1, 2])
+    device: str = "cpu"
+
+    def model_list(self) -> list[str]:
+        return list(self.models) if self.models else list(MODELS)
+
+    def seed_list(self) -> list[int]:
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [0] if self.mode == "quick" else [0, 1, 2]
+
+
+# ---- the model zoo ----------------------------------------------------------------------------
+def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
+    """The benchmark's configuration of model ``name`` at width ``d_model``.
+
+    Baselines: 2 layers, as in Zoology's MQAR sweeps. OBS: 1 layer with N = 1024 nodes (quick:
+    256), its tuned MQAR recipe (configs/mqar_64_8.yaml).
+    """
+    if name == "obs":
+        return ModelConfig(name="obs", d_model=d_model, n_layers=1,
+                           mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
+                                  "m_active": 16})
+    mixer: dict[str, Any] = {}
+    if name in ("transformer", "hopfield", "deltanet", "gated_deltanet"):
+        mixer["n_heads"] = 2 if d_model < 128 else 4
+    if name == "hopfield":
+        mixer["conv_size"] = 4                 # keys must carry the preceding token (MQAR needs it)
+    if name == "titans":
+        mixer.update(heads=2, chunk_size=4)
+    return ModelConfig(name=name, d_model=d_model, n_layers=2, mixer=mixer)
+
+
+def lr_grid(name: str, mode: Mode) -> list[float]:
+    """Learning rates swept per model (quick: the middle one only)."""
+    grid = [3e-3, 1e-2, 3e-2] if name == "obs" else [1e-3, 3e-3, 1e-2]
+    return [grid[1]] if mode == "quick" else grid
+
+
+def weight_decay(name: str) -> float:
+    # OBS's tuned recipe trains without weight decay; the baselines use Zoology's 0.1.
+    return 0.0 if name == "obs" else 0.1
+
+
+def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, steps: int, batch_size: int,
+               x: dict[str, float] | None = None, evals: list[Eval] | None = None,
+               train_overrides: dict[str, Any] | None = None, prefix: str | None = None) -> list[Cell]:
+    """One cell per model, lr and seed of ``opts`` for one task setting, under one budget."""
+    cells = []
+    for name in opts.model_list():
+        if name not in MODELS:
+            raise ValueError(f"unknown model '{name}' for the benchmark; known: {MODELS}")
+        model = model_config(name, d_model, opts.mode)
+        for lr in lr_grid(name, opts.mode):
+            for seed in opts.seed_list():
+                train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay(name),
+                                    warmup=max(1, steps // 10), seed=seed, device=opts.device,
+                                    threads=1 if opts.device == "cpu" else 0, progress=False,
+                                    ckpt_every=max(1, steps // 4), log_every=max(1, min(10, steps // 10)),
+                                    eval_batch_size=64, **(train_overrides or {}))
+                t = task.model_copy(update={"seed": seed})
+                cfg = RunConfig(task=t, model=model, train=train)
+                folder = f"{prefix or _slug(setting)}__{name}__lr{lr:g}__s{seed}"
+                cells.append(Cell(folder, setting, name, lr, seed, cfg, dict(x or {}), list(evals or [])))
+    return cells
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")

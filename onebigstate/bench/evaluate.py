@@ -1,0 +1,96 @@
+"""Evaluations of a trained cell beyond the trainer's held-out metrics.
+
+``grouped_accuracy`` scores a :class:`~onebigstate.tasks.common.Grouped` set per group; with a
+``window`` it streams each sequence through the model in windows of that many tokens, carrying
+the model's state from one window to the next (lifelong mode; every model in the library
+carries its state: recurrent ones their recurrent state, attention its KV cache).
+``written_entries`` counts, for OBS, the entries of the big state actually written while the
+model reads held-out sequences (``StateStore.entries_written()``), per stream.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from onebigstate.tasks.base import Task
+from onebigstate.tasks.common import IGNORE, Grouped
+
+
+def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    w = model.head.weight
+    return w.device, w.dtype
+
+
+@torch.no_grad()
+def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0) -> dict[str, float]:
+    """Accuracy per group name (and ``all``) over the scored positions of ``data``."""
+    device, _ = _device_dtype(model)
+    was_training = model.training
+    model.eval()
+    n_groups = len(data.names)
+    correct = torch.zeros(n_groups + 1, dtype=torch.float64)
+    total = torch.zeros(n_groups + 1, dtype=torch.float64)
+    try:
+        B, T = data.inputs.shape
+        step = window if window > 0 else T
+        for b0 in range(0, B, batch_size):
+            states = None
+            for t0 in range(0, T, step):
+                x = data.inputs[b0:b0 + batch_size, t0:t0 + step].to(device)
+                y = data.labels[b0:b0 + batch_size, t0:t0 + step].to(device)
+                g = data.groups[b0:b0 + batch_size, t0:t0 + step].to(device)
+                h, states = model.hidden(x, states)
+                mask = y != IGNORE
+                if not mask.any():
+                    continue
+                pred = model.head(h[mask]).argmax(-1)
+                right = (pred == y[mask]).double().cpu()
+                grp = g[mask].cpu()
+                correct.index_add_(0, grp, right)
+                total.index_add_(0, grp, torch.ones_like(right))
+                correct[-1] += right.sum()
+                total[-1] += right.numel()
+    finally:
+        model.train(was_training)
+    out = {name: float(correct[i] / total[i]) if total[i] else float("nan") for i, name in enumerate(data.names)}
+    out["all"] = float(correct[-1] / total[-1]) if total[-1] else float("nan")
+    return out
+
+
+@torch.no_grad()
+def written_entries(model, task: Task, n: int = 32) -> dict[str, float] | None:
+    """Mean (over ``n`` held-out sequences) of the big-state entries written, summed over layers;
+    ``None`` for models whose states do not count written entries (every model but OBS)."""
+    inputs, _ = task.test_set()
+    device, dtype = _device_dtype(model)
+    x = inputs[:n].to(device)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        _, states = model.hidden(x, None)
+    finally:
+        model.train(was_training)
+    counts = [s.entries_written().double() for s in states if hasattr(s, "entries_written")]
+    if not counts:
+        return None
+    per_stream = torch.stack(counts).sum(0)
+    return {"mean": float(per_stream.mean()), "max": float(per_stream.max())}
+
+
+def run_eval(ev, model, task: Task, cfg) -> dict[str, Any]:
+    """Columns of one :class:`~onebigstate.bench.cells.Eval` on a trained model."""
+    from onebigstate.tasks.registry import build_task
+    from onebigstate.training.trainer import evaluate
+    if ev.kind == "params":
+        other = build_task(cfg.task.model_copy(update={"params": {**cfg.task.params, **ev.params}}))
+        return {ev.label: evaluate(model, other, cfg.train.eval_batch_size)["accuracy"]}
+    if ev.kind == "grouped":
+        acc = grouped_accuracy(model, task.grouped_test_set(), cfg.train.eval_batch_size)
+        return {k: v for k, v in acc.items() if k != "all" or len(acc) == 1}
+    if ev.kind == "lifelong":
+        acc = grouped_accuracy(model, task.lifelong_set(), cfg.train.eval_batch_size, window=ev.window)
+        return {k: v for k, v in acc.items() if k != "all"}
+    raise ValueError(f"unknown eval kind '{ev.kind}'")

@@ -1,0 +1,89 @@
+"""Run a suite's cells, resumably: train (or resume) each cell, then evaluate it.
+
+A cell folder ``ROOT/<cell>/`` holds the trainer's run folder (``results.json`` when training
+finished) and ``bench.json`` (the cell's evaluations) or ``diverged.json`` (training stopped on a
+NaN: the cell scores 0, as a failed run does in Zoology's sweeps). A cell with ``results.json``
+is not trained again; one with ``bench.json`` or ``diverged.json`` is skipped entirely; a cell
+with checkpoints but no ``results.json`` resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from onebigstate.bench.cells import Cell, Suite
+from onebigstate.bench.evaluate import run_eval, written_entries
+from onebigstate.training.checkpoint import read_checkpoint
+from onebigstate.training.trainer import RESULTS_FILE, TrainingDiverged, model_from_checkpoint, train
+
+BENCH_FILE = "bench.json"
+DIVERGED_FILE = "diverged.json"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def cell_done(cell_dir: Path) -> bool:
+    return (cell_dir / BENCH_FILE).exists() or (cell_dir / DIVERGED_FILE).exists()
+
+
+def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None]) -> str:
+    """Train and evaluate one cell; returns what happened (``skipped``, ``trained``, ``resumed``,
+    ``evaluated`` or ``diverged``)."""
+    if cell_done(cell_dir):
+        return "skipped"
+    what = "evaluated"
+    if not (cell_dir / RESULTS_FILE).exists():
+        resume = None
+        if (cell_dir / "checkpoints" / "last").exists():
+            resume = read_checkpoint(cell_dir)
+        what = "resumed" if resume is not None else "trained"
+        try:
+            train(cell.config, cell_dir, resume=resume, log=lambda msg: None)
+        except TrainingDiverged as err:
+            _write_json(cell_dir / DIVERGED_FILE, {"error": str(err)})
+            log(f"  {cell.name}: diverged ({err})")
+            return "diverged"
+    t0 = time.perf_counter()
+    ckpt = read_checkpoint(cell_dir)
+    task, model = model_from_checkpoint(ckpt, device=cell.config.train.device)
+    columns: dict[str, float] = {}
+    for ev in cell.evals:
+        columns.update(run_eval(ev, model, task, cell.config))
+    bench = {"cell": cell.name, "setting": cell.setting, "model": cell.model, "lr": cell.lr, "seed": cell.seed,
+             "x": cell.x, "evals": columns, "written_entries": written_entries(model, task),
+             "eval_time_s": round(time.perf_counter() - t0, 3)}
+    _write_json(cell_dir / BENCH_FILE, bench)
+    return what
+
+
+def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Run every cell of ``suite`` under ``root``; returns how many cells ended each way."""
+    root.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for i, cell in enumerate(suite.cells):
+        t0 = time.perf_counter()
+        what = run_cell(cell, root / cell.name, log)
+        counts[what] = counts.get(what, 0) + 1
+        if what != "skipped":
+            log(f"[{i + 1}/{len(suite.cells)}] {cell.name}: {what} in {time.perf_counter() - t0:.1f} s")
+    return counts
+
+
+def load_cell(cell: Cell, root: Path) -> dict | None:
+    """The recorded outcome of a finished cell: the trainer's results and the bench evaluations."""
+    d = root / cell.name
+    if (d / DIVERGED_FILE).exists():
+        return {"diverged": True, "metrics": {"accuracy": 0.0}, "evals": {}, "n_params": None,
+                "state_size": {}, "wall_time_s": None, "written_entries": None}
+    if not ((d / RESULTS_FILE).exists() and (d / BENCH_FILE).exists()):
+        return None
+    res = json.loads((d / RESULTS_FILE).read_text())
+    bench = json.loads((d / BENCH_FILE).read_text())
+    return {**res, "diverged": False, "evals": bench["evals"], "written_entries": bench["written_entries"],
+            "eval_time_s": bench["eval_time_s"]}

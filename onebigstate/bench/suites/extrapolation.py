@@ -1,0 +1,31 @@
+"""MQAR length extrapolation (the Based paper's sweep): train short, test on longer sequences
+with more pairs.
+
+full: train at (256 tokens, 64 pairs); test at (256, 64), (512, 128), (1024, 256); widths 64
+and 128; vocabulary 8192; 2000 steps of batch 64. quick: train at (64, 16), test at (64, 16),
+(128, 32), (256, 64); width 64; vocabulary 512; 150 steps of batch 16.
+"""
+from __future__ import annotations
+
+from onebigstate.bench.cells import Eval, Options, Plot, Suite, make_cells
+from onebigstate.bench.suites.mqar import mqar_task
+
+
+def build(opts: Options) -> Suite:
+    if opts.mode == "full":
+        train, tests, widths, vocab, steps, batch, n_test = (256, 64), [(256, 64), (512, 128), (1024, 256)], \
+            (64, 128), 8192, 2000, 64, 500
+    else:
+        train, tests, widths, vocab, steps, batch, n_test = (64, 16), [(64, 16), (128, 32), (256, 64)], \
+            (64,), 512, 150, 16, 128
+    evals = [Eval("params", f"T={T}", {"seq_len": T, "num_kv_pairs": P}) for T, P in tests]
+    cells = []
+    for d in widths:
+        cells += make_cells(f"train T={train[0]} P={train[1]} d={d}", mqar_task(*train, vocab, n_test), opts, d,
+                            steps, batch, x={"width": d}, evals=evals)
+    cols = ", ".join(f"T={T} (P={P})" for T, P in tests)
+    return Suite("extrapolation", "MQAR length extrapolation: train short, test long",
+                 f"Trained on MQAR at {train[0]} tokens / {train[1]} pairs (vocabulary {vocab}, {steps} steps of "
+                 f"batch {batch}); the columns {cols} are held-out accuracy at longer sequences with "
+                 f"proportionally more pairs, each sequence from a fresh state.", cells,
+                 [Plot("evals", "T", "test sequence length")])

@@ -1,0 +1,101 @@
+"""``obs bench SUITE``: train every selected model on every cell of a suite, then write its page."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+HELP = """Run a benchmark suite: every selected model on every task setting of the suite, under one
+budget (steps, batch), a small per-model learning-rate sweep and several seeds, each cell a
+training run in OUT/SUITE[_quick]/<cell>/. Finished cells are skipped, so a killed bench resumes
+where it stopped (a half-trained cell from its last checkpoint). Then writes
+DOCS/SUITE[_quick].md: a table (task setting x model: accuracy mean ± spread over seeds at the
+best lr, parameters, state size in floats, wall time) with its command and commit, and plots.
+Suites: mqar, capacity, extrapolation, retention, sequential, state_tracking, continual (files
+under onebigstate/bench/suites/)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark suite and write its results page", description=HELP)
+    p.add_argument("suite", help="suite name (see onebigstate/bench/suites/)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="small settings, one lr, one seed: a CPU run of minutes (the default)")
+    size.add_argument("--full", dest="mode", action="store_const", const="full",
+                      help="the real grid: every setting, the lr sweep, 3 seeds")
+    p.set_defaults(mode="quick")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument("--models", help="comma-separated models (default: all of them)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: quick 0, full 0,1,2)")
+    p.add_argument("--out", default="runs/bench", help="folder of the suite run folders (default: runs/bench)")
+    p.add_argument("--docs", default="docs/results", help="folder of the results pages (default: docs/results)")
+    p.add_argument("--list", action="store_true", help="print the cells and exit")
+    p.add_argument("--report-only", action="store_true", help="write the page from the finished cells, train nothing")
+    p.set_defaults(func=run)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "onebigstate"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + (" (with uncommitted changes under onebigstate/)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["obs bench", args.suite, f"--{args.mode}"]
+    if args.device != "cpu":
+        parts.append(f"--device {args.device}")
+    if args.models:
+        parts.append(f"--models {args.models}")
+    if args.seeds:
+        parts.append(f"--seeds {args.seeds}")
+    if args.out != "runs/bench":
+        parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
+def device_name(device: str) -> str:
+    import platform
+
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return f"CPU ({platform.processor() or platform.machine()}, 1 intra-op thread per run)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from onebigstate.bench.cells import Options
+    from onebigstate.bench.report import write_report
+    from onebigstate.bench.runner import load_cell, run_suite
+    from onebigstate.bench.suites import build_suite
+    from onebigstate.config import ConfigError
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device)
+        suite = build_suite(args.suite, opts)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    stem = args.suite if args.mode == "full" else f"{args.suite}_quick"
+    root = Path(args.out) / stem
+    if args.list:
+        for c in suite.cells:
+            print(c.name)
+        print(f"{len(suite.cells)} cells under {root}")
+        return 0
+    if not args.report_only:
+        t0 = time.perf_counter()
+        counts = run_suite(suite, root)
+        print(f"{suite.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+              + f" in {time.perf_counter() - t0:.0f} s")
+    results = {c.name: r for c in suite.cells if (r := load_cell(c, root)) is not None}
+    out_md = Path(args.docs) / f"{stem}.md"
+    rows = write_report(suite, results, out_md, command_line(args), git_commit(), device_name(args.device))
+    print(f"{out_md}: {len(rows)} rows from {len(results)} of {len(suite.cells)} cells")
+    return 0

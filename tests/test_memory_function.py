@@ -139,3 +139,14 @@ def test_cli_memory_writes_plot_and_json(tmp_path, capsys):
     assert [m["model"] for m in data["models"]] == ["two_level", "lstm"]
     assert all(m["mc"] <= m["read_out_dim"] + 1e-6 for m in data["models"])
     assert (tmp_path / "memory.png").exists()
+
+
+def test_multichannel_layers_share_the_input_projection():
+    # Three channels driven through the same fixed projection: dense and diagonal still agree,
+    # and the read-out sees all 3 x 8 state dimensions.
+    m = S4D(3, S4DConfig(d_state=8, init="s4d_inv", init_seed=0))
+    d = DenseSSM.from_s4d(m)
+    a, b = memory_function(m, tau_max=50), memory_function(d, tau_max=50)
+    assert a.state_dim == b.state_dim == 24
+    np.testing.assert_allclose(a.mf, b.mf, atol=1e-5)
+    assert a.mc <= 24

@@ -237,7 +237,7 @@ class DiagonalSSMAdapter(StateAdapter):
 class DenseSSMAdapter(StateAdapter):
     """The dense SSM (one channel, or all channels through the input projection)."""
 
-    def __init__(self, model, channel: int | None = 0, input_seed: int = 0, input_scale: float = 1.0):
+    def __init__(self, model, channel: int | None = None, input_seed: int = 0, input_scale: float = 1.0):
         A = model.A.detach().double().numpy()
         B = model.B.detach().double().numpy()
         H, N = B.shape

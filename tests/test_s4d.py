@@ -109,6 +109,7 @@ def test_frozen_recurrent_weights_do_not_change():
     assert not torch.equal(m2.A_im, before)
 
 
+@torch.no_grad()
 def test_dense_ssm_has_the_same_outputs_and_spectrum():
     m = _layer("s4d_inv", "zoh", H=2, N=8)
     d = DenseSSM.from_s4d(m, p_seed=3, p_cond=10.0).double()

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `obs --help` lists them.
-SUBCOMMANDS = ["demo", "train", "eval", "memory", "bench"]
+SUBCOMMANDS = ["demo", "train", "eval", "memory", "bench", "inspect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,3 +82,15 @@ def test_windows_with_carried_state_equal_one_pass(tmp_path, label):
     one = stream_predictions(model, batch, window=batch.features.shape[1])
     for window in (7, 16):
         assert torch.equal(stream_predictions(model, batch, window=window), one)
+
+
+def test_overrides_and_partial_files_keep_the_other_defaults(tmp_path):
+    from onebigstate.experiments.seeandhear import SeeHearExperiment, load_experiment
+    default = SeeHearExperiment()
+    exp = load_experiment(None, ["train.steps=7", "task.image_query_frac=0.0"])
+    assert exp.train.steps == 7 and exp.train.batch_size == default.train.batch_size
+    assert exp.task.n_pairs == default.task.n_pairs and exp.task.image_query_frac == 0.0
+    part = tmp_path / "part.yaml"
+    part.write_text("train: {steps: 9}\ngrid: {delays: [10]}\n")
+    exp = load_experiment(part)
+    assert exp.train.steps == 9 and exp.train.lr == default.train.lr and exp.grid.n_streams == default.grid.n_streams

@@ -12,19 +12,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from onebigstate.config import build_config, load_config
 from onebigstate.experiments.recall import RecallResult
 from onebigstate.experiments.report import rich_table
-from onebigstate.experiments.seeandhear import SeeHearExperiment, run_experiment
+from onebigstate.experiments.seeandhear import SeeHearExperiment, load_experiment, run_experiment
 
 DEFAULT_RUN = Path("runs") / "demo-seeandhear"
 
 
 def demo_experiment(config: str | Path | None = None, overrides: list[str] | None = None) -> SeeHearExperiment:
     """The embedded default experiment (or ``config``), with dotted ``key=value`` overrides."""
-    if config is not None:
-        return load_config(SeeHearExperiment, config, overrides)
-    return build_config(SeeHearExperiment, {}, overrides, source="obs demo defaults")
+    return load_experiment(config, overrides)
 
 
 def run_demo(exp: SeeHearExperiment, run_dir: str | Path = DEFAULT_RUN, fresh: bool = False,

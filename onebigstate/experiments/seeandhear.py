@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+import yaml
 from pydantic import Field
 
-from onebigstate.config import StrictModel, load_config
+from onebigstate.config import ConfigError, StrictModel, build_config
 from onebigstate.data.streams import StreamConfig, generate_streams
 from onebigstate.experiments import plots
 from onebigstate.experiments.obs_state import inspect_pairing
@@ -93,6 +93,27 @@ class SeeHearExperiment(StrictModel):
         task = TaskConfig(name="seeandhear", seed=self.seed, test_size=self.test_size,
                           params=self.task.model_dump(mode="json"))
         return RunConfig(task=task, model=spec.model, train=train, run_name=spec.label)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "mixer" else v
+    return out
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> SeeHearExperiment:
+    """The default experiment, updated by a YAML file (its keys only: a file that sets
+    ``train.steps`` keeps every other default) and by dotted ``key=value`` overrides."""
+    tree = SeeHearExperiment().model_dump(mode="json")
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"experiment config {path} does not exist")
+        tree = _merge(tree, yaml.safe_load(path.read_text()) or {})
+        source = str(path)
+    return build_config(SeeHearExperiment, tree, overrides, source=source)
 
 
 def _matching_run(run_dir: Path, cfg: RunConfig) -> Path | None:
@@ -196,11 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config)
         args.config = None
-    if args.config:
-        exp = load_config(SeeHearExperiment, args.config, args.overrides)
-    else:
-        from onebigstate.config import build_config
-        exp = build_config(SeeHearExperiment, {}, args.overrides)
+    exp = load_experiment(args.config, args.overrides)
     t0 = time.perf_counter()
     summary = run_experiment(exp, args.out, reuse=not args.fresh)
     from rich.console import Console

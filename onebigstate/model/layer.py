@@ -38,6 +38,7 @@ class OBSStats:
     active_idx: torch.Tensor   # [B, T, M]
     active_w: torch.Tensor     # [B, T, M] active weights w_t (detached)
     circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
+    read: torch.Tensor         # [B, T, Dv] read vector r_t (detached), for analysis
     aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser, weighted by the config
 
 
@@ -115,7 +116,8 @@ class OBSLayer(nn.Module):
             aux = aux + self.cfg.k_cost * (out.k_soft / self.cfg.k_max).mean()
         if n_samples > 0:
             aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
-        self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx, aux)
+        self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx,
+                                   out.read.detach(), aux)
         return y, state
 
     def step(self, x: torch.Tensor, state: StateStore | None = None,

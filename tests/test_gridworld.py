@@ -7,7 +7,7 @@ import torch
 
 from onebigstate.tasks.base import TaskConfig
 from onebigstate.tasks.gridworld import (ACTION_NAMES, FORWARD, IGNORE, LEFT, NOVEL, QUERY, SEEN, GridConfig, _env,
-                                         feature_dim, generate_grid, make_episode, make_layout)
+                                         feature_dim, generate_grid, make_episode, make_layout, random_walk)
 from onebigstate.tasks.registry import build_task
 
 
@@ -81,3 +81,25 @@ def test_task_metrics_per_category():
     perfect = torch.nn.functional.one_hot(labels[:, 0], 4).float() * 10
     m = task.metrics(perfect, labels)
     assert m["accuracy"] == 1.0 and all(v == 1.0 for k, v in m.items() if k.startswith("acc_"))
+
+
+def test_tracker_plan_in_a_layout_explored_once_reaches_the_goal():
+    from onebigstate.tracker import CircuitTracker
+    layout = make_layout(GridConfig().env_id, 4)
+    states, acts = random_walk(layout, 200, np.random.default_rng(0))
+    place = {s: i for i, s in enumerate(dict.fromkeys(states))}
+    tr = CircuitTracker(actions=range(3))
+    tr.observe_actions([[place[s]] for s in states], acts)
+    found = 0
+    for goal in states[::10]:
+        plan = tr.plan(tr.lookup([place[states[0]]]), tr.lookup([place[goal]]))
+        assert plan is not None  # the walk itself connects its start to every place it visited
+        s = states[0]
+        for a in plan.actions:
+            s = layout.step(s, a)
+        assert s == goal
+        assert len(plan) >= layout.shortest_path(states[0], goal)
+        found += 1
+    assert found == len(states[::10])
+    with pytest.raises(ValueError, match="unknown action 7"):
+        tr.remember(0, 7, 1)

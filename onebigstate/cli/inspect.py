@@ -166,14 +166,25 @@ def _strengths(path: Path, state, cfg, summary: dict) -> Path:
     summary["strengths"] = {"what": what, "n": int(vals.size), "mean": float(vals.mean()), "std": float(vals.std()),
                             "target_mean": reg.mean, "target_std": reg.std, "regulariser_weight": reg.weight,
                             "init_std": cfg.init_std}
+    # Strengths can have long tails: draw the central 99% and say how many lie outside.
+    lo, hi = np.percentile(vals, [0.5, 99.5])
+    lo, hi = min(lo, reg.mean - 4 * reg.std), max(hi, reg.mean + 4 * reg.std)
+    inside = (vals >= lo) & (vals <= hi)
+    summary["strengths"].update(min=float(vals.min()), max=float(vals.max()), drawn_range=[float(lo), float(hi)])
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(vals, bins=80, density=True, alpha=0.6, label=f"{what}: n={vals.size:,}, mean {vals.mean():.3g}, "
-                                                           f"std {vals.std():.3g}")
-    lo, hi = min(vals.min(), reg.mean - 4 * reg.std), max(vals.max(), reg.mean + 4 * reg.std)
+    ax.hist(vals[inside], bins=80, range=(lo, hi), density=True, alpha=0.6,
+            label=f"{what}: n={vals.size:,}, mean {vals.mean():.3g}, std {vals.std():.3g}; "
+                  f"{int((~inside).sum()):,} outside the range drawn (min {vals.min():.3g}, max {vals.max():.3g})")
     xs = np.linspace(lo, hi, 400)
     pdf = np.exp(-0.5 * ((xs - reg.mean) / reg.std) ** 2) / (reg.std * math.sqrt(2 * math.pi))
-    ax.plot(xs, pdf, "r-", label=f"Gaussian target N({reg.mean:g}, {reg.std:g}^2), regulariser weight {reg.weight:g}")
-    ax.axvspan(-2 * cfg.init_std, 2 * cfg.init_std, color="grey", alpha=0.2, label=f"initial state: +-2 std ({cfg.init_std:g})")
+    ax.plot(xs, pdf * inside.mean(), "r-",
+            label=f"Gaussian target N({reg.mean:g}, {reg.std:g}^2), regulariser weight {reg.weight:g}")
+    ax.axvspan(-2 * cfg.init_std, 2 * cfg.init_std, color="grey", alpha=0.2,
+               label=f"initial state: +-2 std ({cfg.init_std:g})")
+    ax.set_yscale("log")
+    dens, _ = np.histogram(vals[inside], bins=80, range=(lo, hi), density=True)
+    if (dens > 0).any():
+        ax.set_ylim(bottom=0.3 * dens[dens > 0].min(), top=3 * max(dens.max(), pdf.max() * inside.mean()))
     ax.set_xlabel("connection strength S[i, j]")
     ax.set_ylabel("density")
     ax.set_title("Connection strengths after the batch", fontsize=10)

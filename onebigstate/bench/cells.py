@@ -131,11 +131,12 @@ def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, step
         model = model_config(name, d_model, opts.mode)
         for lr in lr_grid(name, opts.mode):
             for seed in opts.seed_list():
-                train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay(name),
-                                    warmup=max(1, steps // 10), seed=seed, device=opts.device,
-                                    threads=1 if opts.device == "cpu" else 0, progress=False,
-                                    ckpt_every=max(1, steps // 4), log_every=max(1, min(10, steps // 10)),
-                                    eval_batch_size=64, **(train_overrides or {}))
+                keys = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay(name),
+                            warmup=max(1, steps // 10), seed=seed, device=opts.device,
+                            threads=1 if opts.device == "cpu" else 0, progress=False,
+                            ckpt_every=max(1, steps // 4), log_every=max(1, min(10, steps // 10)),
+                            eval_batch_size=64)
+                train = TrainConfig(**{**keys, **(train_overrides or {})})
                 t = task.model_copy(update={"seed": seed})
                 cfg = RunConfig(task=t, model=model, train=train)
                 folder = f"{prefix or _slug(setting)}__{name}__lr{lr:g}__s{seed}"

@@ -1,0 +1,203 @@
+"""The benchmark harness: a killed bench resumes and skips finished cells; the results table
+picks the best lr and reports mean and spread over seeds; suites build their cells."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from onebigstate.bench.cells import Cell, Eval, Options, Plot, Suite, make_cells
+from onebigstate.bench.report import markdown_table, summarise, write_report
+from onebigstate.bench.suites import SUITES, build_suite
+from onebigstate.cli.main import main
+from onebigstate.tasks.base import TaskConfig
+
+TINY_SUITE = """
+import json, sys
+from pathlib import Path
+from onebigstate.bench.cells import Eval, Options, Suite, make_cells
+from onebigstate.bench.runner import run_suite
+from onebigstate.tasks.base import TaskConfig
+
+opts = Options(mode="quick", models=["s4d"], seeds=[0])
+cells = []
+for body in (10, 11, 12):          # cell folders sort in run order
+    task = TaskConfig(name="selective_copy", test_size=16, params={"vocab_size": 8, "body_len": body, "n_tokens": 2})
+    cells += make_cells(f"L={body}", task, opts, 16, STEPS, 4, evals=[Eval("grouped")],
+                        train_overrides={"ckpt_every": 5, "log_every": 5})
+counts = run_suite(Suite("tiny", "tiny", "", cells), Path(sys.argv[1]), log=lambda m: print(m, flush=True))
+print("COUNTS " + json.dumps(counts), flush=True)
+"""
+
+
+def _script(tmp_path: Path, steps: int) -> Path:
+    p = tmp_path / "tiny_suite.py"
+    p.write_text(TINY_SUITE.replace("STEPS", str(steps)))
+    return p
+
+
+@pytest.mark.slow
+def test_killed_bench_resumes_and_skips_finished_cells(tmp_path):
+    """SIGKILL in the middle of the second cell's training; the rerun skips the first cell,
+    resumes the second from its checkpoint and trains the third. (About 10 s on an idle CPU.)"""
+    steps = 120
+    script, root = _script(tmp_path, steps), tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(root)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    first = second = None
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            cells = sorted(root.glob("*")) if root.exists() else []
+            if len(cells) >= 2:
+                first, second = cells[0], cells[1]
+                if (first / "bench.json").exists() and (second / "checkpoints" / "last").exists() \
+                        and not (second / "results.json").exists():
+                    break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the tiny bench never reached the middle of its second cell")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first_bench = (first / "bench.json").read_text()
+    first_mtime = (first / "bench.json").stat().st_mtime_ns
+    assert not (second / "bench.json").exists()
+
+    out = subprocess.run([sys.executable, str(script), str(root)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    counts = json.loads(out.stdout.split("COUNTS ")[1])
+    assert counts == {"skipped": 1, "resumed": 1, "trained": 1}
+    assert (first / "bench.json").stat().st_mtime_ns == first_mtime
+    assert (first / "bench.json").read_text() == first_bench
+    for cell in root.glob("*"):
+        res = json.loads((cell / "results.json").read_text())
+        assert res["step"] == steps
+        assert "all" in json.loads((cell / "bench.json").read_text())["evals"]
+
+    again = subprocess.run([sys.executable, str(script), str(root)], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert json.loads(again.stdout.split("COUNTS ")[1]) == {"skipped": 3}
+
+
+def test_run_suite_skips_finished_cells_and_resumes_a_half_trained_one(tmp_path):
+    from onebigstate.bench.runner import run_suite
+    opts = Options(mode="quick", models=["s4d"], seeds=[0])
+    cells = []
+    for body in (10, 11, 12):
+        task = TaskConfig(name="selective_copy", test_size=8, params={"vocab_size": 8, "body_len": body, "n_tokens": 2})
+        cells += make_cells(f"L={body}", task, opts, 16, 6, 4, evals=[Eval("grouped")],
+                            train_overrides={"ckpt_every": 2, "log_every": 2})
+    suite = Suite("tiny", "tiny", "", cells)
+    root = tmp_path / "runs"
+    assert run_suite(Suite("tiny", "tiny", "", cells[:2]), root, log=lambda m: None) == {"trained": 2}
+    # the second cell as a kill after its last checkpoint leaves it: checkpoints, no results
+    (root / cells[1].name / "results.json").unlink()
+    (root / cells[1].name / "bench.json").unlink()
+    before = (root / cells[0].name / "bench.json").stat().st_mtime_ns
+    assert run_suite(suite, root, log=lambda m: None) == {"skipped": 1, "resumed": 1, "trained": 1}
+    assert (root / cells[0].name / "bench.json").stat().st_mtime_ns == before
+    assert json.loads((root / cells[1].name / "results.json").read_text())["step"] == 6
+    assert run_suite(suite, root, log=lambda m: None) == {"skipped": 3}
+
+
+def _fake_suite() -> Suite:
+    cells = []
+    for model in ("obs", "lstm"):
+        for lr in (1e-3, 1e-2):
+            for seed in (0, 1, 2):
+                cells.append(Cell(f"{model}_{lr}_{seed}", "T=64 P=4", model, lr, seed, None, {"seq_len": 64},
+                                  [Eval("params", "T=128")]))
+    return Suite("fake", "Fake suite", "Made-up results.", cells,
+                 [Plot("evals", "T", "test length"), Plot("x", "seq_len", "sequence length")])
+
+
+def _fake_results(suite: Suite) -> dict:
+    acc = {("obs", 1e-3): [0.5, 0.6, 0.7], ("obs", 1e-2): [0.9, 1.0, 0.95],
+           ("lstm", 1e-3): [0.3, 0.2, 0.1], ("lstm", 1e-2): [0.0, 0.1, 0.2]}
+    out = {}
+    for c in suite.cells:
+        a = acc[(c.model, c.lr)][c.seed]
+        size = {"floats": 65_536 + 28, "dense_floats": 65_536} if c.model == "obs" else {"floats": 256}
+        out[c.name] = {"metrics": {"accuracy": a, "loss": 1.0}, "evals": {"T=64": a, "T=128": a / 2},
+                       "n_params": 1234 if c.model == "obs" else 999, "state_size": size,
+                       "written_entries": {"mean": 100.0 + c.seed, "max": 110.0} if c.model == "obs" else None,
+                       "wall_time_s": 10.0, "eval_time_s": 2.0, "diverged": False}
+    # one lstm seed at lr 1e-2 diverged: it counts as 0
+    out["lstm_0.01_0"] = {"diverged": True, "metrics": {"accuracy": 0.0}, "evals": {}, "n_params": None,
+                          "state_size": {}, "wall_time_s": None, "written_entries": None}
+    return out
+
+
+def test_table_picks_the_best_lr_and_gives_mean_and_spread(tmp_path):
+    suite = _fake_suite()
+    rows = {r.model: r for r in summarise(suite.cells, _fake_results(suite))}
+    assert rows["obs"].lr == 1e-2 and rows["obs"].accuracy == [0.9, 1.0, 0.95]
+    assert rows["lstm"].lr == 1e-3 and rows["lstm"].diverged == 0
+    assert rows["obs"].written == pytest.approx(101.0)
+    table = markdown_table(list(rows.values()))
+    lines = table.splitlines()
+    assert lines[0] == ("| setting | model | accuracy | T=64 | T=128 | params | state floats | wall s | lr "
+                        "| seeds |")
+    assert "| T=64 P=4 | obs | 0.950 ± 0.041 | 0.950 ± 0.041 | 0.475 ± 0.020 | 1,234 | "\
+           "65,536 dense / 101 written | 12 | 0.01 | 3 |" in lines
+    assert "| T=64 P=4 | lstm | 0.200 ± 0.082 | 0.200 ± 0.082 | 0.100 ± 0.041 | 999 | 256 | 12 | 0.001 | 3 |" in lines
+
+    md = tmp_path / "docs" / "fake.md"
+    write_report(suite, _fake_results(suite), md, "obs bench fake --quick", "abc123", "CPU")
+    text = md.read_text()
+    assert text.startswith("# Fake suite\n\nProduced by `obs bench fake --quick` at commit `abc123` on CPU.")
+    assert "12 of 12 cells finished" in text
+    assert (tmp_path / "docs" / "fake_T.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "fake_seq_len.png").exists()
+    assert json.loads(md.with_suffix(".json").read_text())[0]["model"] == "obs"
+
+
+def test_a_diverged_lr_loses_and_is_reported():
+    suite = _fake_suite()
+    res = _fake_results(suite)
+    for s in range(3):                   # every lstm lr-1e-3 run diverged
+        res[f"lstm_0.001_{s}"] = res["lstm_0.01_0"]
+    row = next(r for r in summarise(suite.cells, res) if r.model == "lstm")
+    assert row.lr == 1e-2 and row.diverged == 1
+    assert "3 (1 diverged)" in markdown_table([row])
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_every_suite_builds_quick_and_full_grids(name):
+    quick = build_suite(name, Options(mode="quick"))
+    full = build_suite(name, Options(mode="full", models=["obs", "deltanet"]))
+    assert quick.cells and full.cells
+    assert len({c.name for c in quick.cells}) == len(quick.cells)
+    assert len({c.name for c in full.cells}) == len(full.cells)
+    assert {c.seed for c in full.cells} == {0, 1, 2} and {c.seed for c in quick.cells} == {0}
+    assert {c.model for c in full.cells} == {"obs", "deltanet"}
+    # one budget per setting: every model gets the same steps and batch
+    by_setting = {}
+    for c in full.cells:
+        by_setting.setdefault(c.setting, set()).add((c.config.train.steps, c.config.train.batch_size))
+    assert all(len(v) == 1 for v in by_setting.values())
+
+
+def test_capacity_full_grid_has_pairs_up_to_4096_at_4x_length():
+    suite = build_suite("capacity", Options(mode="full", models=["obs"], seeds=[0]))
+    got = {(c.config.task.params["num_kv_pairs"], c.config.task.params["seq_len"], c.config.model.d_model)
+           for c in suite.cells}
+    assert got == {(P, 4 * P, d) for P in (64, 256, 1024, 4096) for d in (64, 128)}
+
+
+def test_cli_lists_cells_and_rejects_unknown_names(capsys):
+    assert main(["bench", "sequential", "--quick", "--models", "obs,lstm", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "selcopy_L32_K4__obs__lr0.01__s0" in out and "6 cells under runs/bench/sequential_quick" in out
+    assert main(["bench", "nope", "--list"]) == 2
+    assert main(["bench", "mqar", "--models", "gpt5", "--list"]) == 2

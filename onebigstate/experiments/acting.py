@@ -44,22 +44,27 @@ from onebigstate.training.config import RunConfig
 from onebigstate.training.trainer import RESULTS_FILE, model_from_checkpoint, train
 
 CONFIG = Path("configs/gridworld.yaml")
-MODELS = ["obs", "lstm", "transformer"]
+# run name -> overrides of configs/gridworld.yaml (same streams, same budget)
+MODELS = {
+    "obs": [],
+    "obs + fsq discretiser": ["model.discretiser={kind: fsq, levels: [8, 5, 5]}"],
+    "lstm": ["model.name=lstm", "model.mixer={}"],
+    "transformer": ["model.name=transformer", "model.mixer={}"],
+}
+RUN_DIRS = {"obs": "obs", "obs + fsq discretiser": "obs_fsq", "lstm": "lstm", "transformer": "transformer"}
 # seeds of the tracker experiments' layouts: far from the task's train and test ranges
 LAYOUT_SEED0 = 5_000_000
 
 
 def train_or_reuse(name: str, steps: int, runs: Path) -> dict:
-    run_dir = runs / name
+    run_dir = runs / RUN_DIRS[name]
     res_path = run_dir / RESULTS_FILE
     if res_path.exists():
         res = json.loads(res_path.read_text())
         if res["step"] == steps:
             print(f"reusing {run_dir} ({steps} steps)")
             return res
-    overrides = [f"model.name={name}", f"train.steps={steps}", "train.progress=false"]
-    if name != "obs":
-        overrides.append("model.mixer={}")
+    overrides = MODELS[name] + [f"train.steps={steps}", "train.progress=false"]
     cfg = load_config(RunConfig, str(CONFIG), overrides)
     if run_dir.exists():
         import shutil
@@ -78,6 +83,17 @@ def majority_floor(task_cfg) -> dict[str, float]:
         counts = torch.bincount(y[m, 0], minlength=4).double()
         out[name] = float(counts.max() / counts.sum())
     return out
+
+
+@torch.no_grad()
+def discretiser_usage(run_dir: Path) -> dict:
+    """Code usage of a model's discretiser over its held-out set."""
+    from onebigstate.training.trainer import evaluate
+    task, model = model_from_checkpoint(read_checkpoint(run_dir))
+    model.discretiser.reset_usage()
+    evaluate(model, task, 64)
+    u = model.discretiser.usage()
+    return {k: v for k, v in u.items() if k != "counts"}
 
 
 # ---- running the OBS model on a hand-built stream --------------------------------------------
@@ -225,7 +241,10 @@ def consolidation_effect(model, cfg: GridConfig, n_layouts: int, route: int, int
                 seq = [ids[0]] + tr.replay(ids[0], len(ids) - 1)
                 if mode == "shuffled":
                     seq = [seq[j] for j in np.random.default_rng(i).permutation(len(seq))]
-                tr.consolidate(states[0], seq, strength=strength)
+                # strength in units of the spread of what the route itself wrote
+                st0 = states[0]
+                scale = float(st0.S[0][st0.touched[0]].std())
+                tr.consolidate(st0, seq, strength=strength * scale)
             q = []
             for s, a in once:
                 q += [obs_features(la, s, True), action_features(la.size, a, True)]
@@ -260,9 +279,13 @@ def write_page(out: Path, res: dict, command: str) -> Path:
         m = r["metrics"]
         lines.append(f"| {name} | {r['n_params']:,} | {fmt(m['accuracy'])} | {fmt(m['acc_novel'])} | "
                      f"{fmt(m['acc_seen'])} | {fmt(m['acc_query'])} |")
+    cu = res["code_usage"]
     f = res["majority"]
     lines += [f"| majority class | - | {fmt(f['accuracy'])} | {fmt(f['acc_novel'])} | {fmt(f['acc_seen'])} | "
               f"{fmt(f['acc_query'])} |", "",
+              f"The discretiser's codes over the held-out set (every position, {int(cu['total']):,} in all): "
+              f"{cu['used_codes']} of {cu['n_codes']} codes used, perplexity {cu['perplexity']:.1f}; the head "
+              "decides from the code alone.", "",
               "## 2. Replay of a route walked once, against its length", "",
               f"{res['n_layouts']} new layouts per length; the trained OBS model's circuits of the observation steps "
               "are recorded by the tracker, which replays from the first place. Accuracy = fraction of replayed "
@@ -292,8 +315,8 @@ def write_page(out: Path, res: dict, command: str) -> Path:
               f"A {res['consol_route']}-action route in layout A, then {res['consol_interfere']} actions in layout B, "
               "then queries about every action taken once on the route (OBS's accuracy at predicting what is in "
               "front after it). `replay s`: the tracker replays the route's circuits and `consolidate` writes "
-              "them back with strength s right after the route; `shuffled s`: the same circuits in a random order "
-              "(same number of writes).", "",
+              "them back right after the route, with strength s times the std of the entries the route wrote; "
+              "`shuffled s`: the same circuits in a random order (same number of writes).", "",
               "| consolidation | query accuracy |", "|---|---|"]
     for k, v in res["consolidation"].items():
         lines.append(f"| {k} | {fmt(v)} |")
@@ -321,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     grid = GridConfig.model_validate(ckpt.config.task.params)
     torch.manual_seed(0)
-    res = {"steps": args.steps, "n_layouts": args.layouts, "threads": args.threads, "grid": grid.model_dump(),
+    code_usage = discretiser_usage(runs / RUN_DIRS["obs + fsq discretiser"])
+    res = {"code_usage": code_usage, "steps": args.steps, "n_layouts": args.layouts, "threads": args.threads, "grid": grid.model_dump(),
            "next_obs": {m: {"metrics": r["metrics"], "n_params": r["n_params"]} for m, r in next_obs.items()},
            "majority": majority_floor(ckpt.config.task)}
     print("replay ...")
@@ -333,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     res["plan"] = plan_success(model, grid, args.layouts, explore=150, pairs=10)
     print("consolidation ...")
     res["consol_route"], res["consol_interfere"] = 24, 48
-    res["consolidation"] = consolidation_effect(model, grid, args.layouts, 24, 48, [0.05, 0.2, 0.5])
+    res["consolidation"] = consolidation_effect(model, grid, args.layouts, 24, 48, [0.01, 0.1, 1.0])
     res["wall_s"] = time.perf_counter() - t0
     res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cmd = "python -m onebigstate.experiments.acting " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

@@ -87,3 +87,10 @@ def test_model_with_discretiser_trains_and_reports_codes():
     assert model.discretiser.codes.shape == (2, 6)
     assert model.mixers[0].addresser.keys.grad is not None
     assert model.discretiser.usage()["total"] == 12
+
+
+def test_module_docstring_examples_run():
+    import doctest
+
+    import onebigstate.model.discretiser as mod
+    assert doctest.testmod(mod).failed == 0

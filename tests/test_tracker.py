@@ -149,3 +149,10 @@ def test_bad_tracker_settings():
         CircuitTracker(order=0)
     with pytest.raises(TrackerError, match="min_overlap"):
         CircuitTracker(min_overlap=0.0)
+
+
+def test_module_docstring_example_runs():
+    import doctest
+
+    import onebigstate.tracker.tracker as mod
+    assert doctest.testmod(mod).failed == 0

@@ -320,7 +320,13 @@ def write_page(out: Path, res: dict, command: str) -> Path:
               "| consolidation | query accuracy |", "|---|---|"]
     for k, v in res["consolidation"].items():
         lines.append(f"| {k} | {fmt(v)} |")
-    lines += ["", "Raw numbers: `acting.json` beside this page."]
+    lines += ["", "## The state of the OBS + FSQ model, drawn by `obs inspect`", "",
+              f"`{res['inspect_command']}`", "",
+              "![circuits](acting_inspect/circuits.png)", "",
+              "![strengths](acting_inspect/strengths.png)", "",
+              "![firing](acting_inspect/firing.png)", "",
+              "![codes](acting_inspect/codes.png)", "",
+              "Raw numbers: `acting.json` beside this page."]
     path = out / "acting.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -358,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     print("consolidation ...")
     res["consol_route"], res["consol_interfere"] = 24, 48
     res["consolidation"] = consolidation_effect(model, grid, args.layouts, 24, 48, [0.01, 0.1, 1.0])
+    from onebigstate.cli.main import main as obs_main
+    inspect_args = ["inspect", str(runs / RUN_DIRS["obs + fsq discretiser"]), "--out", str(out / "acting_inspect")]
+    obs_main(inspect_args)
+    res["inspect_command"] = "obs " + " ".join(inspect_args)
     res["wall_s"] = time.perf_counter() - t0
     res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cmd = "python -m onebigstate.experiments.acting " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

@@ -33,6 +33,17 @@ changes. Reading ``a``'s rows afterwards spreads more activation onto ``b``.
     ids = tracker.observe_stats(layer.last_stats, stream=0)     # record one stream's firing order
     tracker.replay(ids[0], steps=len(ids) - 1)                   # -> ids[1:] for a route walked once
     tracker.consolidate(state, ids, strength=0.05)
+
+A hand-checkable case (circuits given as node sets):
+
+    >>> tr = CircuitTracker(order=2, actions=["left", "right"])
+    >>> tr.observe([torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])])
+    [0, 1, 2]
+    >>> tr.replay(0, steps=5)          # the chain ends after the last circuit
+    [1, 2]
+    >>> tr.remember(0, "left", 2); tr.remember(2, "right", 1)
+    >>> tr.plan(0, 1).actions
+    ['left', 'right']
 """
 from __future__ import annotations
 

@@ -198,6 +198,6 @@ def test_capacity_full_grid_has_pairs_up_to_4096_at_4x_length():
 def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert main(["bench", "sequential", "--quick", "--models", "obs,lstm", "--list"]) == 0
     out = capsys.readouterr().out
-    assert "selcopy_L32_K4__obs__lr0.01__s0" in out and "6 cells under runs/bench/sequential_quick" in out
+    assert "selcopy_L32_K4__obs__lr0.01__s0" in out and "4 cells under runs/bench/sequential_quick" in out
     assert main(["bench", "nope", "--list"]) == 2
     assert main(["bench", "mqar", "--models", "gpt5", "--list"]) == 2

@@ -35,13 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+RUN_CODE = ["bench", "tasks", "training", "nets", "model", "kernels", "baselines", "cli/bench.py"]
+
+
 def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "onebigstate"],
+        # the code a bench run depends on; other parts of the package (acting, see-and-hear) do not count
+        paths = [f"onebigstate/{p}" for p in RUN_CODE]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *paths],
                                capture_output=True, text=True, check=True).stdout.strip()
-        return sha + (" (with uncommitted changes under onebigstate/)" if dirty else "")
+        return sha + (" (with uncommitted changes in the bench, task, model or training code)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 

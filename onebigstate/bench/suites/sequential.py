@@ -2,7 +2,7 @@
 
 full: selective copy of 16 tokens scattered over 256 positions; delayed recall of 4 tokens after
 64, 256 and 1024 noise steps; 2000 steps of batch 32. quick: selective copy of 4 tokens over 32
-positions; delayed recall of 2 tokens after 16 and 64 steps; 150 steps of batch 16.
+positions; delayed recall of 2 tokens after 32 steps; 150 steps of batch 16.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def build(opts: Options) -> Suite:
     if opts.mode == "full":
         copy, n_rec, delays, steps, batch = (256, 16), 4, [64, 256, 1024], 2000, 32
     else:
-        copy, n_rec, delays, steps, batch = (32, 4), 2, [16, 64], 150, 16
+        copy, n_rec, delays, steps, batch = (32, 4), 2, [32], 150, 16
     cells = make_cells(f"selective copy L={copy[0]} K={copy[1]}",
                        TaskConfig(name="selective_copy", test_size=256,
                                   params={"vocab_size": 16, "body_len": copy[0], "n_tokens": copy[1]}),

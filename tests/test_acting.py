@@ -21,7 +21,7 @@ def tiny_model():
 
 def test_tracker_measurements_run_and_are_rates():
     model, grid = tiny_model(), GridConfig()
-    rep = acting.replay_accuracy(model, grid, [3, 6], 2, [("o2", 2, 1.0)])
+    rep = acting.replay_accuracy(model, grid, [3, 6], 2, [("o2", 2, 1.0, "markov"), ("gru", 1, 1.0, "gru")])
     assert set(rep["o2"]) == {3, 6}
     assert all(0 <= v["accuracy"] <= 1 and 0 <= v["whole_route"] <= 1 for v in rep["o2"].values())
     plan = acting.plan_success(model, grid, 2, explore=40, pairs=3)

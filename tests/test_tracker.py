@@ -156,3 +156,23 @@ def test_module_docstring_example_runs():
 
     import onebigstate.tracker.tracker as mod
     assert doctest.testmod(mod).failed == 0
+
+
+def test_gru_order_model_learns_a_stored_sequence():
+    tr = CircuitTracker(order=1)
+    route = [0, 1, 2, 1, 3, 4, 2, 5]
+    tr.observe([torch.tensor([10 + c]) for c in route])
+    # the Markov model with one step of context cannot tell the two continuations of 1 and 2 apart
+    assert tr.replay(0, steps=7) != route[1:]
+    loss = tr.fit_gru(hidden=16, steps=300)
+    assert loss < 0.05
+    assert tr.replay(0, steps=7, model="gru") == route[1:]
+    tr.identify(torch.tensor([99]))
+    with pytest.raises(TrackerError, match="after the GRU was fitted"):
+        tr.replay(6, steps=1, model="gru")
+    with pytest.raises(TrackerError, match="unknown order model"):
+        tr.replay(0, steps=1, model="lstm")
+    with pytest.raises(TrackerError, match="fit_gru"):
+        fresh = CircuitTracker()
+        fresh.identify([1])
+        fresh.replay(0, 1, model="gru")

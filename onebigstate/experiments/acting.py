@@ -117,7 +117,7 @@ def run_obs(model, feats: np.ndarray, states=None):
 # ---- 2. replay -----------------------------------------------------------------------------
 def replay_accuracy(model, cfg: GridConfig, lengths, n_layouts: int, variants) -> dict:
     out = {}
-    for name, order, overlap in variants:
+    for name, order, overlap, order_model in variants:
         per_len = {}
         for L in lengths:
             accs, full = [], []
@@ -128,7 +128,9 @@ def replay_accuracy(model, cfg: GridConfig, lengths, n_layouts: int, variants) -
                 _, _, st = run_obs(model, stream(layout, states, acts))
                 tr = CircuitTracker(order=order, min_overlap=overlap)
                 ids = tr.observe_stats(st, 0, steps=range(0, 2 * L + 1, 2), labels=states)
-                rep = tr.replay(ids[0], L)
+                if order_model == "gru":
+                    tr.fit_gru()
+                rep = tr.replay(ids[0], L, model=order_model)
                 got = [tr.labels[c] for c in rep] + [None] * (L - len(rep))
                 hits = [g == s for g, s in zip(got, states[1:])]
                 accs.append(float(np.mean(hits)))
@@ -356,8 +358,12 @@ def main(argv: list[str] | None = None) -> int:
            "majority": majority_floor(ckpt.config.task)}
     print("replay ...")
     res["replay"] = replay_accuracy(model, grid, [4, 8, 16, 32, 64], args.layouts,
-                                    [("order 3, exact node sets", 3, 1.0), ("order 1, exact node sets", 1, 1.0),
-                                     ("order 3, overlap >= 0.5", 3, 0.5), ("order 1, overlap >= 0.5", 1, 0.5)])
+                                    [("Markov order 3, exact node sets", 3, 1.0, "markov"),
+                                     ("Markov order 1, exact node sets", 1, 1.0, "markov"),
+                                     ("GRU, exact node sets", 1, 1.0, "gru"),
+                                     ("Markov order 3, overlap >= 0.5", 3, 0.5, "markov"),
+                                     ("Markov order 1, overlap >= 0.5", 1, 0.5, "markov"),
+                                     ("GRU, overlap >= 0.5", 1, 0.5, "gru")])
     print("plan ...")
     res["plan_explore"] = 150
     res["plan"] = plan_success(model, grid, args.layouts, explore=150, pairs=10)

@@ -18,6 +18,10 @@ context seen before (back-off), the most frequent successor, ties broken by the 
 firing. A route walked once is stored by its transitions; contexts longer than one step
 tell apart the continuations of a place the route passed twice.
 
+A second, optional order model is a small GRU over learned circuit embeddings
+(:meth:`CircuitTracker.fit_gru`), trained by next-circuit cross-entropy on the recorded
+histories; ``replay(..., model="gru")`` then calls circuits by its greedy predictions.
+
 **Action and outcome.** ``remember(place, action, outcome)`` (or ``observe_actions``) stores
 that doing ``action`` at circuit ``place`` was followed by circuit ``outcome``; ``plan``
 searches these remembered transitions breadth-first for the shortest chain of actions from
@@ -52,6 +56,8 @@ from dataclasses import dataclass, field
 from typing import Hashable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from onebigstate.kernels.step import flat_positions
 
@@ -69,6 +75,22 @@ class Plan:
 
     def __len__(self) -> int:
         return len(self.actions)
+
+
+class OrderGRU(nn.Module):
+    """Next-circuit model: embedding -> GRU -> logits over the circuits known when fitted."""
+
+    def __init__(self, n_circuits: int, hidden: int):
+        super().__init__()
+        self.n_circuits = n_circuits
+        self.embed = nn.Embedding(n_circuits, hidden)
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, n_circuits)
+
+    def forward(self, ids: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [B, T] long -> (logits [B, T, C], hidden)."""
+        y, h = self.gru(self.embed(ids), h)
+        return self.head(y), h
 
 
 class CircuitTracker:
@@ -95,6 +117,7 @@ class CircuitTracker:
         self._clock = 0
         self._outcomes: dict[tuple[int, Hashable], Counter[int]] = {}
         self.history: list[list[int]] = []
+        self.gru: OrderGRU | None = None
 
     # ---- identifying circuits ------------------------------------------------------------
     @property
@@ -204,12 +227,44 @@ class CircuitTracker:
         best = max(counts, key=lambda c: (counts[c], self._last_seen.get((key, c), 0)))
         return best, counts[best] / sum(counts.values())
 
-    def replay(self, cue, steps: int) -> list[int]:
+    def fit_gru(self, hidden: int = 32, steps: int = 300, lr: float = 3e-2, seed: int = 0,
+                tol: float = 0.05) -> float:
+        """Train the GRU order model on the recorded histories (full-batch Adam, at most
+        ``steps`` steps, stopping when the loss falls below ``tol``); returns the final loss.
+        Uses its own generator seed, not the global RNG."""
+        seqs = [h for h in self.history if len(h) >= 2]
+        if not seqs:
+            raise TrackerError("fit_gru needs a recorded history of at least two circuits (call observe first)")
+        gen = torch.Generator().manual_seed(seed)
+        model = OrderGRU(self.n_circuits, hidden)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1] ** 0.5))
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        loss_value = float("inf")
+        for _ in range(steps):
+            loss = sum(F.cross_entropy(model(torch.tensor(h[:-1]).unsqueeze(0))[0][0], torch.tensor(h[1:]))
+                       for h in seqs) / len(seqs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_value = loss.item()
+            if loss_value < tol:
+                break
+        self.gru = model.eval()
+        return loss_value
+
+    def replay(self, cue, steps: int, model: str = "markov") -> list[int]:
         """Call circuits in the learned order from ``cue`` (an id, a node set, or a sequence of
-        ids as context): the next ``steps`` circuit ids, fewer if the chain ends."""
+        ids as context): the next ``steps`` circuit ids, fewer if the chain ends.
+        ``model="gru"`` uses the GRU order model (see :meth:`fit_gru`), which never ends a chain."""
         if not isinstance(steps, int) or steps < 0:
             raise TrackerError(f"steps must be a non-negative int, got {steps!r}")
+        if model not in ("markov", "gru"):
+            raise TrackerError(f"unknown order model {model!r}; known: 'markov', 'gru'")
         ctx = self._context(cue)
+        if model == "gru":
+            return self._replay_gru(ctx, steps)
         out: list[int] = []
         for _ in range(steps):
             nxt = self.predict_next(ctx)
@@ -217,6 +272,21 @@ class CircuitTracker:
                 break
             ctx.append(nxt[0])
             out.append(nxt[0])
+        return out
+
+    @torch.no_grad()
+    def _replay_gru(self, ctx: list[int], steps: int) -> list[int]:
+        if self.gru is None:
+            raise TrackerError("no GRU order model: call fit_gru() first")
+        if max(ctx) >= self.gru.n_circuits:
+            raise TrackerError(f"circuit {max(ctx)} was first seen after the GRU was fitted "
+                               f"(it knows ids 0..{self.gru.n_circuits - 1}); call fit_gru() again")
+        logits, h = self.gru(torch.tensor(ctx).unsqueeze(0))
+        out: list[int] = []
+        for _ in range(steps):
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            logits, h = self.gru(torch.tensor([[nxt]]), h)
         return out
 
     # ---- action and outcome --------------------------------------------------------------

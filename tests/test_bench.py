@@ -94,7 +94,8 @@ def test_run_suite_skips_finished_cells_and_resumes_a_half_trained_one(tmp_path)
     opts = Options(mode="quick", models=["s4d"], seeds=[0])
     cells = []
     for body in (10, 11, 12):
-        task = TaskConfig(name="selective_copy", test_size=8, params={"vocab_size": 8, "body_len": body, "n_tokens": 2})
+        task = TaskConfig(name="selective_copy", test_size=8,
+                          params={"vocab_size": 8, "body_len": body, "n_tokens": 2})
         cells += make_cells(f"L={body}", task, opts, 16, 6, 4, evals=[Eval("grouped")],
                             train_overrides={"ckpt_every": 2, "log_every": 2})
     suite = Suite("tiny", "tiny", "", cells)

@@ -76,7 +76,7 @@ def test_parity_by_hand_and_longer_test_sequences():
     x, y = t.train_batch(0, 4)
     assert x.shape == (4, 6) and torch.equal(y, torch.cumsum(x, 1) % 2)
     g = t.grouped_test_set()
-    assert g.inputs.shape == (16, 15) and g.names == ["1-6", "7-12", "13-15"]
+    assert g.inputs.shape == (16, 15) and g.names == ["t<=6", "t<=12", "t<=15"]
     assert g.groups[0].tolist() == [0] * 6 + [1] * 6 + [2] * 3
 
 

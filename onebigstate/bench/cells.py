@@ -52,7 +52,7 @@ class Cell:
 @dataclass
 class Plot:
     """``kind="x"``: accuracy against ``cell.x[key]`` (one line per model and remaining coordinates);
-    ``kind="evals"``: accuracy against the number in the eval columns ``key=NUMBER``."""
+    ``kind="evals"``: accuracy against the number in the eval columns ``key=NUMBER`` or ``key<=NUMBER``."""
 
     kind: Literal["x", "evals"]
     key: str

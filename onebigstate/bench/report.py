@@ -19,7 +19,7 @@ import numpy as np
 
 from onebigstate.bench.cells import Cell, Plot, Suite
 
-NUMERIC_COLUMN = re.compile(r"^([A-Za-z_]+)=([0-9.eE+-]+)$")
+NUMERIC_COLUMN = re.compile(r"^([A-Za-z_]+)(?:=|<=)([0-9.eE+-]+)$")
 
 
 @dataclass
@@ -126,7 +126,8 @@ def plot(rows: list[Row], spec: Plot, path: Path, title: str) -> bool:
                 m = NUMERIC_COLUMN.match(col)
                 if m and m.group(1) == spec.key:
                     label = r.model if len({q.setting for q in rows}) == 1 else f"{r.model} ({r.setting})"
-                    lines.setdefault(label, []).append((float(m.group(2)), float(np.mean(vals)), float(np.std(vals))))
+                    lines.setdefault(label, []).append((float(m.group(2)), float(np.mean(vals)),
+                                                        float(np.std(vals))))
     if not lines:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))

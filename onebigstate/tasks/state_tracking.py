@@ -3,8 +3,9 @@
 Every position is scored with the group element obtained by composing all inputs so far, so a
 model must carry that element in its state. Training sequences have ``seq_len`` steps; the
 held-out set has ``test_len`` steps (default ``seq_len``), so a longer ``test_len`` tests length
-extrapolation. Held-out positions are grouped by length bucket ``1-L``, ``L+1-2L``, ... (L =
-``seq_len``), so one test set gives accuracy at, and beyond, the training length.
+extrapolation. Held-out positions are grouped by length bucket ``t<=L``, ``t<=2L``, ... (steps
+1..L, L+1..2L, ...; L = ``seq_len``), so one test set gives accuracy at, and beyond, the
+training length.
 
 The concrete tasks: :mod:`onebigstate.tasks.parity` (Z_2) and :mod:`onebigstate.tasks.s5`
 (the symmetric group S_n, S_5 by default).
@@ -35,9 +36,9 @@ class StateTrackingConfig(StrictModel):
 
 
 def length_buckets(seq_len: int, test_len: int) -> tuple[np.ndarray, list[str]]:
-    """Bucket of every position [test_len] and the bucket names ``1-L``, ``L+1-2L``, ..."""
+    """Bucket of every position [test_len] and the bucket names ``t<=L``, ``t<=2L``, ..."""
     idx = np.arange(test_len) // seq_len
-    names = [f"{b * seq_len + 1}-{min((b + 1) * seq_len, test_len)}" for b in range(int(idx[-1]) + 1)]
+    names = [f"t<={min((b + 1) * seq_len, test_len)}" for b in range(int(idx[-1]) + 1)]
     return idx.astype(np.int64), names
 
 

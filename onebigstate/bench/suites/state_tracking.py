@@ -2,11 +2,11 @@
 
 full: parity trained on 64 steps, tested on 512; S5 trained on 32, tested on 256; 2000 steps of
 batch 32. quick: parity 16 -> 64, S5 8 -> 32; 150 steps of batch 16. The columns name length
-buckets of the held-out sequences (accuracy at every step of those positions).
+buckets of the held-out sequences (t<=n: accuracy at the steps of the bucket ending at n).
 """
 from __future__ import annotations
 
-from onebigstate.bench.cells import Eval, Options, Suite, make_cells
+from onebigstate.bench.cells import Eval, Options, Plot, Suite, make_cells
 from onebigstate.tasks.base import TaskConfig
 
 
@@ -22,8 +22,9 @@ def build(opts: Options) -> Suite:
     cells += make_cells(f"S5 {s5[0]}->{s5[1]}",
                         TaskConfig(name="s5", test_size=256, params={"seq_len": s5[0], "test_len": s5[1]}),
                         opts, 64, steps, batch, evals=evals, prefix=f"s5_{s5[0]}_{s5[1]}")
+    plots = [Plot("evals", "t", "step of the sequence (end of bucket)")]
     return Suite("state_tracking", "State tracking: parity and S5, trained short, tested long",
                  f"Running parity of bits and running product of S5 permutations, scored at every step. "
                  f"Trained on sequences of the first length, tested on the second; 'accuracy' is over all "
-                 f"held-out steps, the bucket columns (positions a-b) show where it breaks. {steps} steps of "
-                 f"batch {batch}, width 64.", cells, [])
+                 f"held-out steps, a column t<=n is the accuracy at the steps of its length bucket (up to n). {steps} steps of "
+                 f"batch {batch}, width 64.", cells, plots)

@@ -200,5 +200,7 @@ def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert main(["bench", "sequential", "--quick", "--models", "obs,lstm", "--list"]) == 0
     out = capsys.readouterr().out
     assert "selcopy_L32_K4__obs__lr0.01__s0" in out and "4 cells under runs/bench/sequential_quick" in out
+    assert main(["bench", "mqar", "--models", "lstm", "--lrs", "1e-3,1e-2", "--seeds", "0,1", "--list"]) == 0
+    assert "8 cells" in capsys.readouterr().out
     assert main(["bench", "nope", "--list"]) == 2
     assert main(["bench", "mqar", "--models", "gpt5", "--list"]) == 2

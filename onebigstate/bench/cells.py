@@ -78,6 +78,7 @@ class Options:
     models: list[str] | None = None          # None: every model of MODELS
     seeds: list[int] | None = None           # None: the mode's default (quick: [0], full: [0, 1, 2])
     device: str = "cpu"
+    lrs: list[float] | None = None           # None: each model's own grid (lr_grid)
 
     def model_list(self) -> list[str]:
         return list(self.models) if self.models else list(MODELS)
@@ -129,7 +130,7 @@ def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, step
         if name not in MODELS:
             raise ValueError(f"unknown model '{name}' for the benchmark; known: {MODELS}")
         model = model_config(name, d_model, opts.mode)
-        for lr in lr_grid(name, opts.mode):
+        for lr in (opts.lrs or lr_grid(name, opts.mode)):
             for seed in opts.seed_list():
                 keys = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay(name),
                             warmup=max(1, steps // 10), seed=seed, device=opts.device,

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--models", help="comma-separated models (default: all of them)")
     p.add_argument("--seeds", help="comma-separated seeds (default: quick 0, full 0,1,2)")
+    p.add_argument("--lrs", help="comma-separated learning rates for every model (default: each model's own grid)")
     p.add_argument("--out", default="runs/bench", help="folder of the suite run folders (default: runs/bench)")
     p.add_argument("--docs", default="docs/results", help="folder of the results pages (default: docs/results)")
     p.add_argument("--list", action="store_true", help="print the cells and exit")
@@ -59,8 +60,12 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--models {args.models}")
     if args.seeds:
         parts.append(f"--seeds {args.seeds}")
+    if args.lrs:
+        parts.append(f"--lrs {args.lrs}")
     if args.out != "runs/bench":
         parts.append(f"--out {args.out}")
+    if args.docs != "docs/results":
+        parts.append(f"--docs {args.docs}")
     return " ".join(parts)
 
 
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device)
+        lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
+        opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device, lrs=lrs)
         suite = build_suite(args.suite, opts)
     except ValueError as err:
         raise ConfigError(str(err)) from None

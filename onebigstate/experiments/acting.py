@@ -120,7 +120,7 @@ def replay_accuracy(model, cfg: GridConfig, lengths, n_layouts: int, variants) -
     for name, order, overlap, order_model in variants:
         per_len = {}
         for L in lengths:
-            accs, full = [], []
+            accs, full, shared = [], [], []
             for i in range(n_layouts):
                 layout = make_layout(cfg.env_id, LAYOUT_SEED0 + i)
                 rng = np.random.default_rng(1000 + i)
@@ -135,7 +135,12 @@ def replay_accuracy(model, cfg: GridConfig, lengths, n_layouts: int, variants) -
                 hits = [g == s for g, s in zip(got, states[1:])]
                 accs.append(float(np.mean(hits)))
                 full.append(float(all(hits)))
-            per_len[L] = {"accuracy": float(np.mean(accs)), "whole_route": float(np.mean(full))}
+                stood_for: dict = {}
+                for c, s in zip(ids, states):
+                    stood_for.setdefault(c, set()).add(s)
+                shared.append(float(np.mean([len(v) > 1 for v in stood_for.values()])))
+            per_len[L] = {"accuracy": float(np.mean(accs)), "whole_route": float(np.mean(full)),
+                          "circuits_shared_by_places": float(np.mean(shared))}
         out[name] = per_len
     return out
 
@@ -166,7 +171,8 @@ def run_policy(layout: Layout, start, goal, budget: int, policy, rng) -> bool:
 
 
 def plan_success(model, cfg: GridConfig, n_layouts: int, explore: int, pairs: int) -> dict:
-    rows = {"tracker plan": [], "plan found": [], "tracker on true places": [], "random actions": [],
+    rows = {"tracker plan": [], "plan found": [], "tracker plan, exact node sets": [],
+            "plan found, exact node sets": [], "tracker on true places": [], "random actions": [],
             "greedy, no tracker": []}
     lengths = []
     for i in range(n_layouts):
@@ -177,6 +183,11 @@ def plan_success(model, cfg: GridConfig, n_layouts: int, explore: int, pairs: in
         tr = CircuitTracker(order=1, min_overlap=0.5, actions=range(N_ACTIONS))
         places = tr.circuits_of(st, 0, steps=range(0, 2 * explore + 1, 2))
         ids = tr.observe_actions(places, acts)
+        exact = CircuitTracker(order=1, min_overlap=1.0, actions=range(N_ACTIONS))
+        exact_ids = exact.observe_actions(places, acts)
+        first_exact = {}
+        for s, c in zip(states, exact_ids):
+            first_exact.setdefault(s, c)
         first_id = {}
         for s, c in zip(states, ids):
             first_id.setdefault(s, c)
@@ -200,6 +211,12 @@ def plan_success(model, cfg: GridConfig, n_layouts: int, explore: int, pairs: in
                 ok = s == goal
                 lengths.append((len(plan), best))
             rows["tracker plan"].append(ok)
+            eplan = exact.plan(first_exact[start], first_exact[goal])
+            rows["plan found, exact node sets"].append(eplan is not None)
+            s = start
+            for act in (eplan.actions if eplan is not None else []):
+                s = layout.step(s, act)
+            rows["tracker plan, exact node sets"].append(eplan is not None and s == goal)
             oplan = oracle.plan(oracle.lookup([place_of[start]]), oracle.lookup([place_of[goal]]))
             s = start
             for act in (oplan.actions if oplan is not None else []):
@@ -299,20 +316,28 @@ def write_page(out: Path, res: dict, command: str) -> Path:
         lines.append(f"| {name} | " + " | ".join(f"{fmt(per[L]['accuracy'])} ({fmt(per[L]['whole_route'])})"
                                                   for L in lengths) + " |")
     p = res["plan"]
-    lines += ["", "Cells: accuracy (whole-route rate).", "",
+    ex = rep[next(k for k in rep if "exact" in k)]
+    ov = rep[next(k for k in rep if "overlap" in k)]
+    lines += ["", "Cells: accuracy (whole-route rate). Circuits that stood for more than one place on the route: "
+              + ", ".join(f"L={L}: {fmt(ex[L]['circuits_shared_by_places'])} exact / "
+                          f"{fmt(ov[L]['circuits_shared_by_places'])} overlap" for L in lengths) + ".", "",
               "## 3. Planning in layouts explored once", "",
               f"{res['n_layouts']} new layouts, each explored once by a {res['plan_explore']}-action random walk; "
               f"{p['n_pairs']} (start, goal) pairs of visited places in all. Random and greedy get 3x the shortest "
               "path's number of actions; the tracker's plan is executed as given.", "",
               "| agent | success rate |", "|---|---|",
-              f"| tracker plan (chained remembered action-outcome transitions) | {fmt(p['tracker plan'])} |",
+              f"| tracker plan over OBS circuits, node sets matched at overlap >= 0.5 (found a plan: "
+              f"{fmt(p['plan found'])}) | {fmt(p['tracker plan'])} |",
+              f"| tracker plan over OBS circuits, exact node sets (found a plan: "
+              f"{fmt(p['plan found, exact node sets'])}) | {fmt(p['tracker plan, exact node sets'])} |",
               f"| the same planner over true places (x, y, direction) instead of circuits | "
               f"{fmt(p['tracker on true places'])} |",
               f"| random actions | {fmt(p['random actions'])} |",
               f"| greedy towards the goal, no memory (no tracker) | {fmt(p['greedy, no tracker'])} |", "",
-              f"The tracker found a plan for {fmt(p['plan found'])} of the pairs"
-              + (f"; plans were {p['plan_len_over_shortest']:.2f}x the shortest path on average." if
-                 "plan_len_over_shortest" in p else "."), "",
+              "Plans found over overlap-matched circuits were "
+              + (f"{p['plan_len_over_shortest']:.2f}x the true shortest path on average (below 1: merged "
+                 "circuits made shortcuts that do not exist)." if "plan_len_over_shortest" in p else "never found."),
+              "",
               "## 4. Consolidation and later recall", "",
               f"A {res['consol_route']}-action route in layout A, then {res['consol_interfere']} actions in layout B, "
               "then queries about every action taken once on the route (OBS's accuracy at predicting what is in "

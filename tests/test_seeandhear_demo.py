@@ -28,7 +28,8 @@ TINY = {
                {"label": "lstm", "model": {"name": "lstm", "d_model": 16}}],
     "train": {"steps": 2, "batch_size": 2, "log_every": 1, "eval_batch_size": 4, "progress": False},
     "test_size": 2,
-    "grid": {"exposures": [1, 2], "delays": [10, 40], "exposure_delay": 10, "n_streams": 2, "window": 16},
+    "grid": {"exposures": [1, 2], "delays": [10, 40], "exposure_delay": 10, "n_streams": 2, "window": 16,
+             "object_to_word": True},
 }
 PLOTS = ["obs_state_heatmap.png", "obs_circuits.png", "recall_vs_delay_word_to_object.png",
          "recall_vs_exposures_word_to_object.png", "recall_vs_delay_object_to_word.png"]

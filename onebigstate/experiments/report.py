@@ -36,9 +36,11 @@ def budget_line(exp, rows: list[dict]) -> str:
 
 
 def rich_table(exp, rows: list[dict], recalls: dict[str, dict[str, RecallResult]], title: str) -> Table:
-    table = Table(title=title, caption=budget_line(exp, rows) + ". w->o: novel words, test voices; o->w: digit "
-                  "words in fresh pairings; d: delay in steps after 1 exposure; e: exposures at "
-                  f"d={exp.grid.exposure_delay}. Chance w->o 0.10.")
+    o2w = ("; o->w: object to word (digit and extra words in fresh pairings, test voices), chance 0.02"
+           if exp.grid.object_to_word else "")
+    table = Table(title=title, caption=budget_line(exp, rows) + ". w->o: word to object, words never heard in "
+                  f"training, test voices, chance 0.10{o2w}; d: delay in steps after 1 exposure; e: exposures at "
+                  f"d={exp.grid.exposure_delay}. Streamed in {exp.grid.window}-step windows with carried state.")
     table.add_column("model")
     table.add_column("params", justify="right")
     table.add_column("train s", justify="right")

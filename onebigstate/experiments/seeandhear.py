@@ -59,7 +59,7 @@ def _default_models() -> list[ModelSpec]:
 
 def _default_task() -> SeeHearParams:
     return SeeHearParams(n_pairs=3, exposures=[1, 2], delay_min=3, delay_max=30, view_frames=2, name_gap=(1, 2),
-                         spacing=(1, 4), image_query_frac=0.5, extra_words=True, pretrain_steps=150,
+                         spacing=(1, 4), image_query_frac=0.0, extra_words=True, pretrain_steps=150,
                          freeze_encoder=True)
 
 
@@ -74,7 +74,8 @@ class GridConfig(StrictModel):
     exposure_delay: int = Field(100, ge=1, description="delay of the recall-vs-exposures points")
     n_streams: int = Field(32, ge=1, description="held-out streams per condition")
     window: int = Field(512, ge=1, description="steps per window when streaming with carried state")
-    object_to_word: bool = Field(True, description="also measure object->word (on test-split streams)")
+    object_to_word: bool = Field(False, description="also measure object->word (on test-split streams; train "
+                                                    "with task.image_query_frac > 0 for it)")
 
 
 class SeeHearExperiment(StrictModel):

@@ -29,5 +29,5 @@ def test_tracker_measurements_run_and_are_rates():
     assert all(0 <= plan[k] <= 1 for k in ("tracker plan", "plan found", "tracker on true places",
                                            "random actions", "greedy, no tracker"))
     cons = acting.consolidation_effect(model, grid, 2, route=8, interfere=8, strengths=[0.1])
-    assert set(cons) == {"none", "replay 0.1", "shuffled 0.1"}
+    assert set(cons) == {"none", "replay 0.1", "replay, places only 0.1", "shuffled 0.1"}
     assert all(0 <= v <= 1 for v in cons.values())

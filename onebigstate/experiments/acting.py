@@ -239,7 +239,8 @@ def plan_success(model, cfg: GridConfig, n_layouts: int, explore: int, pairs: in
 def consolidation_effect(model, cfg: GridConfig, n_layouts: int, route: int, interfere: int,
                          strengths) -> dict:
     results = {}
-    for mode, strength in [("none", 0.0)] + [(m, s) for s in strengths for m in ("replay", "shuffled")]:
+    modes = ("replay", "replay, places only", "shuffled")
+    for mode, strength in [("none", 0.0)] + [(m, s) for s in strengths for m in modes]:
         correct, total = 0, 0
         for i in range(n_layouts):
             rng = np.random.default_rng(3000 + i)
@@ -255,9 +256,12 @@ def consolidation_effect(model, cfg: GridConfig, n_layouts: int, route: int, int
                 continue
             _, states, st = run_obs(model, stream(la, sa, aa))
             if mode != "none":
+                # the GRU order model replays a once-walked route best (part 2)
                 tr = CircuitTracker(order=3)
-                ids = tr.observe_stats(st, 0)
-                seq = [ids[0]] + tr.replay(ids[0], len(ids) - 1)
+                steps = range(0, 2 * route + 1, 2) if mode == "replay, places only" else None
+                ids = tr.observe_stats(st, 0, steps=steps)
+                tr.fit_gru()
+                seq = [ids[0]] + tr.replay(ids[0], len(ids) - 1, model="gru")
                 if mode == "shuffled":
                     seq = [seq[j] for j in np.random.default_rng(i).permutation(len(seq))]
                 # strength in units of the spread of what the route itself wrote
@@ -341,9 +345,11 @@ def write_page(out: Path, res: dict, command: str) -> Path:
               "## 4. Consolidation and later recall", "",
               f"A {res['consol_route']}-action route in layout A, then {res['consol_interfere']} actions in layout B, "
               "then queries about every action taken once on the route (OBS's accuracy at predicting what is in "
-              "front after it). `replay s`: the tracker replays the route's circuits and `consolidate` writes "
-              "them back right after the route, with strength s times the std of the entries the route wrote; "
-              "`shuffled s`: the same circuits in a random order (same number of writes).", "",
+              "front after it). `replay s`: the tracker (GRU order model) replays the circuits of every step of the "
+              "route from its first one and `consolidate` writes them back right after the route, with strength s "
+              "times the std of the entries the route wrote; `replay, places only s`: the same over the "
+              "observation steps' circuits alone (the action circuits are shared by every step); `shuffled s`: "
+              "the replayed circuits in a random order (same number of writes).", "",
               "| consolidation | query accuracy |", "|---|---|"]
     for k, v in res["consolidation"].items():
         lines.append(f"| {k} | {fmt(v)} |")

@@ -40,3 +40,11 @@ def test_inspect_bad_arguments(tiny_run, tmp_path, capsys):
     assert main(["inspect", str(tiny_run), "--out", str(tmp_path), "--batch", "2", "--stream", "5"]) == 2
     assert "--stream must be in [0, 2)" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "nothing")]) == 2
+
+
+def test_inspect_needs_an_obs_layer(tmp_path, capsys):
+    tree = tiny_tree(steps=1, eval_every=0, ckpt_every=0, log_every=1)
+    tree["model"] = {"name": "lstm", "d_model": 16, "n_layers": 1, "mixer": {}}
+    train(build_config(RunConfig, tree), tmp_path / "lstm")
+    assert main(["inspect", str(tmp_path / "lstm")]) == 2
+    assert "has none" in capsys.readouterr().err

@@ -353,6 +353,27 @@ def write_page(out: Path, res: dict, command: str) -> Path:
               "| consolidation | query accuracy |", "|---|---|"]
     for k, v in res["consolidation"].items():
         lines.append(f"| {k} | {fmt(v)} |")
+    lines += ["", "## Reading (sentences computed from the numbers above)", ""]
+    nxt = {m: r["metrics"]["acc_query"] for m, r in res["next_obs"].items()}
+    best = max(nxt, key=nxt.get)
+    lines.append(f"- Queries about actions taken once: best {best} ({fmt(nxt[best])}); OBS {fmt(nxt['obs'])}, "
+                 f"{'above' if nxt['obs'] > f['acc_query'] else 'not above'} the majority class "
+                 f"({fmt(f['acc_query'])}), after the same {res['steps']} steps.")
+    Lmax = lengths[-1]
+    best_rep = max(rep, key=lambda k: rep[k][Lmax]["accuracy"])
+    lines.append(f"- Replay at L={Lmax}: best order model {best_rep} ({fmt(rep[best_rep][Lmax]['accuracy'])})"
+                 + ("; a Markov model with a few steps of context loses its way where the walk turns on the spot "
+                    "and revisits places (the same circuit, several successors), the GRU's context is the whole "
+                    "replayed prefix." if best_rep.startswith("GRU") else "."))
+    lines.append(f"- Planning: over exact node sets the tracker reached {fmt(p['tracker plan, exact node sets'])} of "
+                 f"the goals, random actions {fmt(p['random actions'])}, the memoryless greedy agent "
+                 f"{fmt(p['greedy, no tracker'])}; the same planner over true places {fmt(p['tracker on true places'])}"
+                 ": the gap to it is the cost of places that OBS's circuits do not tell apart, or tell apart "
+                 "when they are the same.")
+    cons = res["consolidation"]
+    best_c = max(cons, key=cons.get)
+    lines.append(f"- Consolidation: without it {fmt(cons['none'])}; best row {best_c} ({fmt(cons[best_c])})"
+                 + ("." if best_c != "none" else ": no consolidation tried here helped later recall."))
     lines += ["", "## The state of the OBS + FSQ model, drawn by `obs inspect`", "",
               f"`{res['inspect_command']}`", "",
               "![circuits](acting_inspect/circuits.png)", "",
@@ -372,7 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/acting", help="run folders of the trained models")
     ap.add_argument("--out", default="docs/results", help="folder of acting.md and acting.json")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--page-only", action="store_true", help="rewrite acting.md from acting.json, computing nothing")
     args = ap.parse_args(argv)
+    if args.page_only:
+        res = json.loads((Path(args.out) / "acting.json").read_text())
+        for part in ("replay",):
+            res[part] = {k: {int(L): v for L, v in per.items()} for k, per in res[part].items()}
+        cmd = res.get("command") or (f"python -m onebigstate.experiments.acting --steps {res['steps']} "
+                                     f"--layouts {res['n_layouts']}")
+        print(f"wrote {write_page(Path(args.out), res, cmd)}")
+        return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     runs, out = Path(args.runs), Path(args.out)
@@ -408,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     res["wall_s"] = time.perf_counter() - t0
     res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cmd = "python -m onebigstate.experiments.acting " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    res["command"] = cmd.strip()
     (out / "acting.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     page = write_page(out, res, cmd.strip())
     print(f"wrote {page} and {out / 'acting.json'}")

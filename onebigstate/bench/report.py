@@ -167,7 +167,7 @@ def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: 
              "and evaluation.", "", markdown_table(rows)]
     for i, spec in enumerate(suite.plots):
         name = spec.file or f"{stem}_{spec.key}.png"
-        if plot(rows, spec, out_md.parent / name, f"{suite.title}: accuracy vs {spec.xlabel}"):
+        if plot(rows, spec, out_md.parent / name, f"{stem}: accuracy vs {spec.xlabel}"):
             parts += [f"![accuracy vs {spec.xlabel}]({name})", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(parts))

@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    # the code that computes the numbers: the commit at the start of the run
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     next_obs = {m: train_or_reuse(m, args.steps, runs) for m in MODELS}
@@ -436,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     obs_main(inspect_args)
     res["inspect_command"] = "obs " + " ".join(inspect_args)
     res["wall_s"] = time.perf_counter() - t0
-    res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    res["commit"] = commit
     cmd = "python -m onebigstate.experiments.acting " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     res["command"] = cmd.strip()
     (out / "acting.json").write_text(json.dumps(res, indent=2, default=str) + "\n")

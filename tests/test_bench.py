@@ -151,7 +151,8 @@ def test_table_picks_the_best_lr_and_gives_mean_and_spread(tmp_path):
                         "| seeds |")
     assert "| T=64 P=4 | obs | 0.950 ± 0.041 | 0.950 ± 0.041 | 0.475 ± 0.020 | 1,234 | "\
            "65,536 dense / 101 written | 12 | 0.01 | 3 |" in lines
-    assert "| T=64 P=4 | lstm | 0.200 ± 0.082 | 0.200 ± 0.082 | 0.100 ± 0.041 | 999 | 256 | 12 | 0.001 | 3 |" in lines
+    assert ("| T=64 P=4 | lstm | 0.200 ± 0.082 | 0.200 ± 0.082 | 0.100 ± 0.041 | 999 | 256 | 12 | 0.001 "
+            "| 3 |") in lines
 
     md = tmp_path / "docs" / "fake.md"
     write_report(suite, _fake_results(suite), md, "obs bench fake --quick", "abc123", "CPU")
@@ -204,3 +205,29 @@ def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert "8 cells" in capsys.readouterr().out
     assert main(["bench", "nope", "--list"]) == 2
     assert main(["bench", "mqar", "--models", "gpt5", "--list"]) == 2
+
+
+@pytest.mark.parametrize("name", ["lstm", "obs"])
+def test_lifelong_windows_with_carried_state_equal_one_pass(name):
+    import torch
+
+    from onebigstate.bench.cells import model_config
+    from onebigstate.bench.evaluate import grouped_accuracy, written_entries
+    from onebigstate.tasks.registry import build_task
+    task = build_task(TaskConfig(name="retention", test_size=4,
+                                 params={"vocab_size": 32, "n_pairs": 4, "seq_len": 20,
+                                         "test_distances": [2, 6, 14, 30], "lifelong_streams": 3}))
+    cfg = model_config(name, 16, "quick")
+    if name == "obs":
+        cfg = cfg.model_copy(update={"mixer": {"n_nodes": 24, "k_min": 2, "k_max": 4, "m_active": 4}})
+    torch.manual_seed(0)
+    model = task.build_model(cfg)
+    data = task.lifelong_set()
+    whole = grouped_accuracy(model, data, batch_size=2)
+    windowed = grouped_accuracy(model, data, batch_size=2, window=7)
+    assert whole == windowed and set(whole) == {"d=2", "d=6", "d=14", "d=30", "all"}
+    written = written_entries(model, task, n=4)
+    if name == "obs":
+        assert 0 < written["mean"] <= written["max"] <= 24 * 24
+    else:
+        assert written is None

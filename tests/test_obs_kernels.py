@@ -23,6 +23,7 @@ CASES = {
     "gaussian_reg_and_k_cost": dict(T=10, cfg=dict(gaussian_reg=dict(weight=0.5, n_samples=37), k_cost=0.3)),
     "m_equals_n": dict(T=6, cfg=dict(n_nodes=8, k_max=4, m_active=8)),
     "carried_state": dict(T=8, carried=True),
+    "reverse_assoc": dict(T=12, continuous="mixed", carried=True, cfg=dict(reverse_assoc=True)),
 }
 
 

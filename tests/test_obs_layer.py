@@ -130,3 +130,23 @@ def test_lm_stack_and_state_size():
     model = build_model(ModelConfig(name="obs", d_model=16, mixer={k: v for k, v in CFG.items() if k != "d_model"}),
                         n_out=10, vocab_size=10)
     assert model.state_size(7)["dense_floats"] == 40 * 40
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reverse_association_lets_a_later_cue_recall_what_preceded_it(reverse):
+    """Object A then word B: with reverse_assoc, B alone later lights up A's circuit."""
+    torch.manual_seed(3)
+    layer = OBSLayer(OBSConfig(**{**CFG, "init_std": 0.0, "k_min": 3, "k_max": 3, "m_active": 10,
+                                  "reverse_assoc": reverse, "spread_from_active": False})).double().eval()
+    # three inputs whose circuits do not overlap (picked from seeded candidates)
+    cand = torch.randn(40, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        nodes = [set(i.tolist()) for i in layer.addresser(cand.unsqueeze(0))[0][0, :, :3]]
+    a, b, c = next((i, j, k) for i in range(40) for j in range(40) for k in range(40)
+                   if not (nodes[i] & nodes[j] or nodes[i] & nodes[k] or nodes[j] & nodes[k]))
+    x = cand[[a, b, c, b]].unsqueeze(0)                           # [1, 4, 16]: A, B, C, B again
+    layer(x)
+    st = layer.last_stats
+    circuit = [set(st.circuit_idx[0, t, :3].tolist()) for t in range(4)]
+    recalled = set(st.active_idx[0, 3][st.active_w[0, 3] > 0].tolist())
+    assert bool(circuit[0] <= recalled) == reverse

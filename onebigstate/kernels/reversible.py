@@ -30,16 +30,16 @@ from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weig
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
     """Sum of the step's writes landing on the grid read_rows x read_cols.
 
-    read_rows [B, R], read_cols [B, C] -> [B, R, C]. Every write lies in a column of the
-    circuit, so: (rows match block rows) @ block values @ (circuit matches read columns).
+    read_rows [B, R], read_cols [B, C] -> [B, R, C]: for each write block,
+    (read rows matching its rows) @ its values @ (its columns matching the read columns).
     """
     dtype = plan.alpha.dtype
-    per_circuit_col = 0
-    for b_rows, b_vals in zip(plan.block_rows, plan.block_vals):
-        hit = (read_rows.unsqueeze(2) == b_rows.unsqueeze(1)).to(dtype)           # [B, R, Rb]
-        per_circuit_col = per_circuit_col + torch.bmm(hit, b_vals)                 # [B, R, K]
-    col_hit = (plan.circuit_idx.unsqueeze(2) == read_cols.unsqueeze(1)).to(dtype)  # [B, K, C]
-    return torch.bmm(per_circuit_col, col_hit)
+    total = 0
+    for b_rows, b_cols, b_vals in zip(plan.block_rows, plan.block_cols, plan.block_vals):
+        hit_r = (read_rows.unsqueeze(2) == b_rows.unsqueeze(1)).to(dtype)       # [B, R, Rb]
+        hit_c = (b_cols.unsqueeze(2) == read_cols.unsqueeze(1)).to(dtype)       # [B, Cb, C]
+        total = total + torch.bmm(torch.bmm(hit_r, b_vals), hit_c)
+    return total
 
 
 class _ReversibleScan(torch.autograd.Function):
@@ -115,7 +115,7 @@ class _ReversibleScan(torch.autograd.Function):
         zeros = lambda *shape: torch.zeros(*shape, dtype=scores.dtype, device=scores.device)
         g_read = g_read if g_read is not None else zeros(B, T, params_dim(param_tensors))
         g_k_soft = g_k_soft if g_k_soft is not None else zeros(B, T)
-        g_gates = g_gates if g_gates is not None else zeros(B, T, 3)
+        g_gates = g_gates if g_gates is not None else zeros(B, T, param_tensors[2].shape[0] - 1)
 
         p_leaves = [p.detach().requires_grad_(True) for p in param_tensors]
         params = StepParams.from_tensors(p_leaves)

@@ -30,8 +30,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Number of write-module outputs: k logit, then the gates (intra, assoc, chain).
+# Write-module outputs: k logit, then the gates (intra, assoc, chain[, reverse assoc]).
 N_WRITE_OUTPUTS = 4
+
+
+def n_write_outputs(reverse_assoc: bool) -> int:
+    return N_WRITE_OUTPUTS + int(reverse_assoc)
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,12 @@ class StepConfig:
     gate_scale: float = 1.0
     k_mask_temperature: float = 4.0
     spread_from_active: bool = True
+    reverse_assoc: bool = False
     eps: float = 1e-6
 
     @property
     def n_writes(self) -> int:
-        return 2 * self.k_max * self.k_max + self.m_active * self.k_max
+        return 2 * self.k_max * self.k_max + (1 + int(self.reverse_assoc)) * self.m_active * self.k_max
 
     @property
     def n_read_rows(self) -> int:
@@ -62,8 +67,8 @@ class StepParams:
 
     value: torch.Tensor        # [N, Dv]  V, value embedding of every node
     w_summary: torch.Tensor    # [H, Dv]  write module: summary of active nodes -> hidden
-    w_out: torch.Tensor        # [4, H]   write module: hidden -> (k logit, g_in, g_as, g_ch)
-    b_out: torch.Tensor        # [4]
+    w_out: torch.Tensor        # [4 or 5, H]  write module: hidden -> (k logit, g_in, g_as, g_ch[, g_rev])
+    b_out: torch.Tensor        # [4 or 5]
     beta_logit: torch.Tensor   # []       gate of spreading from the previously active rows
 
     def tensors(self) -> list[torch.Tensor]:
@@ -102,29 +107,29 @@ class Carry:
 
 @dataclass
 class WritePlan:
-    """The step's writes. Every written entry lies in a column of the new circuit I_t, so the
-    writes are blocks ``S[block_rows[i], I_t] += block_vals[i]``: intra (rows I_t), assoc
-    (rows A_{t-1}) and, when the window has continuous inputs, chain (rows I_{t-1})."""
+    """The step's writes as dense blocks ``S[rows_i, cols_i] += vals_i``: intra (I_t x I_t),
+    assoc (A_{t-1} x I_t), chain (I_{t-1} x I_t, only in windows with continuous inputs) and,
+    with ``reverse_assoc``, the reverse association (I_t x A_{t-1})."""
 
     k_soft: torch.Tensor   # [B]     continuous node count in [k_min, k_max]
     k_hard: torch.Tensor   # [B] long  nodes actually used this step
     alpha: torch.Tensor    # [B, K]  circuit weights (zero beyond k_hard)
-    gates: torch.Tensor    # [B, 3]  signed (g_in, g_as, g_ch)
-    circuit_idx: torch.Tensor             # [B, K] long  columns of every block
-    block_rows: tuple[torch.Tensor, ...]  # ([B, K], [B, M], [B, K]) long
-    block_vals: tuple[torch.Tensor, ...]  # ([B, K, K], [B, M, K], [B, K, K])
+    gates: torch.Tensor    # [B, 3 or 4]  signed (g_in, g_as, g_ch[, g_rev])
+    block_rows: tuple[torch.Tensor, ...]  # each [B, Rb] long
+    block_cols: tuple[torch.Tensor, ...]  # each [B, Cb] long
+    block_vals: tuple[torch.Tensor, ...]  # each [B, Rb, Cb]
 
     @property
     def rows(self) -> torch.Tensor:
         """Row of every written entry [B, W] long."""
-        K = self.circuit_idx.shape[1]
-        return torch.cat([r.unsqueeze(2).expand(-1, -1, K).reshape(r.shape[0], -1) for r in self.block_rows], 1)
+        return torch.cat([r.unsqueeze(2).expand(-1, -1, c.shape[1]).reshape(r.shape[0], -1)
+                          for r, c in zip(self.block_rows, self.block_cols)], 1)
 
     @property
     def cols(self) -> torch.Tensor:
         """Column of every written entry [B, W] long."""
-        c = self.circuit_idx.unsqueeze(1)
-        return torch.cat([c.expand(-1, r.shape[1], -1).reshape(r.shape[0], -1) for r in self.block_rows], 1)
+        return torch.cat([c.unsqueeze(1).expand(-1, r.shape[1], -1).reshape(r.shape[0], -1)
+                          for r, c in zip(self.block_rows, self.block_cols)], 1)
 
     @property
     def vals(self) -> torch.Tensor:
@@ -167,19 +172,23 @@ def plan_writes(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, score
     # Straight-through: the forward uses exactly k_hard nodes, gradients reach k_soft.
     mask = hard + soft - soft.detach()
     alpha = mask * torch.softmax(scores, dim=-1) * cfg.k_max                      # [B, K]
-    gates = cfg.gate_scale * torch.tanh(out[:, 1:])                              # [B, 3]
-    g_in, g_as, g_ch = gates.unbind(1)
+    gates = cfg.gate_scale * torch.tanh(out[:, 1:])                              # [B, 3 or 4]
+    g_in, g_as, g_ch = gates[:, 0], gates[:, 1], gates[:, 2]
 
     a_col = alpha.unsqueeze(1)                                                   # [B, 1, K]
     intra = g_in[:, None, None] * alpha.unsqueeze(2) * a_col                     # [B, K, K]
     assoc = g_as[:, None, None] * carry.active_w.unsqueeze(2) * a_col            # [B, M, K]
-    rows = [circuit_idx, carry.active_idx]
-    vals = [intra, assoc]
+    rows, cols, vals = [circuit_idx, carry.active_idx], [circuit_idx, circuit_idx], [intra, assoc]
     if with_chain:
         chain = (continuous * g_ch)[:, None, None] * carry.alpha.unsqueeze(2) * a_col  # [B, K, K]
-        rows.append(carry.circuit_idx)
-        vals.append(chain)
-    return WritePlan(k_soft, k_hard, alpha, gates, circuit_idx, tuple(rows), tuple(vals))
+        rows.append(carry.circuit_idx); cols.append(circuit_idx); vals.append(chain)
+    if cfg.reverse_assoc:
+        # the new circuit wired back to what was active: a cue heard later reads its own
+        # rows and finds what was active when it first arrived
+        g_rev = gates[:, 3]
+        reverse = g_rev[:, None, None] * alpha.unsqueeze(2) * carry.active_w.unsqueeze(1)  # [B, K, M]
+        rows.append(circuit_idx); cols.append(carry.active_idx); vals.append(reverse)
+    return WritePlan(k_soft, k_hard, alpha, gates, tuple(rows), tuple(cols), tuple(vals))
 
 
 def read_rows_and_coeffs(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, alpha: torch.Tensor,

@@ -34,7 +34,7 @@ class OBSStats:
 
     k_soft: torch.Tensor       # [B, T] differentiable node count
     k_hard: torch.Tensor       # [B, T] node count used
-    gates: torch.Tensor        # [B, T, 3]
+    gates: torch.Tensor        # [B, T, 3 or 4] (g_in, g_as, g_ch[, g_rev])
     active_idx: torch.Tensor   # [B, T, M]
     active_w: torch.Tensor     # [B, T, M] active weights w_t (detached)
     circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
@@ -49,9 +49,10 @@ class OBSLayer(nn.Module):
         self.step_cfg = StepConfig(n_nodes=cfg.n_nodes, k_min=cfg.k_min, k_max=cfg.k_max,
                                    m_active=cfg.m_active, gate_scale=cfg.gate_scale,
                                    k_mask_temperature=cfg.k_mask_temperature,
-                                   spread_from_active=cfg.spread_from_active)
+                                   spread_from_active=cfg.spread_from_active,
+                                   reverse_assoc=cfg.reverse_assoc)
         self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
-        self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init)
+        self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init, cfg.reverse_assoc)
         self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value) * (0.1 if cfg.value_from_key else 1.0))
         # With value_from_key, a node's value embedding is its address key mapped by a shared
         # matrix (plus a free part): the circuit of a token then reads out as that token,

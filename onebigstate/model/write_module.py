@@ -12,20 +12,21 @@ import math
 import torch
 from torch import nn
 
-from onebigstate.kernels.step import N_WRITE_OUTPUTS
+from onebigstate.kernels.step import n_write_outputs
 
 
 class WriteModule(nn.Module):
-    def __init__(self, d_model: int, d_value: int, d_write: int, gate_init: float):
+    def __init__(self, d_model: int, d_value: int, d_write: int, gate_init: float, reverse_assoc: bool = False):
         super().__init__()
         # features -> hidden, applied to all T steps at once
         self.feature_proj = nn.Linear(d_model, d_write)
         # active-node summary -> hidden, applied step by step inside the recurrence
         self.w_summary = nn.Parameter(torch.randn(d_write, d_value) / math.sqrt(d_value))
-        self.w_out = nn.Parameter(torch.randn(N_WRITE_OUTPUTS, d_write) * 0.02)
+        n_out = n_write_outputs(reverse_assoc)
+        self.w_out = nn.Parameter(torch.randn(n_out, d_write) * 0.02)
         gate = math.atanh(gate_init)
         # k logit 0 starts k_t in the middle of [k_min, k_max]; gates start at gate_init.
-        self.b_out = nn.Parameter(torch.tensor([0.0, gate, gate, gate]))
+        self.b_out = nn.Parameter(torch.tensor([0.0] + [gate] * (n_out - 1)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, T, D] -> write-module input projection [B, T, H]."""

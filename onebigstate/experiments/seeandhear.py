@@ -49,7 +49,8 @@ class ModelSpec(StrictModel):
 
 
 def _default_models() -> list[ModelSpec]:
-    obs = {"n_nodes": 256, "k_min": 4, "k_max": 8, "m_active": 16}
+    # reverse_assoc: the word heard after an object is wired back to it, so the word recalls the object
+    obs = {"n_nodes": 256, "k_min": 4, "k_max": 8, "m_active": 16, "reverse_assoc": True}
     return [ModelSpec(label="obs", model=ModelConfig(name="obs", n_layers=1, mixer=obs)),
             ModelSpec(label="transformer", model=ModelConfig(name="transformer", n_layers=2)),
             ModelSpec(label="lstm", model=ModelConfig(name="lstm", n_layers=1)),

@@ -100,7 +100,9 @@ def test_run_suite_skips_finished_cells_and_resumes_a_half_trained_one(tmp_path)
                             train_overrides={"ckpt_every": 2, "log_every": 2})
     suite = Suite("tiny", "tiny", "", cells)
     root = tmp_path / "runs"
-    assert run_suite(Suite("tiny", "tiny", "", cells[:2]), root, log=lambda m: None) == {"trained": 2}
+    assert run_suite(Suite("tiny", "tiny", "", cells[:2]), root, log=lambda m: None, commit="abc123") \
+        == {"trained": 2}
+    assert json.loads((root / cells[0].name / "bench.json").read_text())["commit"] == "abc123"
     # the second cell as a kill after its last checkpoint leaves it: checkpoints, no results
     (root / cells[1].name / "results.json").unlink()
     (root / cells[1].name / "bench.json").unlink()

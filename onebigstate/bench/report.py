@@ -155,10 +155,16 @@ def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: 
     """Write ``out_md`` (table, plots beside it, the rows as JSON) and return the rows."""
     rows = summarise(suite.cells, results)
     done = sum(1 for c in suite.cells if c.name in results)
+    commits: dict[str, int] = {}
+    for r in results.values():
+        key = r.get("commit") or "not recorded (before the bench recorded it)"
+        commits[key] = commits.get(key, 0) + 1
+    trained = "; ".join(f"`{k}` ({n})" if not k.startswith("not") else f"{k} ({n})" for k, n in commits.items())
     stem = out_md.stem
     parts = [f"# {suite.title}", "",
              f"Produced by `{command}` at commit `{commit}` on {device}.", "",
-             f"{done} of {len(suite.cells)} cells finished.", "", suite.description.strip(), "",
+             f"{done} of {len(suite.cells)} cells finished; cells trained and evaluated at commit: "
+             f"{trained or '-'}.", "", suite.description.strip(), "",
              "Accuracy is on held-out sequences (the test seed range), at the best learning rate of each "
              "model (highest mean over seeds), as mean ± population std over seeds. Parameters count "
              "the whole model (embedding included). State floats per stream are counted the Zoology "

@@ -32,7 +32,7 @@ def cell_done(cell_dir: Path) -> bool:
     return (cell_dir / BENCH_FILE).exists() or (cell_dir / DIVERGED_FILE).exists()
 
 
-def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None]) -> str:
+def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str | None = None) -> str:
     """Train and evaluate one cell; returns what happened (``skipped``, ``trained``, ``resumed``,
     ``evaluated`` or ``diverged``)."""
     if cell_done(cell_dir):
@@ -57,18 +57,22 @@ def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None]) -> str:
         columns.update(run_eval(ev, model, task, cell.config))
     bench = {"cell": cell.name, "setting": cell.setting, "model": cell.model, "lr": cell.lr, "seed": cell.seed,
              "x": cell.x, "evals": columns, "written_entries": written_entries(model, task),
-             "eval_time_s": round(time.perf_counter() - t0, 3)}
+             "eval_time_s": round(time.perf_counter() - t0, 3), "commit": commit}
     _write_json(cell_dir / BENCH_FILE, bench)
     return what
 
 
-def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print) -> dict[str, int]:
-    """Run every cell of ``suite`` under ``root``; returns how many cells ended each way."""
+def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
+              commit: str | None = None) -> dict[str, int]:
+    """Run every cell of ``suite`` under ``root``; returns how many cells ended each way.
+
+    ``commit`` (the code's git commit) is recorded in each evaluated cell's ``bench.json``.
+    """
     root.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for i, cell in enumerate(suite.cells):
         t0 = time.perf_counter()
-        what = run_cell(cell, root / cell.name, log)
+        what = run_cell(cell, root / cell.name, log, commit)
         counts[what] = counts.get(what, 0) + 1
         if what != "skipped":
             log(f"[{i + 1}/{len(suite.cells)}] {cell.name}: {what} in {time.perf_counter() - t0:.1f} s")
@@ -86,4 +90,4 @@ def load_cell(cell: Cell, root: Path) -> dict | None:
     res = json.loads((d / RESULTS_FILE).read_text())
     bench = json.loads((d / BENCH_FILE).read_text())
     return {**res, "diverged": False, "evals": bench["evals"], "written_entries": bench["written_entries"],
-            "eval_time_s": bench["eval_time_s"]}
+            "eval_time_s": bench["eval_time_s"], "commit": bench.get("commit")}

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.report_only:
         t0 = time.perf_counter()
-        counts = run_suite(suite, root)
+        counts = run_suite(suite, root, commit=git_commit())
         print(f"{suite.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
               + f" in {time.perf_counter() - t0:.0f} s")
     results = {c.name: r for c in suite.cells if (r := load_cell(c, root)) is not None}

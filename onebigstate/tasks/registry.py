@@ -44,6 +44,7 @@ def _load_all() -> None:
     import onebigstate.tasks.parity  # noqa: F401
     import onebigstate.tasks.retention  # noqa: F401
     import onebigstate.tasks.s5  # noqa: F401
+    import onebigstate.tasks.saycam_task  # noqa: F401
     import onebigstate.tasks.seeandhear_task  # noqa: F401
     import onebigstate.tasks.gridworld_task  # noqa: F401
     import onebigstate.tasks.selective_copy  # noqa: F401

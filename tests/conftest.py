@@ -7,6 +7,15 @@ import torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: the same float results as the `obs` subprocesses
+    (which run single-threaded), and no OpenMP spinning on a busy two-core machine."""
+    from training_helpers import single_thread
+    with single_thread():
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

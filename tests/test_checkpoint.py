@@ -19,15 +19,10 @@ from onebigstate.training.checkpoint import CheckpointError, read_checkpoint
 from onebigstate.training.config import RunConfig
 from onebigstate.training.optim import build_optimizer, build_scheduler
 from onebigstate.training.trainer import build_run, train
-from training_helpers import single_thread, tiny_tree, write_config
+from training_helpers import tiny_tree, write_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: the same float results as the `obs` subprocesses, and no OpenMP
-    # spinning on a busy two-core machine.
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ from onebigstate.cli.main import SUBCOMMANDS, main
 from training_helpers import single_thread, write_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: the same float results as the `obs` subprocesses, and no OpenMP
-    # spinning on a busy two-core machine.
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

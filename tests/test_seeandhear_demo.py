@@ -16,7 +16,6 @@ from onebigstate.experiments.demo import demo_experiment, run_demo
 from onebigstate.experiments.recall import stream_predictions
 from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.trainer import model_from_checkpoint
-from training_helpers import single_thread
 
 TINY_OBS = {"n_nodes": 32, "k_min": 2, "k_max": 4, "m_active": 4, "d_key": 16, "d_value": 16,
             "d_hidden": 16, "d_write": 16}
@@ -35,10 +34,7 @@ PLOTS = ["obs_state_heatmap.png", "obs_circuits.png", "recall_vs_delay_word_to_o
          "recall_vs_exposures_word_to_object.png", "recall_vs_delay_object_to_word.png"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(tmp_path, run_dir, fresh=False):

@@ -15,7 +15,6 @@ from onebigstate.tasks.registry import build_task
 from onebigstate.tasks.seeandhear_task import StreamSeqModel, grouped_predictions
 from onebigstate.training.config import RunConfig
 from onebigstate.training.trainer import train
-from training_helpers import single_thread
 
 TINY_PARAMS = {"n_pairs": 2, "exposures": [1], "delay_min": 3, "delay_max": 8, "view_frames": 2,
                "name_gap": [1, 2], "spacing": [1, 3], "image_query_frac": 0.5, "pretrain_steps": 0}
@@ -23,10 +22,7 @@ TINY_OBS = {"n_nodes": 32, "k_min": 2, "k_max": 4, "m_active": 4, "d_key": 16, "
             "d_hidden": 16, "d_write": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _task(**params):

@@ -25,12 +25,7 @@ from onebigstate.training.trainer import TrainingDiverged, train
 from training_helpers import ROOT, read_metrics, single_thread, tiny_tree, write_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: the same float results as the `obs` subprocesses, and no OpenMP
-    # spinning on a busy two-core machine.
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(overrides: list[str] | None = None, **train_kw) -> RunConfig:

@@ -36,7 +36,6 @@ the file and what is wrong.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import zipfile
 import zlib
@@ -44,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from onebigstate.files import sha256_of
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "assets" / "seeandhear.npz"
 REGENERATE = "python scripts/make_seeandhear.py"
@@ -149,14 +150,6 @@ class SeeHearData:
         return SeeHearSplit(name=name, images=self.images[img], labels=self.labels[img],
                             word_mel=self.word_mel[ids][:, var], word_ids=ids,
                             voices=tuple(self.voices[v] for v in self.variant_voice[var]))
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _expected_checksum(path: Path) -> str:

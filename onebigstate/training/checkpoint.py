@@ -21,7 +21,6 @@ parses, and that the weights fit the model; every failure is a :class:`Checkpoin
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -38,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from onebigstate.config import ConfigError
+from onebigstate.files import sha256_of
 from onebigstate.model.state import StateStore
 from onebigstate.training.config import RunConfig
 
@@ -158,14 +158,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors wants contiguous CPU tensors that share no memory
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -203,7 +195,7 @@ def save_checkpoint(root: str | Path, step: int, cfg: RunConfig, model: torch.nn
         files.append(STATES_FILE)
     (tmp / CONFIG_FILE).write_text(cfg.resolved().to_yaml())
     meta = {"format": FORMAT, "step": step, "torch": torch.__version__,
-            "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
+            "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_of(tmp / f)} for f in files}}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     for f in files + [META_FILE]:
         _fsync_file(tmp / f)
@@ -343,7 +335,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         if size != rec["bytes"]:
             what = "truncated" if size < rec["bytes"] else "longer than written"
             raise CheckpointError(f"{f} is {what}: {size} bytes, the checkpoint recorded {rec['bytes']}")
-        if verify and _sha256(f) != rec["sha256"]:
+        if verify and sha256_of(f) != rec["sha256"]:
             raise CheckpointError(f"{f} is corrupt: its sha256 differs from the one recorded in {META_FILE} "
                                   f"(the file was changed or replaced after the checkpoint was written)")
     cfg_f = ckpt_dir / CONFIG_FILE

@@ -52,14 +52,6 @@ class StepConfig:
     reverse_assoc: bool = False
     eps: float = 1e-6
 
-    @property
-    def n_writes(self) -> int:
-        return 2 * self.k_max * self.k_max + (1 + int(self.reverse_assoc)) * self.m_active * self.k_max
-
-    @property
-    def n_read_rows(self) -> int:
-        return self.k_max + self.m_active
-
 
 @dataclass
 class StepParams:
@@ -97,12 +89,6 @@ class Carry:
 
     def detach(self) -> "Carry":
         return Carry(self.active_idx, self.active_w.detach(), self.circuit_idx, self.alpha.detach())
-
-    def select(self, keep: torch.Tensor) -> "Carry":
-        """Keep streams where ``keep`` [B] is True, zero the others (a fresh start)."""
-        k = keep.to(self.active_w.dtype)
-        return Carry(self.active_idx * keep[:, None], self.active_w * k[:, None],
-                     self.circuit_idx * keep[:, None], self.alpha * k[:, None])
 
 
 @dataclass

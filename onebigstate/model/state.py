@@ -144,15 +144,6 @@ class DenseState(StateStore):
     def zeros_like(self):
         return DenseState(torch.zeros_like(self.S), track_written=False)
 
-    def reset_streams(self, s0: torch.Tensor, which: torch.Tensor) -> None:
-        """Start the streams where ``which`` [B] bool is True afresh from ``s0``."""
-        if which.any():
-            self.S[which] = s0.to(self.S.dtype)
-            if self.touched is not None:
-                self.touched[which] = False
-            if self.carry is not None:
-                self.carry = self.carry.select(~which)
-
     def to_tensors(self):
         out = {"S": self.S}
         if self.touched is not None:

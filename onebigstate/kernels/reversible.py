@@ -113,9 +113,10 @@ class _ReversibleScan(torch.autograd.Function):
         if g_reg is not None:
             G.add_(sample_pos, g_reg)
         zeros = lambda *shape: torch.zeros(*shape, dtype=scores.dtype, device=scores.device)
-        g_read = g_read if g_read is not None else zeros(B, T, params_dim(param_tensors))
+        shapes = StepParams.from_tensors(param_tensors)
+        g_read = g_read if g_read is not None else zeros(B, T, shapes.value.shape[1])
         g_k_soft = g_k_soft if g_k_soft is not None else zeros(B, T)
-        g_gates = g_gates if g_gates is not None else zeros(B, T, param_tensors[2].shape[0] - 1)
+        g_gates = g_gates if g_gates is not None else zeros(B, T, shapes.w_out.shape[0] - 1)
 
         p_leaves = [p.detach().requires_grad_(True) for p in param_tensors]
         params = StepParams.from_tensors(p_leaves)
@@ -169,11 +170,6 @@ class _ReversibleScan(torch.autograd.Function):
                 G.add_(read_pos, d_base)
         # (store, cfg, n_reg, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha)
         return (None, None, None, None, None, None, None, None, None, d_scores, d_features, *p_grads)
-
-
-def params_dim(param_tensors) -> int:
-    """Value width Dv (the read vector's size) from the parameter list."""
-    return param_tensors[0].shape[1]
 
 
 def scan_reversible(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig,

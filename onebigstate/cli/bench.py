@@ -8,9 +8,9 @@ from pathlib import Path
 
 HELP = """Run a benchmark suite: every selected model on every task setting of the suite, under one
 budget (steps, batch), a small per-model learning-rate sweep and several seeds, each cell a
-training run in OUT/SUITE[_quick]/<cell>/. Finished cells are skipped, so a killed bench resumes
+training run in OUT/SUITE[_quick|_cpu]/<cell>/. Finished cells are skipped, so a killed bench resumes
 where it stopped (a half-trained cell from its last checkpoint). Then writes
-DOCS/SUITE[_quick].md: a table (task setting x model: accuracy mean ± spread over seeds at the
+DOCS/SUITE[_quick|_cpu].md: a table (task setting x model: accuracy mean ± spread over seeds at the
 best lr, parameters, state size in floats, wall time) with its command and commit, and plots.
 Suites: mqar, capacity, extrapolation, retention, sequential, state_tracking, continual (files
 under onebigstate/bench/suites/)."""
@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick",
                       help="small settings, one lr, one seed: a CPU run of minutes (the default)")
+    size.add_argument("--cpu", dest="mode", action="store_const", const="cpu",
+                      help="a real budget at settings one CPU core affords (extrapolation, retention)")
     size.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="the real grid: every setting, the lr sweep, 3 seeds")
     p.set_defaults(mode="quick")
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         suite = build_suite(args.suite, opts)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    stem = args.suite if args.mode == "full" else f"{args.suite}_quick"
+    stem = args.suite if args.mode == "full" else f"{args.suite}_{args.mode}"
     root = Path(args.out) / stem
     if args.list:
         for c in suite.cells:

@@ -3,7 +3,9 @@ with more pairs.
 
 full: train at (256 tokens, 64 pairs); test at (256, 64), (512, 128), (1024, 256); widths 64
 and 128; vocabulary 8192; 2000 steps of batch 64. quick: train at (64, 16), test at (64, 16),
-(128, 32), (256, 64); width 64; vocabulary 512; 150 steps of batch 16.
+(128, 32), (256, 64); width 64; vocabulary 512; 150 steps of batch 16. cpu: train at (128, 32),
+test at (128, 32), (256, 64), (512, 128), (1024, 256) and (4096, 1024); width 64; vocabulary
+8192; 1000 steps of batch 32.
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ def build(opts: Options) -> Suite:
     if opts.mode == "full":
         train, tests, widths, vocab, steps, batch, n_test = (256, 64), [(256, 64), (512, 128), (1024, 256)], \
             (64, 128), 8192, 2000, 64, 500
+    elif opts.mode == "cpu":
+        train, tests, widths, vocab, steps, batch, n_test = (128, 32), [(128, 32), (256, 64), (512, 128),
+                                                                        (1024, 256), (4096, 1024)], \
+            (64,), 8192, 1000, 32, 500
     else:
         train, tests, widths, vocab, steps, batch, n_test = (64, 16), [(64, 16), (128, 32), (256, 64)], \
             (64,), 512, 150, 16, 128

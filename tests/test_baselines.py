@@ -123,6 +123,22 @@ def test_chunks_with_carried_state_equal_one_pass(case, splits):
     torch.testing.assert_close(torch.cat(ys, dim=1), y_full, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("case", ["transformer", "hopfield", "hopfield-learned-beta"])
+def test_attention_over_a_long_cache_in_query_chunks_equals_one_pass(case, monkeypatch):
+    """Over a carried cache, queries are split so the score matrix stays small (lifelong
+    reading of 100,000-token streams); the values must not change."""
+    import onebigstate.baselines.transformer as tr
+    torch.manual_seed(0)
+    model = _model(case).double()
+    x = torch.randint(0, 64, (2, 19))
+    y_full, _ = model(x)
+    monkeypatch.setattr(tr, "SCORE_ELEMENTS", 150)                   # one or two queries per chunk
+    assert len(tr.query_chunks(4, 9, 19)) > 1
+    _, states = model(x[:, :10])
+    y, _ = model(x[:, 10:], states)
+    torch.testing.assert_close(y, y_full[:, 10:], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("case", ["lstm", "mamba", "deltanet", "gated_deltanet"])
 def test_step_equals_forward(case):
     torch.manual_seed(0)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from onebigstate.baselines.transformer import query_chunks
 from onebigstate.config import StrictModel
 from onebigstate.nets.mixer import Mixer, register_mixer
 
@@ -119,10 +120,15 @@ class HopfieldMixer(Mixer):
 
         def retrieve(query: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
             # softmax(beta * query K^T) values over the stored patterns; a step with none stored
-            # gets zero weights (a finite fill, so no NaN reaches the gradients)
-            scores = (beta * query) @ k.transpose(-1, -2)                  # [B, H, T, P+T]
-            weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=-1) * mask
-            return weights @ values
+            # gets zero weights (a finite fill, so no NaN reaches the gradients). Queries go in
+            # chunks so the scores stay bounded over a long carried store (lifelong reading).
+            outs = []
+            for i0, i1 in query_chunks(B * H, T, P + T):
+                m = mask[i0:i1]
+                scores = (beta * query[:, :, i0:i1]) @ k.transpose(-1, -2)  # [B, H, i1-i0, P+T]
+                weights = scores.masked_fill(~m, torch.finfo(scores.dtype).min).softmax(dim=-1) * m
+                outs.append(weights @ values)
+            return torch.cat(outs, dim=2)
 
         for _ in range(self.cfg.n_updates - 1):
             xi = retrieve(xi, k)

@@ -43,6 +43,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+# Largest score matrix (elements) one attention call builds over a carried cache.
+SCORE_ELEMENTS = 1 << 26
+
+
+def query_chunks(batch_heads: int, n_queries: int, n_keys: int) -> list[tuple[int, int]]:
+    """[i0, i1) ranges of queries such that batch_heads x (i1 - i0) x n_keys <= SCORE_ELEMENTS."""
+    size = max(1, SCORE_ELEMENTS // max(1, batch_heads * n_keys))
+    return [(i0, min(n_queries, i0 + size)) for i0 in range(0, n_queries, size)]
+
+
 @register_mixer("transformer", TransformerConfig)
 class TransformerMixer(Mixer):
     """Causal softmax attention; state = {"k": [B, H, P, E], "v": [B, H, P, E]} (the KV cache)."""
@@ -78,9 +88,13 @@ class TransformerMixer(Mixer):
         if P == 0:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            # query i (absolute position P + i) sees keys 0 .. P + i
-            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            # query i (absolute position P + i) sees keys 0 .. P + i; queries go in chunks so the
+            # score matrix stays bounded when a long stream has filled the cache (lifelong reading)
+            outs = []
+            for i0, i1 in query_chunks(B * H, T, P + T):
+                mask = torch.ones(i1 - i0, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P + i0)
+                outs.append(F.scaled_dot_product_attention(q[:, :, i0:i1], k, v, attn_mask=mask))
+            o = torch.cat(outs, dim=2)
         y = self.out(o.transpose(1, 2).reshape(B, T, D))
         return y, {"k": k, "v": v}
 

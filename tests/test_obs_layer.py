@@ -150,3 +150,30 @@ def test_reverse_association_lets_a_later_cue_recall_what_preceded_it(reverse):
     circuit = [set(st.circuit_idx[0, t, :3].tolist()) for t in range(4)]
     recalled = set(st.active_idx[0, 3][st.active_w[0, 3] > 0].tolist())
     assert bool(circuit[0] <= recalled) == reverse
+
+
+def test_load_balance_loss_is_one_when_even_and_larger_when_circuits_share_nodes():
+    from onebigstate.model.addressing import load_balance_loss
+    N, k = 8, 2
+    even = torch.zeros(1, 4, N)                                        # uniform address probabilities
+    disjoint = torch.tensor([[[0, 1], [2, 3], [4, 5], [6, 7]]])
+    assert load_balance_loss(even, disjoint, k).item() == pytest.approx(1.0)
+    # every circuit on nodes 0 and 1, and the address probability there too: N / k = 4
+    piled = torch.full((1, 4, N), -30.0)
+    piled[..., :2] = 0.0
+    shared = torch.tensor([[[0, 1]] * 4])
+    assert load_balance_loss(piled, shared, k).item() == pytest.approx(N / k, rel=1e-6)
+
+
+def test_balance_cost_adds_to_aux_loss_and_reaches_the_address_keys():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 16)
+    layer = OBSLayer(OBSConfig(d_model=16, n_nodes=32, k_min=2, k_max=4, m_active=4, balance_cost=0.5))
+    layer(x)
+    aux = layer.last_stats.aux_loss
+    assert aux.item() >= 0.5 - 1e-6                                     # the loss is >= 1 before its weight
+    aux.backward()
+    assert layer.addresser.keys.grad is not None and layer.addresser.keys.grad.abs().sum() > 0
+    layer.eval()                                                        # not a training forward: no cost
+    layer(x)
+    assert layer.last_stats.aux_loss.item() == 0.0

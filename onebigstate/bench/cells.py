@@ -18,8 +18,11 @@ from onebigstate.training.config import RunConfig, TrainConfig
 # core affords in about an hour per suite; full: the real grid (GPU).
 Mode = Literal["quick", "cpu", "full"]
 
-# Every registered model the suites know; `obs bench --models` picks among them.
+# Every registered model the suites run by default; `obs bench --models` picks among them and
+# the opt-in variants.
 MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans", "s4d"]
+# OBS variants (name -> mixer settings over OBS's bench recipe), run only when named.
+VARIANTS = {"obs_balanced": {"balance_cost": 0.1}}
 
 
 @dataclass
@@ -98,10 +101,10 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
     Baselines: 2 layers, as in Zoology's MQAR sweeps. OBS: 1 layer with N = 1024 nodes (quick:
     256), its tuned MQAR recipe (configs/mqar_64_8.yaml).
     """
-    if name == "obs":
+    if name == "obs" or name in VARIANTS:
         return ModelConfig(name="obs", d_model=d_model, n_layers=1,
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
-                                  "m_active": 16})
+                                  "m_active": 16, **VARIANTS.get(name, {})})
     mixer: dict[str, Any] = {}
     if name in ("transformer", "hopfield", "deltanet", "gated_deltanet"):
         mixer["n_heads"] = 2 if d_model < 128 else 4
@@ -118,17 +121,18 @@ def lr_grid(name: str, mode: Mode) -> list[float]:
     quick: the middle one only. cpu: OBS at its tuned 1e-2 (the MQAR sweeps of issue 2), the
     baselines at 3e-3 and 1e-2 (the baselines get the sweep OBS already had). full: all three.
     """
-    grid = [3e-3, 1e-2, 3e-2] if name == "obs" else [1e-3, 3e-3, 1e-2]
+    obs = name == "obs" or name in VARIANTS
+    grid = [3e-3, 1e-2, 3e-2] if obs else [1e-3, 3e-3, 1e-2]
     if mode == "quick":
         return [grid[1]]
     if mode == "cpu":
-        return [grid[1]] if name == "obs" else grid[1:]
+        return [grid[1]] if obs else grid[1:]
     return grid
 
 
 def weight_decay(name: str) -> float:
     # OBS's tuned recipe trains without weight decay; the baselines use Zoology's 0.1.
-    return 0.0 if name == "obs" else 0.1
+    return 0.0 if name == "obs" or name in VARIANTS else 0.1
 
 
 def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, steps: int, batch_size: int,
@@ -137,8 +141,8 @@ def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, step
     """One cell per model, lr and seed of ``opts`` for one task setting, under one budget."""
     cells = []
     for name in opts.model_list():
-        if name not in MODELS:
-            raise ValueError(f"unknown model '{name}' for the benchmark; known: {MODELS}")
+        if name not in MODELS and name not in VARIANTS:
+            raise ValueError(f"unknown model '{name}' for the benchmark; known: {MODELS + list(VARIANTS)}")
         model = model_config(name, d_model, opts.mode)
         for lr in (opts.lrs or lr_grid(name, opts.mode)):
             for seed in opts.seed_list():

@@ -44,6 +44,8 @@ class OBSCoreConfig(StrictModel):
     gate_init: float = Field(0.5, gt=-1.0, lt=1.0, description="initial value of the write gates (x gate_scale)")
     k_mask_temperature: float = Field(4.0, gt=0.0)
     k_cost: float = Field(0.0, ge=0.0, description="penalty on mean k_t / k_max (prefers small circuits)")
+    balance_cost: float = Field(0.0, ge=0.0, description="weight of the node load-balancing loss on addressing "
+                                                         "(spreads circuits over the nodes; 1.0 = even load)")
     continuous: bool = Field(False, description="default modality flag when none is passed")
     backend: Literal["reversible", "reference"] = "reversible"
     state_backend: Literal["dense"] = "dense"

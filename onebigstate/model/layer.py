@@ -21,7 +21,7 @@ from torch import nn
 
 from onebigstate.kernels.scan import ScanInputs, obs_scan
 from onebigstate.kernels.step import StepConfig, StepParams
-from onebigstate.model.addressing import Addresser
+from onebigstate.model.addressing import Addresser, load_balance_loss
 from onebigstate.model.config import OBSConfig
 from onebigstate.model.regularizer import gaussian_strength_loss
 from onebigstate.model.state import StateStore, initial_state, make_state
@@ -39,7 +39,7 @@ class OBSStats:
     active_w: torch.Tensor     # [B, T, M] active weights w_t (detached)
     circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
     read: torch.Tensor         # [B, T, Dv] read vector r_t (detached), for analysis
-    aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser, weighted by the config
+    aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser + load balance, weighted by the config
 
 
 class OBSLayer(nn.Module):
@@ -104,7 +104,11 @@ class OBSLayer(nn.Module):
         elif state.dtype != x.dtype:
             raise ValueError(f"state dtype {state.dtype} does not match input dtype {x.dtype}")
         cont = self._continuous_flags(continuous, B, T, x)
-        circuit_idx, scores = self.addresser(x)
+        balance = self.cfg.balance_cost > 0 and self.training
+        if balance:
+            circuit_idx, scores, all_scores = self.addresser(x, all_scores=True)
+        else:
+            circuit_idx, scores = self.addresser(x)
         inputs = ScanInputs(circuit_idx, scores, self.write.features(x), cont)
         reg = self.cfg.gaussian_reg
         n_samples = reg.n_samples if (reg.weight > 0 and self.training) else 0
@@ -117,6 +121,8 @@ class OBSLayer(nn.Module):
             aux = aux + self.cfg.k_cost * (out.k_soft / self.cfg.k_max).mean()
         if n_samples > 0:
             aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
+        if balance:
+            aux = aux + self.cfg.balance_cost * load_balance_loss(all_scores, circuit_idx, self.cfg.k_min)
         self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx,
                                    out.read.detach(), aux)
         return y, state

@@ -110,7 +110,7 @@ class SeqModel(nn.Module):
         return h, new_states
 
     def aux_loss(self) -> torch.Tensor:
-        """Auxiliary losses the mixers computed in the last forward (OBS: k cost, Gaussian reg)."""
+        """Auxiliary losses the mixers computed in the last forward (OBS: k cost, Gaussian reg, load balance)."""
         total = self.head.weight.new_zeros(())
         for m in self.mixers:
             stats = getattr(m, "last_stats", None)

@@ -1,0 +1,113 @@
+"""Where OBS forgets in the retention suite: recall per distance and the size of the big state
+along a 100,000-token lifelong stream, with and without the spread from the active rows.
+
+    python benchmarks/retention_probe.py runs/bench/retention_cpu/T_128_P_8__obs__lr0.01__s0 \
+        runs/bench/retention_cpu/T_128_P_8__obs_balanced__lr0.01__s0
+
+Each RUN is a trained OBS retention cell (a run folder with checkpoints). Its task's lifelong set
+(the streams the bench scores) is read in windows of ``--window`` tokens with the state carried,
+twice: as trained, and with ``spread_from_active`` switched off at read time (the read then
+spreads only from the current circuit's rows, not from the previously active nodes' rows).
+Writes ``--out`` (a markdown page: accuracy per distance, largest |S_ij| at the end) and a plot
+of the largest entry against tokens read.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from onebigstate.tasks.common import IGNORE
+from onebigstate.training.checkpoint import read_checkpoint
+from onebigstate.training.trainer import model_from_checkpoint
+
+
+def obs_layers(model) -> list:
+    return [m for m in model.modules() if hasattr(m, "step_cfg") and hasattr(m, "addresser")]
+
+
+@torch.no_grad()
+def stream(model, data, window: int) -> tuple[dict[str, float], list[tuple[int, float]]]:
+    """Accuracy per distance group and (tokens read, largest |S_ij| over streams) per window."""
+    x, y, g = data.inputs, data.labels, data.groups
+    n_groups = len(data.names)
+    right, total = torch.zeros(n_groups), torch.zeros(n_groups)
+    states, sizes = None, []
+    for t0 in range(0, x.shape[1], window):
+        h, states = model.hidden(x[:, t0:t0 + window], states)
+        largest = max(float(t.abs().max()) for s in states if hasattr(s, "snapshot")
+                      for t in s.snapshot().values() if t.is_floating_point())
+        sizes.append((min(t0 + window, x.shape[1]), largest))
+        mask = y[:, t0:t0 + window] != IGNORE
+        if mask.any():
+            ok = (model.head(h[mask]).argmax(-1) == y[:, t0:t0 + window][mask]).float()
+            grp = g[:, t0:t0 + window][mask]
+            right.index_add_(0, grp, ok)
+            total.index_add_(0, grp, torch.ones_like(ok))
+    return {n: float(right[i] / total[i]) for i, n in enumerate(data.names)}, sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="trained OBS retention run folders")
+    p.add_argument("--window", type=int, default=1024)
+    p.add_argument("--out", default="docs/results/retention_probe.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rows, curves = [], {}
+    for run in args.runs:
+        task, model = model_from_checkpoint(read_checkpoint(Path(run)))
+        model.eval()
+        layers = obs_layers(model)
+        if not layers:
+            raise SystemExit(f"{run}: not an OBS model")
+        trained = [layer.step_cfg for layer in layers]
+        data = task.lifelong_set()
+        name = Path(run).name
+        for variant in ("as trained", "no spread from active rows"):
+            for layer, cfg in zip(layers, trained):
+                layer.step_cfg = cfg if variant == "as trained" else dataclasses.replace(cfg, spread_from_active=False)
+            acc, sizes = stream(model, data, args.window)
+            rows.append((name, variant, acc, sizes[-1][1]))
+            curves[f"{name} ({variant})"] = sizes
+            print(name, variant, acc, f"max|S| {sizes[-1][1]:.0f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = list(rows[0][2])
+    lines = ["# Retention probe: where OBS forgets along a 100,000-token stream", "",
+             f"Produced by `python benchmarks/retention_probe.py {' '.join(args.runs)}` (CPU, one thread).", "",
+             "Each trained OBS cell of `obs bench retention --cpu` reads its lifelong streams (16 streams, "
+             "8 associations written at the start, one query per association at the distance given, "
+             "distractor key-value traffic everywhere else) in windows of "
+             f"{args.window} tokens, once as trained and once with the spread from the previously active "
+             "rows switched off at read time. |S| max is the largest connection strength in any stream "
+             "at the end.", "",
+             "| run | read | " + " | ".join(names) + " | |S| max at the end |",
+             "|---|---|" + "---:|" * len(names) + "---:|"]
+    for name, variant, acc, size in rows:
+        lines.append(f"| {name} | {variant} | " + " | ".join(f"{acc[n]:.3f}" for n in names) + f" | {size:,.0f} |")
+    plot = out.with_suffix(".png")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, sizes in curves.items():
+        if "as trained" in label:
+            ax.plot([t for t, _ in sizes], [s for _, s in sizes], label=label.replace(" (as trained)", ""))
+    ax.set_xlabel("tokens read")
+    ax.set_ylabel("largest |S_ij|")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(plot, dpi=120)
+    plt.close(fig)
+    lines += ["", f"![largest connection strength against tokens read]({plot.name})", ""]
+    out.write_text("\n".join(lines))
+    print(f"wrote {out} and {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -233,3 +233,18 @@ def test_lifelong_windows_with_carried_state_equal_one_pass(name):
         assert 0 < written["mean"] <= written["max"] <= 24 * 24
     else:
         assert written is None
+
+
+def test_cpu_mode_gives_every_model_one_budget_and_the_baselines_an_lr_sweep():
+    from onebigstate.bench.suites import CPU_SUITES
+    for name in CPU_SUITES:
+        suite = build_suite(name, Options(mode="cpu", models=["obs", "obs_balanced", "deltanet"]))
+        assert {(c.config.train.steps, c.config.train.batch_size) for c in suite.cells} == {(1000, 32)}
+        lrs = {m: sorted({c.lr for c in suite.cells if c.model == m}) for m in ("obs", "obs_balanced", "deltanet")}
+        assert lrs == {"obs": [1e-2], "obs_balanced": [1e-2], "deltanet": [3e-3, 1e-2]}
+        assert {c.seed for c in suite.cells} == {0}
+        balanced = next(c for c in suite.cells if c.model == "obs_balanced").config.model.mixer
+        assert balanced["balance_cost"] > 0 and balanced["n_nodes"] == 1024
+    with pytest.raises(ValueError, match="no --cpu grid"):
+        build_suite("sequential", Options(mode="cpu"))
+    assert main(["bench", "capacity", "--cpu", "--list"]) == 2

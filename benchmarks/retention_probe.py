@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from onebigstate.tasks.common import IGNORE
+from onebigstate.bench.evaluate import grouped_accuracy
 from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.trainer import model_from_checkpoint
 
@@ -29,25 +29,16 @@ def obs_layers(model) -> list:
     return [m for m in model.modules() if hasattr(m, "step_cfg") and hasattr(m, "addresser")]
 
 
-@torch.no_grad()
 def stream(model, data, window: int) -> tuple[dict[str, float], list[tuple[int, float]]]:
     """Accuracy per distance group and (tokens read, largest |S_ij| over streams) per window."""
-    x, y, g = data.inputs, data.labels, data.groups
-    n_groups = len(data.names)
-    right, total = torch.zeros(n_groups), torch.zeros(n_groups)
-    states, sizes = None, []
-    for t0 in range(0, x.shape[1], window):
-        h, states = model.hidden(x[:, t0:t0 + window], states)
-        largest = max(float(t.abs().max()) for s in states if hasattr(s, "snapshot")
-                      for t in s.snapshot().values() if t.is_floating_point())
-        sizes.append((min(t0 + window, x.shape[1]), largest))
-        mask = y[:, t0:t0 + window] != IGNORE
-        if mask.any():
-            ok = (model.head(h[mask]).argmax(-1) == y[:, t0:t0 + window][mask]).float()
-            grp = g[:, t0:t0 + window][mask]
-            right.index_add_(0, grp, ok)
-            total.index_add_(0, grp, torch.ones_like(ok))
-    return {n: float(right[i] / total[i]) for i, n in enumerate(data.names)}, sizes
+    sizes = []
+
+    def watch(states, tokens: int) -> None:
+        sizes.append((tokens, max(float(t.abs().max()) for s in states if hasattr(s, "snapshot")
+                                  for t in s.snapshot().values() if t.is_floating_point())))
+
+    acc = grouped_accuracy(model, data, batch_size=data.inputs.shape[0], window=window, on_window=watch)
+    return {n: acc[n] for n in data.names}, sizes
 
 
 def main(argv: list[str] | None = None) -> int:

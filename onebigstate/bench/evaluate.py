@@ -23,8 +23,12 @@ def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0) -> dict[str, float]:
-    """Accuracy per group name (and ``all``) over the scored positions of ``data``."""
+def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0,
+                     on_window=None) -> dict[str, float]:
+    """Accuracy per group name (and ``all``) over the scored positions of ``data``.
+
+    ``on_window(states, tokens_read)``, if given, is called after every window (for probes that
+    watch the state along a stream)."""
     device, _ = _device_dtype(model)
     was_training = model.training
     model.eval()
@@ -41,6 +45,8 @@ def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0
                 y = data.labels[b0:b0 + batch_size, t0:t0 + step].to(device)
                 g = data.groups[b0:b0 + batch_size, t0:t0 + step].to(device)
                 h, states = model.hidden(x, states)
+                if on_window is not None:
+                    on_window(states, t0 + x.shape[1])
                 mask = y != IGNORE
                 if not mask.any():
                     continue

@@ -24,6 +24,7 @@ CASES = {
     "m_equals_n": dict(T=6, cfg=dict(n_nodes=8, k_max=4, m_active=8)),
     "carried_state": dict(T=8, carried=True),
     "reverse_assoc": dict(T=12, continuous="mixed", carried=True, cfg=dict(reverse_assoc=True)),
+    "row_norm": dict(T=14, continuous="mixed", carried=True, cfg=dict(row_norm=True)),
 }
 
 

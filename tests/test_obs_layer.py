@@ -177,3 +177,23 @@ def test_balance_cost_adds_to_aux_loss_and_reaches_the_address_keys():
     layer.eval()                                                        # not a training forward: no cost
     layer(x)
     assert layer.last_stats.aux_loss.item() == 0.0
+
+
+def test_row_norm_keeps_a_heavily_written_row_from_drowning_a_fresh_one():
+    from onebigstate.kernels.step import row_scale, spread
+    worn = torch.tensor([1.0, 0.0, 0.0, 0.0]) * 1e4          # a node on 10,000 circuits
+    fresh = torch.tensor([0.0, 1.0, 0.0, 0.0])               # a cue written once
+    rows = torch.stack([worn, fresh]).unsqueeze(0)           # [1, R=2, N=4]
+    coeff = torch.tensor([[0.5, 0.5]])
+    plain = spread(coeff, rows)[0]
+    normed = spread(coeff * row_scale(rows), rows)[0]
+    assert plain[0] / plain[1] == pytest.approx(1e4)
+    assert normed[0] / normed[1] < 2.0 + 1e-3                # at most the 1 + ||row|| floor apart
+    assert not row_scale(rows.requires_grad_(True)).requires_grad
+
+
+def test_row_norm_config_reaches_the_recurrence():
+    layer = OBSLayer(OBSConfig(d_model=16, n_nodes=32, k_min=2, k_max=4, m_active=4, row_norm=True))
+    assert layer.step_cfg.row_norm
+    y, _ = layer(torch.randn(2, 5, 16))
+    assert torch.isfinite(y).all()

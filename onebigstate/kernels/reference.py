@@ -10,7 +10,7 @@ import torch
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, spread, take)
+                                      read_rows_and_coeffs, row_scale, spread, take)
 
 
 def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
@@ -32,6 +32,8 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
             store.mark_written(pos, plan.vals != 0)
         rows, coeff = read_rows_and_coeffs(params, cfg, inputs.circuit_idx[:, t], plan.alpha, carry)
         row_values = take(S.reshape(B * N, N), rows + batch_rows)          # [B, R, N]
+        if cfg.row_norm:
+            coeff = coeff * row_scale(row_values)
         activation = spread(coeff, row_values)                              # [B, N]
         active_idx = choose_active(activation.detach(), cfg)
         w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)

@@ -24,7 +24,7 @@ import torch
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, spread)
+                                      read_rows_and_coeffs, row_scale, spread)
 
 
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
@@ -52,7 +52,7 @@ class _ReversibleScan(torch.autograd.Function):
         carry = Carry(carry_idx, carry_w, carry_cidx, carry_alpha)
         with_chain = bool(continuous.any())
         reads, k_soft, k_hard, gates = [], [], [], []
-        act_log, w_log, alpha_log, vals_log, pos_log = [], [], [], [], []
+        act_log, w_log, alpha_log, vals_log, pos_log, scale_log = [], [], [], [], [], []
         for t in range(T):
             plan = plan_writes(params, cfg, circuit_idx[:, t], scores[:, t], features[:, t],
                                continuous[:, t], carry, with_chain=with_chain)
@@ -60,7 +60,12 @@ class _ReversibleScan(torch.autograd.Function):
             store.add_(pos, vals)
             store.mark_written(pos, vals != 0)
             rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
-            activation = spread(coeff, store.rows(rows))                        # [B, N]
+            row_values = store.rows(rows)                                       # [B, R, N]
+            if cfg.row_norm:
+                scale = row_scale(row_values)
+                coeff = coeff * scale
+                scale_log.append(scale)
+            activation = spread(coeff, row_values)                              # [B, N]
             active_idx = choose_active(activation, cfg)
             w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
             carry = Carry(active_idx, w, circuit_idx[:, t], plan.alpha)
@@ -81,9 +86,11 @@ class _ReversibleScan(torch.autograd.Function):
         snapshot = store.snapshot()
         snap_keys = sorted(snapshot)
         w_t = torch.stack(w_log, 1)
+        scale_t = torch.stack(scale_log, 1) if cfg.row_norm else w_t.new_zeros((B, 0))
         ctx.save_for_backward(*[snapshot[k] for k in snap_keys], circuit_idx, continuous, carry_idx, carry_cidx, carry_w,
                               carry_alpha, scores, features, k_hard_t, active_t, w_t,
-                              torch.stack(alpha_log, 1), torch.stack(vals_log, 1), sample_pos, *param_tensors)
+                              torch.stack(alpha_log, 1), torch.stack(vals_log, 1), sample_pos, scale_t,
+                              *param_tensors)
         ctx.cfg = cfg
         ctx.store_cls, ctx.snap_keys = type(store), snap_keys
         ctx.with_chain = with_chain
@@ -104,7 +111,7 @@ class _ReversibleScan(torch.autograd.Function):
         # The state S_T, rebuilt step by step into earlier states below (our own copy).
         state = ctx.store_cls.from_snapshot(dict(zip(ctx.snap_keys, saved[:n_snap])))
         (circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha, scores, features,
-         k_hard, active, w_log, alpha_log, vals_log, sample_pos, *param_tensors) = saved[n_snap:]
+         k_hard, active, w_log, alpha_log, vals_log, sample_pos, scale_log, *param_tensors) = saved[n_snap:]
         cfg: StepConfig = ctx.cfg
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
@@ -143,6 +150,8 @@ class _ReversibleScan(torch.autograd.Function):
                 # S_t -> S_{t-1}: subtract exactly what the forward pass added.
                 state.add_(pos, -vals_log[:, t])
                 rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
+                if cfg.row_norm:
+                    coeff = coeff * scale_log[:, t]
                 a_t = active[:, t]
                 R = rows.shape[1]
                 read_pos = flat_positions(rows.unsqueeze(2).expand(B, R, M), a_t.unsqueeze(1).expand(B, R, M), N)

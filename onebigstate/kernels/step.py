@@ -17,7 +17,8 @@ One step, given the state ``S_{t-1}`` and the carry ``(A_{t-1}, w_{t-1}, I_{t-1}
 3. writes: ``S[I_t, I_t] += g_in alpha alpha^T``, ``S[A_{t-1}, I_t] += g_as w alpha^T``,
    ``S[I_{t-1}, I_t] += c_t g_ch alpha_{t-1} alpha^T`` (only for continuous inputs);
 4. read after the writes, by spreading activation from the circuit's rows and (gated by
-   ``beta``) the previously active rows; ``A_t`` = top-``m``; ``w_t`` = ReLU(act) normalised
+   ``beta``) the previously active rows (with ``row_norm``, each row divided by 1 + its L2
+   norm, so rows worn by heavy traffic weigh no more than fresh ones); ``A_t`` = top-``m``; ``w_t`` = ReLU(act) normalised
    to sum to K; the read vector ``r_t`` is the ``w_t``-weighted mean of the value embeddings.
 
 Every function here is pure: tensors in, tensors out. The backends differ only in how they
@@ -50,6 +51,7 @@ class StepConfig:
     k_mask_temperature: float = 4.0
     spread_from_active: bool = True
     reverse_assoc: bool = False
+    row_norm: bool = False
     eps: float = 1e-6
 
 
@@ -179,7 +181,10 @@ def plan_writes(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, score
 
 def read_rows_and_coeffs(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tensor, alpha: torch.Tensor,
                          carry: Carry) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows to spread from and their coefficients: ([B, R] long, [B, R])."""
+    """Rows to spread from and their coefficients: ([B, R] long, [B, R]).
+
+    With ``cfg.row_norm`` the caller multiplies the coefficients by :func:`row_scale` of the
+    rows it gathered (after this step's writes)."""
     rows = torch.cat([circuit_idx, carry.active_idx], dim=1)
     if cfg.spread_from_active:
         beta = torch.sigmoid(p.beta_logit)
@@ -188,6 +193,18 @@ def read_rows_and_coeffs(p: StepParams, cfg: StepConfig, circuit_idx: torch.Tens
         prev = torch.zeros_like(carry.active_w)
     coeff = torch.cat([alpha, prev], dim=1) / cfg.k_max
     return rows, coeff
+
+
+def row_scale(row_values: torch.Tensor) -> torch.Tensor:
+    """1 / (1 + ||row||_2) per read row, detached: [B, R, N] -> [B, R].
+
+    Writes are additive, so a node on many circuits grows a row whose size is proportional to
+    its traffic (|S_ij| ~ 10^5 after 100,000 tokens, ``docs/results/retention_probe.md``) and
+    drowns the rows of a cue seen once. Dividing each row by its size makes the spread a mix of
+    row *directions*. A constant of the step (no gradient), so the reversible backward only
+    replays the logged scales and still never touches a whole row.
+    """
+    return 1.0 / (1.0 + row_values.detach().norm(dim=-1))
 
 
 def spread(coeff: torch.Tensor, row_values: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,8 @@ class OBSCoreConfig(StrictModel):
     spread_from_active: bool = Field(True, description="read also spreads from A_{t-1}'s rows (gated)")
     reverse_assoc: bool = Field(False, description="also wire the new circuit back to the active nodes "
                                                    "(S[I_t, A_{t-1}]), so a later cue recalls what preceded it")
+    row_norm: bool = Field(False, description="read each row divided by 1 + its L2 norm (detached), so nodes "
+                                              "worn by heavy traffic do not drown a cue seen once")
     beta_init: float = Field(0.02, gt=0.0, lt=1.0, description="initial gate of that spread")
     gate_scale: float = Field(1.0, gt=0.0, description="largest |change| of a write gate")
     gate_init: float = Field(0.5, gt=-1.0, lt=1.0, description="initial value of the write gates (x gate_scale)")

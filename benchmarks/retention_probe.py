@@ -1,13 +1,17 @@
 """Where OBS forgets in the retention suite: recall per distance and the size of the big state
-along a 100,000-token lifelong stream, with and without the spread from the active rows.
+along a 100,000-token lifelong stream, with and without the spread from the active rows, and
+with the row normalisation (``row_norm``) switched the other way at read time.
 
     python benchmarks/retention_probe.py runs/bench/retention_cpu/T_128_P_8__obs__lr0.01__s0 \
         runs/bench/retention_cpu/T_128_P_8__obs_balanced__lr0.01__s0
 
 Each RUN is a trained OBS retention cell (a run folder with checkpoints). Its task's lifelong set
 (the streams the bench scores) is read in windows of ``--window`` tokens with the state carried,
-twice: as trained, and with ``spread_from_active`` switched off at read time (the read then
-spreads only from the current circuit's rows, not from the previously active nodes' rows).
+three times: as trained; with ``spread_from_active`` switched off at read time (the read then
+spreads only from the current circuit's rows, not from the previously active nodes' rows); and
+with ``row_norm`` flipped at read time (on for a model trained without it, off for one trained
+with it), which separates what the normalisation does at read time from what training with it
+learned.
 Writes ``--out`` (a markdown page: accuracy per distance, largest |S_ij| at the end) and a plot
 of the largest entry against tokens read.
 """
@@ -58,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         trained = [layer.step_cfg for layer in layers]
         data = task.lifelong_set()
         name = Path(run).name
-        for variant in ("as trained", "no spread from active rows"):
+        flip = "row_norm off at read time" if trained[0].row_norm else "row_norm on at read time"
+        changes = {"as trained": {}, "no spread from active rows": {"spread_from_active": False},
+                   flip: {"row_norm": not trained[0].row_norm}}
+        for variant, change in changes.items():
             for layer, cfg in zip(layers, trained):
-                layer.step_cfg = cfg if variant == "as trained" else dataclasses.replace(cfg, spread_from_active=False)
+                layer.step_cfg = dataclasses.replace(cfg, **change)
             acc, sizes = stream(model, data, args.window)
             rows.append((name, variant, acc, sizes[-1][1]))
             curves[f"{name} ({variant})"] = sizes
@@ -73,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
              "Each trained OBS cell of `obs bench retention --cpu` reads its lifelong streams (16 streams, "
              "8 associations written at the start, one query per association at the distance given, "
              "distractor key-value traffic everywhere else) in windows of "
-             f"{args.window} tokens, once as trained and once with the spread from the previously active "
-             "rows switched off at read time. |S| max is the largest connection strength in any stream "
+             f"{args.window} tokens: as trained, with the spread from the previously active rows switched "
+             "off at read time, and with `row_norm` (each read row divided by 1 + its L2 norm) flipped "
+             "at read time. |S| max is the largest connection strength in any stream "
              "at the end.", "",
              "| run | read | " + " | ".join(names) + " | |S| max at the end |",
              "|---|---|" + "---:|" * len(names) + "---:|"]

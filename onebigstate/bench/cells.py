@@ -22,7 +22,8 @@ Mode = Literal["quick", "cpu", "full"]
 # the opt-in variants.
 MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans", "s4d"]
 # OBS variants (name -> mixer settings over OBS's bench recipe), run only when named.
-VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True}}
+VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
+            "obs_balanced_rownorm": {"balance_cost": 0.1, "row_norm": True}}
 
 
 @dataclass

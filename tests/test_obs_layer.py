@@ -192,8 +192,16 @@ def test_row_norm_keeps_a_heavily_written_row_from_drowning_a_fresh_one():
     assert not row_scale(rows.requires_grad_(True)).requires_grad
 
 
-def test_row_norm_config_reaches_the_recurrence():
-    layer = OBSLayer(OBSConfig(d_model=16, n_nodes=32, k_min=2, k_max=4, m_active=4, row_norm=True))
-    assert layer.step_cfg.row_norm
-    y, _ = layer(torch.randn(2, 5, 16))
-    assert torch.isfinite(y).all()
+def test_row_norm_config_reaches_the_recurrence_and_changes_the_read():
+    cfg = dict(d_model=16, n_nodes=32, k_min=2, k_max=4, m_active=4, init_std=0.5)
+    torch.manual_seed(0)
+    plain = OBSLayer(OBSConfig(**cfg)).eval()
+    normed = OBSLayer(OBSConfig(**cfg, row_norm=True)).eval()
+    normed.load_state_dict(plain.state_dict())
+    assert normed.step_cfg.row_norm and not plain.step_cfg.row_norm
+    x = torch.randn(2, 9, 16)
+    plain(x)
+    normed(x)
+    # same weights, same writes; only the read's row weighting differs
+    assert torch.isfinite(normed.last_stats.read).all()
+    assert not torch.allclose(plain.last_stats.read, normed.last_stats.read)

@@ -245,10 +245,13 @@ def test_cpu_mode_gives_every_model_one_budget_and_the_baselines_an_lr_sweep():
         assert {c.seed for c in suite.cells} == {0}
         balanced = next(c for c in suite.cells if c.model == "obs_balanced").config.model.mixer
         assert balanced["balance_cost"] > 0 and balanced["n_nodes"] == 1024
-    variants = build_suite("retention", Options(mode="cpu", models=["obs_rownorm", "obs_balanced_rownorm"])).cells
+    variants = build_suite("retention", Options(mode="cpu", models=["obs_rownorm", "obs_balanced_rownorm",
+                                                                    "obs_balanced_rownorm_n4096"])).cells
     mixers = {c.model: c.config.model.mixer for c in variants}
     assert mixers["obs_rownorm"]["row_norm"] and "balance_cost" not in mixers["obs_rownorm"]
     assert mixers["obs_balanced_rownorm"]["row_norm"] and mixers["obs_balanced_rownorm"]["balance_cost"] > 0
+    assert mixers["obs_balanced_rownorm"]["n_nodes"] == 1024
+    assert {**mixers["obs_balanced_rownorm"], "n_nodes": 4096} == mixers["obs_balanced_rownorm_n4096"]
     with pytest.raises(ValueError, match="no --cpu grid"):
         build_suite("sequential", Options(mode="cpu"))
     assert main(["bench", "capacity", "--cpu", "--list"]) == 2

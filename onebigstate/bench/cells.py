@@ -22,8 +22,11 @@ Mode = Literal["quick", "cpu", "full"]
 # the opt-in variants.
 MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans", "s4d"]
 # OBS variants (name -> mixer settings over OBS's bench recipe), run only when named.
+# The _n2048 / _n4096 ones change only the number of nodes: is capacity an addressing limit?
 VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
-            "obs_balanced_rownorm": {"balance_cost": 0.1, "row_norm": True}}
+            "obs_balanced_rownorm": {"balance_cost": 0.1, "row_norm": True},
+            "obs_balanced_rownorm_n2048": {"balance_cost": 0.1, "row_norm": True, "n_nodes": 2048},
+            "obs_balanced_rownorm_n4096": {"balance_cost": 0.1, "row_norm": True, "n_nodes": 4096}}
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""How crowded OBS's nodes get as MQAR sequences grow: is capacity an addressing limit?
+
+    python benchmarks/circuit_load.py \
+        runs/bench/extrapolation_cpu/train_T_128_P_32_d_64__obs_balanced_rownorm__lr0.01__s0 \
+        runs/bench/extrapolation_cpu/train_T_128_P_32_d_64__obs_balanced_rownorm_n2048__lr0.01__s0
+
+Each RUN is a trained OBS cell of ``obs bench extrapolation`` (a run folder with checkpoints and
+``bench.json``). For every test setting (T, P) of the cell's columns, ``--n`` held-out sequences
+are read and the circuit of every step (its first k_t address nodes, first OBS layer) recorded.
+A token's circuit in a sequence is the union of its nodes over its occurrences. Per sequence:
+
+- tokens: distinct tokens (the 2P keys and values, plus MQAR's random filler tokens);
+- load: distinct tokens per node in use, averaged over the nodes in use;
+- no own node: share of distinct tokens all of whose nodes serve another token too. Such a
+  token's rows are also written by other tokens, so its associations are mixed with theirs.
+
+Writes a markdown table (``--out``) with the cell's accuracy (from ``bench.json``) beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from onebigstate.tasks.registry import build_task
+from onebigstate.training.checkpoint import read_checkpoint
+from onebigstate.training.trainer import model_from_checkpoint
+
+SETTINGS = "128:32,256:64,512:128,1024:256,4096:1024"      # the extrapolation --cpu columns
+
+
+def sequence_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch.Tensor,
+                  n_nodes: int) -> dict[str, float]:
+    """One sequence: tokens [T], circuit_idx [T, K], k_hard [T] -> its load statistics."""
+    K = circuit_idx.shape[1]
+    used = torch.arange(K).unsqueeze(0) < k_hard.unsqueeze(1)                      # [T, K]
+    pairs = (tokens.unsqueeze(1).expand(-1, K) * n_nodes + circuit_idx)[used]
+    pairs = torch.unique(pairs)                                                   # distinct (token, node)
+    tok, node = pairs // n_nodes, pairs % n_nodes
+    load = torch.bincount(node, minlength=n_nodes)                                # tokens per node
+    n_tok = int(torch.unique(tok).numel())
+    # a token has a node of its own when the least loaded of its nodes serves it alone
+    own = torch.full((int(tok.max()) + 1,), 10 ** 9, dtype=torch.long).scatter_reduce(
+        0, tok, load[node], reduce="amin")
+    tok_ids = torch.unique(tok)
+    return {"tokens": n_tok, "nodes": int((load > 0).sum()), "load": float(load[load > 0].float().mean()),
+            "no_own": float((own[tok_ids] > 1).float().mean())}
+
+
+@torch.no_grad()
+def run_loads(run: Path, n_seq: int, settings: list[tuple[int, int]]) -> list[dict]:
+    ckpt = read_checkpoint(run)
+    task, model = model_from_checkpoint(ckpt)
+    model.eval()
+    layer = next((m for m in model.modules() if hasattr(m, "addresser") and hasattr(m, "last_stats")), None)
+    if layer is None:
+        raise SystemExit(f"{run}: not an OBS model")
+    bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {}
+    n_nodes = layer.cfg.n_nodes
+    rows = []
+    for T, P in settings:
+        cfg = task.cfg.model_copy(update={"params": {**task.cfg.params, "seq_len": T, "num_kv_pairs": P}})
+        inputs, _ = build_task(cfg).test_set()
+        x = inputs[:n_seq]
+        model.hidden(x, None)
+        st = layer.last_stats
+        per_seq = [sequence_load(x[b], st.circuit_idx[b], st.k_hard[b], n_nodes) for b in range(x.shape[0])]
+        mean = {k: sum(s[k] for s in per_seq) / len(per_seq) for k in per_seq[0]}
+        rows.append({"run": run.name, "N": n_nodes, "T": T, "P": P, **mean,
+                     "k": float(st.k_hard.float().mean()), "accuracy": bench.get("evals", {}).get(f"T={T}")})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="trained OBS extrapolation run folders")
+    p.add_argument("--n", type=int, default=8, help="held-out sequences read per setting")
+    p.add_argument("--settings", default=SETTINGS, help="test settings T:P, comma-separated")
+    p.add_argument("--out", default="docs/results/circuit_load.md")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("--n must be at least 1")
+    try:
+        settings = [tuple(int(v) for v in item.split(":")) for item in args.settings.split(",")]
+        assert all(len(s) == 2 and s[0] > 0 and s[1] > 0 for s in settings)
+    except (ValueError, AssertionError):
+        p.error(f"--settings must be T:P pairs of positive integers, comma-separated; got '{args.settings}'")
+    torch.set_num_threads(1)
+    rows = [r for run in args.runs for r in run_loads(run, args.n, settings)]
+    lines = ["# Circuit load: how crowded the nodes get as MQAR sequences grow", "",
+             f"Produced by `python benchmarks/circuit_load.py {' '.join(str(r) for r in args.runs)}"
+             f"{'' if args.n == 8 else f' --n {args.n}'}{'' if args.settings == SETTINGS else f' --settings {args.settings}'}` (CPU, one thread), {args.n} held-out sequences per "
+             "setting. Accuracy is the cell's own held-out accuracy at that setting (`bench.json`, 500 "
+             "sequences). See the script's docstring for the columns.", "",
+             "| run | N | T | pairs | mean k | distinct tokens | nodes in use | tokens per node | "
+             "tokens with no own node | accuracy |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        acc = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        lines.append(f"| {r['run']} | {r['N']} | {r['T']} | {r['P']} | {r['k']:.1f} | {r['tokens']:.0f} | "
+                     f"{r['nodes']:.0f} | {r['load']:.1f} | {r['no_own']:.3f} | {acc} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -103,9 +103,35 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['nodes']:.0f} | {r['load']:.1f} | {r['no_own']:.3f} | {acc} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    plot = out.with_suffix(".png")
+    _plot(rows, plot)
+    lines += ["", f"![accuracy against tokens per node]({plot.name})"]
     out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot}")
     return 0
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against tokens per node, one line per run (labelled with N)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        pts = [r for r in rows if r["run"] == run and r["accuracy"] is not None]
+        if pts:
+            ax.plot([r["load"] for r in pts], [r["accuracy"] for r in pts], "o-", label=f"N={pts[0]['N']}: {run}")
+            for r in pts:
+                ax.annotate(f"P={r['P']}", (r["load"], r["accuracy"]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("distinct tokens per node in use (log)")
+    ax.set_ylabel("held-out accuracy")
+    if ax.lines:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def test_circuit_load_page_for_a_trained_mqar_run(tmp_path, one_thread):
     out = tmp_path / "load.md"
     assert _script().main([str(run), "--n", "2", "--settings", "16:4,32:8", "--out", str(out)]) == 0
     page = out.read_text()
-    assert "--settings 16:4,32:8" in page
+    assert "--settings 16:4,32:8" in page and out.with_suffix(".png").exists()
     assert page.count("| run | N |") == 1 and page.count("| 32 | 16 | 4 |") == 1 and page.count("| 32 | 32 | 8 |") == 1
     with pytest.raises(SystemExit):
         _script().main([str(run), "--settings", "16"])

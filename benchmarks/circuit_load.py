@@ -40,12 +40,11 @@ def sequence_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch
     pairs = torch.unique(pairs)                                                   # distinct (token, node)
     tok, node = pairs // n_nodes, pairs % n_nodes
     load = torch.bincount(node, minlength=n_nodes)                                # tokens per node
-    n_tok = int(torch.unique(tok).numel())
+    tok_ids = torch.unique(tok)
     # a token has a node of its own when the least loaded of its nodes serves it alone
     own = torch.full((int(tok.max()) + 1,), 10 ** 9, dtype=torch.long).scatter_reduce(
         0, tok, load[node], reduce="amin")
-    tok_ids = torch.unique(tok)
-    return {"tokens": n_tok, "nodes": int((load > 0).sum()), "load": float(load[load > 0].float().mean()),
+    return {"tokens": tok_ids.numel(), "nodes": int((load > 0).sum()), "load": float(load[load > 0].float().mean()),
             "no_own": float((own[tok_ids] > 1).float().mean())}
 
 

@@ -24,11 +24,19 @@ from pathlib import Path
 
 import torch
 
+from onebigstate.bench.cells import Options
+from onebigstate.bench.suites import build_suite
+from onebigstate.model.layer import obs_layers
 from onebigstate.tasks.registry import build_task
 from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.trainer import model_from_checkpoint
 
-SETTINGS = "128:32,256:64,512:128,1024:256,4096:1024"      # the extrapolation --cpu columns
+
+
+def default_settings() -> str:
+    """The test columns (T:P) of ``obs bench extrapolation --cpu``."""
+    cell = build_suite("extrapolation", Options(mode="cpu", models=["obs"])).cells[0]
+    return ",".join(f"{ev.params['seq_len']}:{ev.params['num_kv_pairs']}" for ev in cell.evals)
 
 
 def sequence_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch.Tensor,
@@ -53,9 +61,10 @@ def run_loads(run: Path, n_seq: int, settings: list[tuple[int, int]]) -> list[di
     ckpt = read_checkpoint(run)
     task, model = model_from_checkpoint(ckpt)
     model.eval()
-    layer = next((m for m in model.modules() if hasattr(m, "addresser") and hasattr(m, "last_stats")), None)
-    if layer is None:
+    layers = obs_layers(model)
+    if not layers:
         raise SystemExit(f"{run}: not an OBS model")
+    layer = layers[0]
     bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {}
     n_nodes = layer.cfg.n_nodes
     rows = []
@@ -77,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="trained OBS extrapolation run folders")
     p.add_argument("--n", type=int, default=8, help="held-out sequences read per setting")
-    p.add_argument("--settings", default=SETTINGS, help="test settings T:P, comma-separated")
+    p.add_argument("--settings", default=default_settings(),
+                   help="test settings T:P, comma-separated (default: the extrapolation --cpu columns)")
     p.add_argument("--out", default="docs/results/circuit_load.md")
     args = p.parse_args(argv)
     if args.n < 1:
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for run in args.runs for r in run_loads(run, args.n, settings)]
     lines = ["# Circuit load: how crowded the nodes get as MQAR sequences grow", "",
              f"Produced by `python benchmarks/circuit_load.py {' '.join(str(r) for r in args.runs)}"
-             f"{'' if args.n == 8 else f' --n {args.n}'}{'' if args.settings == SETTINGS else f' --settings {args.settings}'}` (CPU, one thread), {args.n} held-out sequences per "
+             f"{'' if args.n == 8 else f' --n {args.n}'}{'' if args.settings == default_settings() else f' --settings {args.settings}'}` (CPU, one thread), {args.n} held-out sequences per "
              "setting. Accuracy is the cell's own held-out accuracy at that setting (`bench.json`, 500 "
              "sequences). See the script's docstring for the columns.", "",
              "| run | N | T | pairs | mean k | distinct tokens | nodes in use | tokens per node | "

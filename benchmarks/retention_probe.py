@@ -25,12 +25,9 @@ from pathlib import Path
 import torch
 
 from onebigstate.bench.evaluate import grouped_accuracy
+from onebigstate.model.layer import obs_layers
 from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.trainer import model_from_checkpoint
-
-
-def obs_layers(model) -> list:
-    return [m for m in model.modules() if hasattr(m, "step_cfg") and hasattr(m, "addresser")]
 
 
 def stream(model, data, window: int) -> tuple[dict[str, float], list[tuple[int, float]]]:

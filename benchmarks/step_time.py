@@ -30,8 +30,7 @@ def step_times(n_nodes: int, batch: int, seq_len: int, steps: int, vocab: int = 
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
+        logits, _ = model(x)
         torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1)).backward()
         opt.step()
         opt.zero_grad()

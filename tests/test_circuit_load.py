@@ -1,26 +1,17 @@
 """benchmarks/circuit_load.py: node load statistics of OBS circuits in MQAR sequences."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from onebigstate.config import build_config
 from onebigstate.training.config import RunConfig
 from onebigstate.training.trainer import train
-from training_helpers import ROOT, tiny_tree
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("circuit_load", ROOT / "benchmarks" / "circuit_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from training_helpers import load_benchmark, tiny_tree
 
 
 def test_sequence_load_counts_tokens_per_node_and_tokens_without_an_own_node():
-    load = _script().sequence_load
+    load = load_benchmark("circuit_load").sequence_load
     tokens = torch.tensor([5, 6, 5, 7])
     k = torch.tensor([2, 2, 2, 2])
     # 5 -> {0, 1}, 6 -> {1, 2}, 7 -> {3, 4} (the third slot is beyond k and ignored)
@@ -39,9 +30,9 @@ def test_circuit_load_page_for_a_trained_mqar_run(tmp_path, one_thread):
     run = tmp_path / "run"
     train(build_config(RunConfig, tree), run, log=lambda m: None)
     out = tmp_path / "load.md"
-    assert _script().main([str(run), "--n", "2", "--settings", "16:4,32:8", "--out", str(out)]) == 0
+    assert load_benchmark("circuit_load").main([str(run), "--n", "2", "--settings", "16:4,32:8", "--out", str(out)]) == 0
     page = out.read_text()
     assert "--settings 16:4,32:8" in page and out.with_suffix(".png").exists()
     assert page.count("| run | N |") == 1 and page.count("| 32 | 16 | 4 |") == 1 and page.count("| 32 | 32 | 8 |") == 1
     with pytest.raises(SystemExit):
-        _script().main([str(run), "--settings", "16"])
+        load_benchmark("circuit_load").main([str(run), "--settings", "16"])

@@ -2,19 +2,10 @@
 writes its page (tiny sizes here)."""
 from __future__ import annotations
 
-import importlib.util
-
 from onebigstate.config import build_config
 from onebigstate.training.trainer import train
 from onebigstate.training.config import RunConfig
-from training_helpers import ROOT, tiny_tree
-
-
-def _probe():
-    spec = importlib.util.spec_from_file_location("retention_probe", ROOT / "benchmarks" / "retention_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from training_helpers import load_benchmark, tiny_tree
 
 
 def test_probe_reports_accuracy_per_distance_with_and_without_spread(tmp_path, one_thread):
@@ -25,7 +16,7 @@ def test_probe_reports_accuracy_per_distance_with_and_without_spread(tmp_path, o
     run = tmp_path / "run"
     train(build_config(RunConfig, tree), run, log=lambda m: None)
     out = tmp_path / "probe.md"
-    assert _probe().main([str(run), "--window", "16", "--out", str(out)]) == 0
+    assert load_benchmark("retention_probe").main([str(run), "--window", "16", "--out", str(out)]) == 0
     page = out.read_text()
     assert "| run | read | d=4 | d=40 |" in page
     assert "| as trained |" in page and "| no spread from active rows |" in page

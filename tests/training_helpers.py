@@ -31,6 +31,15 @@ def tiny_tree(**train) -> dict:
     return tree
 
 
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (they are scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def write_config(path: Path, **train) -> Path:
     path.write_text(yaml.safe_dump(tiny_tree(**train), sort_keys=False))
     return path

@@ -48,11 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _obs_layers(model) -> list:
-    from onebigstate.model.layer import OBSLayer
-    return [m for m in model.mixers if isinstance(m, OBSLayer)]
-
-
 def run(args: argparse.Namespace) -> int:
     import matplotlib
     matplotlib.use("Agg")
@@ -60,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt = read_checkpoint(args.checkpoint)
     task, model = model_from_checkpoint(ckpt, device=args.device)
-    layers = _obs_layers(model)
+    from onebigstate.model.layer import obs_layers
+    layers = obs_layers(model)
     if not layers:
         raise ConfigError(f"{ckpt.path} holds a '{ckpt.config.model.name}' model: obs inspect draws the big state "
                           f"of OBS layers, and this model has none")

@@ -19,7 +19,8 @@ One step, given the state ``S_{t-1}`` and the carry ``(A_{t-1}, w_{t-1}, I_{t-1}
 4. read after the writes, by spreading activation from the circuit's rows and (gated by
    ``beta``) the previously active rows (with ``row_norm``, each row divided by 1 + its L2
    norm, so a row worn by heavy traffic weighs about as much as a fresh one); ``A_t`` =
-   top-``m``; ``w_t`` = ReLU(act) normalised to sum to K; the read vector ``r_t`` is the ``w_t``-weighted mean of the value embeddings.
+   top-``m``; ``w_t`` = ReLU(act) normalised to sum to K; the read vector ``r_t`` is the
+   ``w_t``-weighted mean of the value embeddings.
 
 Every function here is pure: tensors in, tensors out. The backends differ only in how they
 store ``S`` and how gradients reach earlier writes.

@@ -159,3 +159,8 @@ class OBSLayer(nn.Module):
         if cont.shape != (B, T):
             raise ValueError(f"continuous flags must be [B, T] = {(B, T)}, got {tuple(cont.shape)}")
         return cont
+
+
+def obs_layers(model: nn.Module) -> list[OBSLayer]:
+    """Every OBS layer inside ``model``, in module order (empty for the baselines)."""
+    return [m for m in model.modules() if isinstance(m, OBSLayer)]

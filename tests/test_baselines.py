@@ -238,3 +238,27 @@ def test_rotary_scores_depend_only_on_relative_position():
     # angles are computed in float32, hence the tolerance
     torch.testing.assert_close(score(7, 3), score(107, 103), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(score(7, 3), score(7, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,kw", [("deltanet", {"impl": "fla"}), ("mamba", {"impl": "fla_mamba2"})],
+                         ids=["deltanet_fla", "mamba2_fla"])
+def test_fla_baselines_train_on_a_fixed_mqar_batch_on_cuda(name, kw):
+    """The bench's deltanet_fla / mamba2_fla (fla's Triton kernels) learn, in float32, as ours do."""
+    pytest.importorskip("fla.layers")
+    torch.manual_seed(0)
+    task = MQARConfig(vocab_size=64, seq_len=128, num_kv_pairs=8)
+    x, labels = (t.cuda() for t in generate_mqar(task, 16, seed=0))
+    cfg = ModelConfig(name=name, d_model=64, n_layers=2, mixer={"n_heads": 2, **kw} if name == "deltanet" else kw)
+    model = build_model(cfg, n_out=64, vocab_size=64).cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert min(losses[-5:]) < 0.5 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"

@@ -2,6 +2,7 @@
 picks the best lr and reports mean and spread over seeds; suites build their cells."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -91,18 +92,13 @@ def test_killed_bench_resumes_and_skips_finished_cells(tmp_path):
 
 def test_run_suite_skips_finished_cells_and_resumes_a_half_trained_one(tmp_path):
     from onebigstate.bench.runner import run_suite
-    opts = Options(mode="quick", models=["s4d"], seeds=[0])
-    cells = []
-    for body in (10, 11, 12):
-        task = TaskConfig(name="selective_copy", test_size=8,
-                          params={"vocab_size": 8, "body_len": body, "n_tokens": 2})
-        cells += make_cells(f"L={body}", task, opts, 16, 6, 4, evals=[Eval("grouped")],
-                            train_overrides={"ckpt_every": 2, "log_every": 2})
+    cells = _tiny_cells()
     suite = Suite("tiny", "tiny", "", cells)
     root = tmp_path / "runs"
     assert run_suite(Suite("tiny", "tiny", "", cells[:2]), root, log=lambda m: None, commit="abc123") \
         == {"trained": 2}
-    assert json.loads((root / cells[0].name / "bench.json").read_text())["commit"] == "abc123"
+    bench = json.loads((root / cells[0].name / "bench.json").read_text())
+    assert (bench["commit"], bench["command"]) == ("abc123", None) and bench["device"].startswith("CPU")
     # the second cell as a kill after its last checkpoint leaves it: checkpoints, no results
     (root / cells[1].name / "results.json").unlink()
     (root / cells[1].name / "bench.json").unlink()
@@ -111,6 +107,51 @@ def test_run_suite_skips_finished_cells_and_resumes_a_half_trained_one(tmp_path)
     assert (root / cells[0].name / "bench.json").stat().st_mtime_ns == before
     assert json.loads((root / cells[1].name / "results.json").read_text())["step"] == 6
     assert run_suite(suite, root, log=lambda m: None) == {"skipped": 3}
+
+
+def _tiny_cells(bodies=(10, 11, 12)) -> list:
+    opts = Options(mode="quick", models=["s4d"], seeds=[0])
+    cells = []
+    for body in bodies:
+        task = TaskConfig(name="selective_copy", test_size=8,
+                          params={"vocab_size": 8, "body_len": body, "n_tokens": 2})
+        cells += make_cells(f"L={body}", task, opts, 16, 6, 4, evals=[Eval("grouped")],
+                            train_overrides={"ckpt_every": 2, "log_every": 2})
+    return cells
+
+
+def test_parallel_jobs_give_the_same_cells_as_one_job(tmp_path):
+    from onebigstate.bench.runner import cell_cost, run_suite
+    cells = _tiny_cells()
+    suite = Suite("tiny", "tiny", "", cells)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_suite(suite, one, log=lambda m: None) == {"trained": 3}
+    logs: list[str] = []
+    assert run_suite(Suite("tiny", "tiny", "", cells[:1]), two, log=lambda m: None) == {"trained": 1}
+    assert run_suite(suite, two, log=logs.append, jobs=2) == {"skipped": 1, "trained": 2}
+    assert len(logs) == 2 and all("trained in" in m for m in logs)
+    for c in cells:   # training is seeded per cell: the same numbers whichever process ran it
+        a, b = (json.loads((r / c.name / "bench.json").read_text())["evals"] for r in (one, two))
+        assert a == b
+    assert cell_cost(cells[0]) == 6 * 4     # steps x batch (x seq_len where the task has one)
+    assert run_suite(suite, two, log=lambda m: None, jobs=2) == {"skipped": 3}
+    with pytest.raises(ValueError, match="jobs"):
+        run_suite(suite, two, jobs=0)
+
+
+def test_fla_baselines_are_named_variants_that_say_they_need_fla():
+    from onebigstate.bench.cells import FLA_BASELINES, model_config
+    from onebigstate.nets.stack import build_model
+    cfg = model_config("deltanet_fla", 64, "full")
+    assert (cfg.name, cfg.mixer["impl"], cfg.mixer["n_heads"]) == ("deltanet", "fla", 2)
+    assert model_config("mamba2_fla", 128, "full").mixer["impl"] == "fla_mamba2"
+    assert set(FLA_BASELINES) == {"deltanet_fla", "mamba2_fla"}
+    cells = make_cells("x", TaskConfig(name="mqar", test_size=8, params={}), Options(models=["deltanet_fla"]),
+                       64, 10, 4)
+    assert [c.model for c in cells] == ["deltanet_fla"]
+    if importlib.util.find_spec("fla") is None:   # no silent fallback to our own DeltaNet
+        with pytest.raises(ImportError, match="flash-linear-attention"):
+            build_model(cfg, n_out=16, vocab_size=16)
 
 
 def _fake_suite() -> Suite:
@@ -157,10 +198,15 @@ def test_table_picks_the_best_lr_and_gives_mean_and_spread(tmp_path):
             "| 3 |") in lines
 
     md = tmp_path / "docs" / "fake.md"
-    write_report(suite, _fake_results(suite), md, "obs bench fake --quick", "abc123", "CPU")
+    results = _fake_results(suite)
+    for i, r in enumerate(results.values()):   # where each cell ran and by which command
+        r.update(device="GPU X" if i < 4 else "CPU", command="obs bench fake --full --device cuda" if i < 4 else None)
+    write_report(suite, results, md, "obs bench fake --quick", "abc123", "CPU")
     text = md.read_text()
     assert text.startswith("# Fake suite\n\nProduced by `obs bench fake --quick` at commit `abc123` on CPU.")
     assert "12 of 12 cells finished" in text
+    assert "; on: GPU X (4); CPU (8)." in text
+    assert "Cells trained by: `obs bench fake --full --device cuda` (4)." in text
     assert (tmp_path / "docs" / "fake_T.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "fake_seq_len.png").exists()
     assert json.loads(md.with_suffix(".json").read_text())[0]["model"] == "obs"
@@ -207,6 +253,15 @@ def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert "8 cells" in capsys.readouterr().out
     assert main(["bench", "nope", "--list"]) == 2
     assert main(["bench", "mqar", "--models", "gpt5", "--list"]) == 2
+    capsys.readouterr()
+    assert main(["bench", "capacity", "--full", "--models", "s4d", "--lrs", "1e-3", "--seeds", "0",
+                 "--cells", "P_(64|256)_", "--list"]) == 0
+    names = capsys.readouterr().out.split()
+    assert sorted(n.split("__")[0] for n in names if "__" in n) == sorted(
+        f"P_{p}_T_{4 * p}_d_{d}" for p in (64, 256) for d in (64, 128))
+    assert main(["bench", "capacity", "--full", "--cells", "nothing-like-this", "--list"]) == 2
+    assert main(["bench", "capacity", "--full", "--cells", "(", "--list"]) == 2
+    assert main(["bench", "capacity", "--quick", "--jobs", "0", "--list"]) == 2
 
 
 @pytest.mark.parametrize("name", ["lstm", "obs"])

@@ -151,6 +151,9 @@ def test_fla_layer_matches_own_implementation(gated, T):
     if gated:
         return
     dy = torch.randn_like(y_own)
-    gx_fla, = torch.autograd.grad((y_fla * dy).sum(), x)
-    gx_own, = torch.autograd.grad((y_own * dy).sum(), x)
-    assert rel_err(gx_fla, gx_own) < 5e-3
+    names = [n for n, _ in own.named_parameters()]
+    fla_params = dict(fla_mixer.fla.named_parameters())
+    g_fla = torch.autograd.grad((y_fla * dy).sum(), [x, *(fla_params[n] for n in names)])
+    g_own = torch.autograd.grad((y_own * dy).sum(), [x, *own.parameters()])
+    for name, a, b in zip(["x", *names], g_fla, g_own):
+        assert rel_err(a, b) < 5e-3, name

@@ -27,6 +27,11 @@ VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": T
             "obs_balanced_rownorm": {"balance_cost": 0.1, "row_norm": True},
             "obs_balanced_rownorm_n2048": {"balance_cost": 0.1, "row_norm": True, "n_nodes": 2048},
             "obs_balanced_rownorm_n4096": {"balance_cost": 0.1, "row_norm": True, "n_nodes": 4096}}
+# Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
+# elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
+# so a page never mixes our PyTorch DeltaNet with fla's under one name.
+FLA_BASELINES = {"deltanet_fla": ("deltanet", {"impl": "fla"}),
+                 "mamba2_fla": ("mamba", {"impl": "fla_mamba2"})}
 
 
 @dataclass
@@ -110,6 +115,9 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
                                   "m_active": 16, **VARIANTS.get(name, {})})
     mixer: dict[str, Any] = {}
+    if name in FLA_BASELINES:
+        name, fla_settings = FLA_BASELINES[name]
+        mixer.update(fla_settings)
     if name in ("transformer", "hopfield", "deltanet", "gated_deltanet"):
         mixer["n_heads"] = 2 if d_model < 128 else 4
     if name == "hopfield":
@@ -145,8 +153,9 @@ def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, step
     """One cell per model, lr and seed of ``opts`` for one task setting, under one budget."""
     cells = []
     for name in opts.model_list():
-        if name not in MODELS and name not in VARIANTS:
-            raise ValueError(f"unknown model '{name}' for the benchmark; known: {MODELS + list(VARIANTS)}")
+        if name not in MODELS and name not in VARIANTS and name not in FLA_BASELINES:
+            raise ValueError(f"unknown model '{name}' for the benchmark; known: "
+                             f"{MODELS + list(VARIANTS) + list(FLA_BASELINES)}")
         model = model_config(name, d_model, opts.mode)
         for lr in (opts.lrs or lr_grid(name, opts.mode)):
             for seed in opts.seed_list():

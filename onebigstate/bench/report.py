@@ -150,21 +150,35 @@ def plot(rows: list[Row], spec: Plot, path: Path, title: str) -> bool:
     return True
 
 
+def _provenance(results: dict[str, dict], key: str) -> str:
+    """``value (n cells); ...`` over the finished cells; cells from before a field was recorded
+    count as 'not recorded' (they are left out of the device and command lists)."""
+    counts: dict[str, int] = {}
+    for r in results.values():
+        value = r.get(key)
+        if value is None and key != "commit":
+            continue
+        value = value or "not recorded (before the bench recorded it)"
+        counts[value] = counts.get(value, 0) + 1
+    quote = key != "device"
+    return "; ".join(f"`{k}` ({n})" if quote and not k.startswith("not recorded") else f"{k} ({n})"
+                     for k, n in counts.items())
+
+
 def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: str, commit: str,
                  device: str) -> list[Row]:
     """Write ``out_md`` (table, plots beside it, the rows as JSON) and return the rows."""
     rows = summarise(suite.cells, results)
     done = sum(1 for c in suite.cells if c.name in results)
-    commits: dict[str, int] = {}
-    for r in results.values():
-        key = r.get("commit") or "not recorded (before the bench recorded it)"
-        commits[key] = commits.get(key, 0) + 1
-    trained = "; ".join(f"`{k}` ({n})" if not k.startswith("not") else f"{k} ({n})" for k, n in commits.items())
+    trained = _provenance(results, "commit")
+    ran_on = _provenance(results, "device")
+    commands = _provenance(results, "command")
     stem = out_md.stem
     parts = [f"# {suite.title}", "",
              f"Produced by `{command}` at commit `{commit}` on {device}.", "",
              f"{done} of {len(suite.cells)} cells finished; cells trained and evaluated at commit: "
-             f"{trained or '-'}.", "", suite.description.strip(), "",
+             f"{trained or '-'}" + (f"; on: {ran_on}" if ran_on else "") + ".", "",
+             *([f"Cells trained by: {commands}.", ""] if commands else []), suite.description.strip(), "",
              "Accuracy is on held-out sequences (the test seed range), at the best learning rate of each "
              "model (highest mean over seeds), as mean ± population std over seeds. Parameters count "
              "the whole model (embedding included). State floats per stream are counted the Zoology "

@@ -5,11 +5,18 @@ finished) and ``bench.json`` (the cell's evaluations) or ``diverged.json`` (trai
 NaN: the cell scores 0, as a failed run does in Zoology's sweeps). A cell with ``results.json``
 is not trained again; one with ``bench.json`` or ``diverged.json`` is skipped entirely; a cell
 with checkpoints but no ``results.json`` resumes from its last checkpoint.
+
+``jobs > 1`` runs cells in that many worker processes, the most expensive first (steps x batch x
+sequence length), so one GPU or several CPU cores stay busy: small models on a GPU are bound by
+kernel launches, not by the device. Cells are independent folders, so results do not depend on
+``jobs``.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -32,9 +39,20 @@ def cell_done(cell_dir: Path) -> bool:
     return (cell_dir / BENCH_FILE).exists() or (cell_dir / DIVERGED_FILE).exists()
 
 
-def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str | None = None) -> str:
+def device_label(device: str) -> str:
+    """What ran a cell, in words: ``GPU <name>`` or ``CPU (<processor>, 1 intra-op thread per run)``."""
+    import platform
+
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return f"CPU ({platform.processor() or platform.machine()}, 1 intra-op thread per run)"
+
+
+def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str | None = None,
+             command: str | None = None) -> str:
     """Train and evaluate one cell; returns what happened (``skipped``, ``trained``, ``resumed``,
-    ``evaluated`` or ``diverged``)."""
+    ``evaluated`` or ``diverged``). ``bench.json`` records the commit, the command and the device."""
     if cell_done(cell_dir):
         return "skipped"
     what = "evaluated"
@@ -57,25 +75,68 @@ def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str
         columns.update(run_eval(ev, model, task, cell.config))
     bench = {"cell": cell.name, "setting": cell.setting, "model": cell.model, "lr": cell.lr, "seed": cell.seed,
              "x": cell.x, "evals": columns, "written_entries": written_entries(model, task),
-             "eval_time_s": round(time.perf_counter() - t0, 3), "commit": commit}
+             "eval_time_s": round(time.perf_counter() - t0, 3), "commit": commit, "command": command,
+             "device": device_label(cell.config.train.device)}
     _write_json(cell_dir / BENCH_FILE, bench)
     return what
 
 
+def cell_cost(cell: Cell) -> int:
+    """Tokens a cell trains on (steps x batch x sequence length): the order of parallel runs."""
+    train = cell.config.train
+    return train.steps * train.batch_size * int(cell.config.task.params.get("seq_len", 1))
+
+
+def _run_cell_in_worker(cell: Cell, cell_dir: Path, commit: str | None, command: str | None
+                        ) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    what = run_cell(cell, cell_dir, lambda msg: print(msg, flush=True), commit, command)
+    return what, time.perf_counter() - t0
+
+
 def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
-              commit: str | None = None) -> dict[str, int]:
+              commit: str | None = None, jobs: int = 1, command: str | None = None) -> dict[str, int]:
     """Run every cell of ``suite`` under ``root``; returns how many cells ended each way.
 
-    ``commit`` (the code's git commit) is recorded in each evaluated cell's ``bench.json``.
+    ``commit`` (the code's git commit) and ``command`` are recorded in each evaluated cell's
+    ``bench.json``, with the device it ran on.
+    ``jobs`` > 1: that many worker processes (see the module docstring). A cell that raises
+    does not stop the others; the error is raised once they have finished.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     root.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    for i, cell in enumerate(suite.cells):
-        t0 = time.perf_counter()
-        what = run_cell(cell, root / cell.name, log, commit)
-        counts[what] = counts.get(what, 0) + 1
-        if what != "skipped":
-            log(f"[{i + 1}/{len(suite.cells)}] {cell.name}: {what} in {time.perf_counter() - t0:.1f} s")
+    n = len(suite.cells)
+    if jobs == 1:
+        for i, cell in enumerate(suite.cells):
+            t0 = time.perf_counter()
+            what = run_cell(cell, root / cell.name, log, commit, command)
+            counts[what] = counts.get(what, 0) + 1
+            if what != "skipped":
+                log(f"[{i + 1}/{n}] {cell.name}: {what} in {time.perf_counter() - t0:.1f} s")
+        return counts
+    todo = [c for c in suite.cells if not cell_done(root / c.name)]
+    counts["skipped"] = n - len(todo)
+    failed: list[str] = []
+    # spawn: CUDA cannot be used in forked children
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_cell_in_worker, c, root / c.name, commit, command): c
+                   for c in sorted(todo, key=cell_cost, reverse=True)}
+        for done, fut in enumerate(as_completed(futures), 1):
+            cell = futures[fut]
+            try:
+                what, seconds = fut.result()
+            except Exception as err:  # reported after the other cells have run
+                failed.append(f"{cell.name}: {type(err).__name__}: {err}")
+                log(f"[{done}/{len(todo)}] {cell.name}: failed ({type(err).__name__}: {err})")
+                continue
+            counts[what] = counts.get(what, 0) + 1
+            log(f"[{done}/{len(todo)}] {cell.name}: {what} in {seconds:.1f} s")
+    if not counts["skipped"]:
+        del counts["skipped"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(todo)} cells failed:\n" + "\n".join(failed))
     return counts
 
 
@@ -90,4 +151,5 @@ def load_cell(cell: Cell, root: Path) -> dict | None:
     res = json.loads((d / RESULTS_FILE).read_text())
     bench = json.loads((d / BENCH_FILE).read_text())
     return {**res, "diverged": False, "evals": bench["evals"], "written_entries": bench["written_entries"],
-            "eval_time_s": bench["eval_time_s"], "commit": bench.get("commit")}
+            "eval_time_s": bench["eval_time_s"], "commit": bench.get("commit"),
+            "command": bench.get("command"), "device": bench.get("device")}

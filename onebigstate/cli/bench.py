@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", help="comma-separated models (default: all of them)")
     p.add_argument("--seeds", help="comma-separated seeds (default: quick 0, full 0,1,2)")
     p.add_argument("--lrs", help="comma-separated learning rates for every model (default: each model's own grid)")
+    p.add_argument("--cells", metavar="REGEX",
+                   help="run only the cells whose folder name matches REGEX (re.search), e.g. 'P_(64|256)_' "
+                        "or '__s4d__'; the page still covers every finished cell")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once, each in its own process, longest first (default: 1); on a GPU "
+                        "small models are launch-bound, so several jobs share it well")
     p.add_argument("--out", default="runs/bench", help="folder of the suite run folders (default: runs/bench)")
     p.add_argument("--docs", default="docs/results", help="folder of the results pages (default: docs/results)")
     p.add_argument("--list", action="store_true", help="print the cells and exit")
@@ -51,7 +58,9 @@ def git_commit() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + (" (with uncommitted changes in the bench, task, model or training code)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
+        # a copy of the tree without .git (a GPU machine): the caller may say which commit it is
+        given = os.environ.get("OBS_GIT_COMMIT")
+        return f"{given} (as given by OBS_GIT_COMMIT; no git checkout here)" if given else "unknown (not a git checkout)"
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -64,6 +73,10 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--seeds {args.seeds}")
     if args.lrs:
         parts.append(f"--lrs {args.lrs}")
+    if getattr(args, "cells", None):
+        parts.append(f"--cells '{args.cells}'")
+    if getattr(args, "jobs", 1) != 1:
+        parts.append(f"--jobs {args.jobs}")  # wall times are per cell, with this many running at once
     if args.out != "runs/bench":
         parts.append(f"--out {args.out}")
     if args.docs != "docs/results":
@@ -71,19 +84,24 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def device_name(device: str) -> str:
-    import platform
-
-    import torch
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
-    return f"CPU ({platform.processor() or platform.machine()}, 1 intra-op thread per run)"
+def select_cells(suite, pattern: str):
+    """The suite with only the cells whose folder name matches ``pattern`` (re.search)."""
+    import dataclasses
+    import re
+    try:
+        rx = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"--cells: bad regular expression '{pattern}': {err}") from None
+    cells = [c for c in suite.cells if rx.search(c.name)]
+    if not cells:
+        raise ValueError(f"--cells '{pattern}' matches none of the {len(suite.cells)} cells (see --list)")
+    return dataclasses.replace(suite, cells=cells)
 
 
 def run(args: argparse.Namespace) -> int:
     from onebigstate.bench.cells import Options
     from onebigstate.bench.report import write_report
-    from onebigstate.bench.runner import load_cell, run_suite
+    from onebigstate.bench.runner import device_label, load_cell, run_suite
     from onebigstate.bench.suites import build_suite
     from onebigstate.config import ConfigError
 
@@ -92,23 +110,26 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
         opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device, lrs=lrs)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         suite = build_suite(args.suite, opts)
+        to_run = select_cells(suite, args.cells) if args.cells else suite
     except ValueError as err:
         raise ConfigError(str(err)) from None
     stem = args.suite if args.mode == "full" else f"{args.suite}_{args.mode}"
     root = Path(args.out) / stem
     if args.list:
-        for c in suite.cells:
+        for c in to_run.cells:
             print(c.name)
-        print(f"{len(suite.cells)} cells under {root}")
+        print(f"{len(to_run.cells)} cells under {root}")
         return 0
     if not args.report_only:
         t0 = time.perf_counter()
-        counts = run_suite(suite, root, commit=git_commit())
+        counts = run_suite(to_run, root, commit=git_commit(), jobs=args.jobs, command=command_line(args))
         print(f"{suite.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
               + f" in {time.perf_counter() - t0:.0f} s")
     results = {c.name: r for c in suite.cells if (r := load_cell(c, root)) is not None}
     out_md = Path(args.docs) / f"{stem}.md"
-    rows = write_report(suite, results, out_md, command_line(args), git_commit(), device_name(args.device))
+    rows = write_report(suite, results, out_md, command_line(args), git_commit(), device_label(args.device))
     print(f"{out_md}: {len(rows)} rows from {len(results)} of {len(suite.cells)} cells")
     return 0

@@ -247,10 +247,10 @@ def test_fla_baselines_train_on_a_fixed_mqar_batch_on_cuda(name, kw):
     """The bench's deltanet_fla / mamba2_fla (fla's Triton kernels) learn, in float32, as ours do."""
     pytest.importorskip("fla.layers")
     torch.manual_seed(0)
-    task = MQARConfig(vocab_size=64, seq_len=128, num_kv_pairs=8)
+    task = MQARConfig(vocab_size=256, seq_len=128, num_kv_pairs=8)
     x, labels = (t.cuda() for t in generate_mqar(task, 16, seed=0))
     cfg = ModelConfig(name=name, d_model=64, n_layers=2, mixer={"n_heads": 2, **kw} if name == "deltanet" else kw)
-    model = build_model(cfg, n_out=64, vocab_size=64).cuda()
+    model = build_model(cfg, n_out=256, vocab_size=256).cuda()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):

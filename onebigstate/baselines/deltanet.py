@@ -41,7 +41,8 @@ Zoology-way size H K V + (2 H K + H V)(conv_size - 1) floats per stream.
 
 ``impl``: ``chunk`` (default), ``recurrent`` (the reference loop) or ``fla`` (fla.layers
 DeltaNet / GatedDeltaNet on a CUDA machine with flash-linear-attention installed; guarded
-import that raises if absent, no fallback; sequence layer only, no carried state).
+import that raises if absent, no fallback; sequence layer only, no carried state; runs under
+bf16 autocast, since fla 0.6's chunk kernel refuses float32).
 """
 from __future__ import annotations
 
@@ -269,7 +270,11 @@ class DeltaNetMixer(Mixer):
         if cfg.impl == "fla":
             if state is not None:
                 raise ValueError("deltanet impl 'fla' runs as a sequence layer only; it carries no state here")
-            return self.fla(x)[0], None
+            # fla 0.6's chunk kernels take only bf16 / fp16 inputs: run its layer under bf16 autocast
+            # (weights stay float32), as fla is trained in practice
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+                y = self.fla(x)[0]
+            return y.to(x.dtype), None
         B, T, _ = x.shape
         H = cfg.n_heads
         S0 = None if state is None else state["S"]

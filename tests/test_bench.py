@@ -139,6 +139,17 @@ def test_parallel_jobs_give_the_same_cells_as_one_job(tmp_path):
         run_suite(suite, two, jobs=0)
 
 
+def test_cells_out_of_memory_beside_others_run_again_alone(tmp_path):
+    from training_helpers import out_of_memory_once
+
+    from onebigstate.bench.runner import run_suite
+    logs: list[str] = []
+    suite = Suite("tiny", "tiny", "", _tiny_cells((10, 11)))
+    assert run_suite(suite, tmp_path, log=logs.append, jobs=2, worker=out_of_memory_once) == {"trained": 2}
+    assert sum("failed (RuntimeError: CUDA out of memory" in m for m in logs) == 2
+    assert "2 cells ran out of memory beside others: running them again one at a time" in logs
+
+
 def test_fla_baselines_are_named_variants_that_say_they_need_fla():
     from onebigstate.bench.cells import FLA_BASELINES, model_config
     from onebigstate.nets.stack import build_model
@@ -310,3 +321,12 @@ def test_cpu_mode_gives_every_model_one_budget_and_the_baselines_an_lr_sweep():
     with pytest.raises(ValueError, match="no --cpu grid"):
         build_suite("sequential", Options(mode="cpu"))
     assert main(["bench", "capacity", "--cpu", "--list"]) == 2
+
+
+def test_commit_given_in_the_environment_wins_over_git(monkeypatch):
+    """A tree copied to a GPU machine may hold a stale .git; the sender names the commit."""
+    from onebigstate.cli.bench import git_commit
+    monkeypatch.delenv("OBS_GIT_COMMIT", raising=False)
+    assert git_commit() != ""
+    monkeypatch.setenv("OBS_GIT_COMMIT", "abc123")
+    assert git_commit() == "abc123 (as given by OBS_GIT_COMMIT)"

@@ -166,8 +166,9 @@ def _provenance(results: dict[str, dict], key: str) -> str:
 
 
 def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: str, commit: str,
-                 device: str) -> list[Row]:
-    """Write ``out_md`` (table, plots beside it, the rows as JSON) and return the rows."""
+                 device: str | None) -> list[Row]:
+    """Write ``out_md`` (table, plots beside it, the rows as JSON) and return the rows.
+    ``device``: where the command ran (None for a page written from finished cells only)."""
     rows = summarise(suite.cells, results)
     done = sum(1 for c in suite.cells if c.name in results)
     trained = _provenance(results, "commit")
@@ -175,7 +176,7 @@ def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: 
     commands = _provenance(results, "command")
     stem = out_md.stem
     parts = [f"# {suite.title}", "",
-             f"Produced by `{command}` at commit `{commit}` on {device}.", "",
+             f"Produced by `{command}` at commit `{commit}`" + (f" on {device}." if device else "."), "",
              f"{done} of {len(suite.cells)} cells finished; cells trained and evaluated at commit: "
              f"{trained or '-'}" + (f"; on: {ran_on}" if ran_on else "") + ".", "",
              *([f"Cells trained by: {commands}.", ""] if commands else []), suite.description.strip(), "",

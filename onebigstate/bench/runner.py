@@ -95,13 +95,16 @@ def _run_cell_in_worker(cell: Cell, cell_dir: Path, commit: str | None, command:
 
 
 def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
-              commit: str | None = None, jobs: int = 1, command: str | None = None) -> dict[str, int]:
+              commit: str | None = None, jobs: int = 1, command: str | None = None,
+              worker: Callable[..., tuple[str, float]] | None = None) -> dict[str, int]:
     """Run every cell of ``suite`` under ``root``; returns how many cells ended each way.
 
     ``commit`` (the code's git commit) and ``command`` are recorded in each evaluated cell's
     ``bench.json``, with the device it ran on.
     ``jobs`` > 1: that many worker processes (see the module docstring). A cell that raises
-    does not stop the others; the error is raised once they have finished.
+    does not stop the others; the error is raised once they have finished. A cell that ran out
+    of (GPU) memory beside the others is run once more on its own at the end. ``worker`` is
+    what each worker process runs per cell (default :func:`run_cell` with timing; tests swap it).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -119,25 +122,47 @@ def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
     todo = [c for c in suite.cells if not cell_done(root / c.name)]
     counts["skipped"] = n - len(todo)
     failed: list[str] = []
-    # spawn: CUDA cannot be used in forked children
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_cell_in_worker, c, root / c.name, commit, command): c
-                   for c in sorted(todo, key=cell_cost, reverse=True)}
-        for done, fut in enumerate(as_completed(futures), 1):
-            cell = futures[fut]
-            try:
-                what, seconds = fut.result()
-            except Exception as err:  # reported after the other cells have run
-                failed.append(f"{cell.name}: {type(err).__name__}: {err}")
-                log(f"[{done}/{len(todo)}] {cell.name}: failed ({type(err).__name__}: {err})")
-                continue
-            counts[what] = counts.get(what, 0) + 1
-            log(f"[{done}/{len(todo)}] {cell.name}: {what} in {seconds:.1f} s")
+    worker = worker or _run_cell_in_worker
+    out_of_memory = _run_in_pool(worker, todo, root, commit, command, jobs, counts, failed, log)
+    if out_of_memory:
+        # cells sharing one GPU can run it out of memory; each gets a second try on its own
+        log(f"{len(out_of_memory)} cells ran out of memory beside others: running them again one at a time")
+        oom_again = _run_in_pool(worker, out_of_memory, root, commit, command, 1, counts, failed, log)
+        failed += [f"{c.name}: out of memory even alone" for c in oom_again]
     if not counts["skipped"]:
         del counts["skipped"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(todo)} cells failed:\n" + "\n".join(failed))
     return counts
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return "out of memory" in str(err).lower()
+
+
+def _run_in_pool(worker: Callable[..., tuple[str, float]], cells: list[Cell], root: Path, commit: str | None, command: str | None, jobs: int,
+                 counts: dict[str, int], failed: list[str], log: Callable[[str], None]) -> list[Cell]:
+    """Run ``cells`` in ``jobs`` worker processes, longest first; tally outcomes into ``counts``,
+    errors into ``failed``; return the cells that ran out of memory (not counted as failed)."""
+    oom: list[Cell] = []
+    # spawn: CUDA cannot be used in forked children
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(worker, c, root / c.name, commit, command): c
+                   for c in sorted(cells, key=cell_cost, reverse=True)}
+        for done, fut in enumerate(as_completed(futures), 1):
+            cell = futures[fut]
+            try:
+                what, seconds = fut.result()
+            except Exception as err:  # reported after the other cells have run
+                log(f"[{done}/{len(cells)}] {cell.name}: failed ({type(err).__name__}: {str(err)[:300]})")
+                if _is_out_of_memory(err):
+                    oom.append(cell)
+                else:
+                    failed.append(f"{cell.name}: {type(err).__name__}: {err}")
+                continue
+            counts[what] = counts.get(what, 0) + 1
+            log(f"[{done}/{len(cells)}] {cell.name}: {what} in {seconds:.1f} s")
+    return oom
 
 
 def load_cell(cell: Cell, root: Path) -> dict | None:

@@ -49,6 +49,14 @@ RUN_CODE = ["bench", "tasks", "training", "nets", "model", "kernels", "baselines
 
 
 def git_commit() -> str:
+    """The commit of the code a bench runs, ``(with uncommitted changes ...)`` if it is dirty.
+
+    ``OBS_GIT_COMMIT`` overrides git: a copy of the tree shipped to another machine (a GPU
+    machine) may carry a stale ``.git`` or none, and the caller knows which commit it sent.
+    """
+    given = os.environ.get("OBS_GIT_COMMIT")
+    if given:
+        return f"{given} (as given by OBS_GIT_COMMIT)"
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -58,9 +66,7 @@ def git_commit() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + (" (with uncommitted changes in the bench, task, model or training code)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        # a copy of the tree without .git (a GPU machine): the caller may say which commit it is
-        given = os.environ.get("OBS_GIT_COMMIT")
-        return f"{given} (as given by OBS_GIT_COMMIT; no git checkout here)" if given else "unknown (not a git checkout)"
+        return "unknown (not a git checkout)"
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -130,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
               + f" in {time.perf_counter() - t0:.0f} s")
     results = {c.name: r for c in suite.cells if (r := load_cell(c, root)) is not None}
     out_md = Path(args.docs) / f"{stem}.md"
-    rows = write_report(suite, results, out_md, command_line(args), git_commit(), device_label(args.device))
+    if args.report_only:   # the page's own command; where the cells ran is listed per cell
+        rows = write_report(suite, results, out_md, command_line(args) + " --report-only", git_commit(), None)
+    else:
+        rows = write_report(suite, results, out_md, command_line(args), git_commit(), device_label(args.device))
     print(f"{out_md}: {len(rows)} rows from {len(results)} of {len(suite.cells)} cells")
     return 0

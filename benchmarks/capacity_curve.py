@@ -1,0 +1,123 @@
+"""The MQAR capacity curve: accuracy against the number of key-value pairs (sequence length 4x pairs).
+
+    python benchmarks/capacity_curve.py                      # -> docs/results/capacity_curve.md + .png
+
+Two sources, both results pages of ``obs bench`` (their ``.json`` rows), put on one axis:
+
+- ``docs/results/capacity.json`` (``obs bench capacity --full``): each baseline *trained* at each
+  number of pairs (vocabulary 32768);
+- ``docs/results/extrapolation_cpu.json`` (``obs bench extrapolation --cpu``): OBS trained at
+  (128 tokens, 32 pairs) and tested *zero-shot* at (4P tokens, P pairs) for P = 64 .. 1024
+  (vocabulary 8192); its test columns ``T=4P`` are exactly the capacity grid's settings.
+
+The protocols differ (trained at each size vs zero-shot from 32 pairs; vocabularies 32768 vs
+8192), and the page says so next to every row: this is a picture of what has been measured, not
+one benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096"]
+
+
+def trained_points(rows: list[dict]) -> list[dict]:
+    """Capacity-suite rows -> one curve per (model, width): pairs -> mean accuracy."""
+    curves: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        key = (r["model"], int(r["x"]["width"]))
+        c = curves.setdefault(key, {"model": r["model"], "width": key[1], "protocol": "trained at each P",
+                                    "n_params": {}, "points": {}, "seeds": {}, "lr": {}})
+        pairs = int(r["x"]["pairs"])
+        c["points"][pairs] = sum(r["accuracy"]) / len(r["accuracy"])
+        c["seeds"][pairs], c["lr"][pairs], c["n_params"][pairs] = r["n_seeds"], r["lr"], r["n_params"]
+    return list(curves.values())
+
+
+def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
+    """Extrapolation rows of ``models`` -> curves over the test columns ``T=4P`` with P >= 64."""
+    curves = []
+    for r in rows:
+        if r["model"] not in models:
+            continue
+        points = {}
+        for label, accs in r["evals"].items():
+            T = int(label.split("=")[1])
+            if T >= 256:
+                points[T // 4] = sum(accs) / len(accs)
+        curves.append({"model": r["model"], "width": int(r["x"]["width"]), "protocol": "zero-shot from P=32",
+                       "n_params": {p: r["n_params"] for p in points}, "points": points,
+                       "seeds": {p: r["n_seeds"] for p in points}, "lr": {p: r["lr"] for p in points}})
+    return curves
+
+
+def table(curves: list[dict], pairs: list[int]) -> str:
+    head = "| model | width | protocol | params | " + " | ".join(f"P={p}" for p in pairs) + " | seeds |"
+    lines = [head, "|" + "---|" * 3 + "---:|" * (len(pairs) + 2)]
+    for c in curves:
+        cells = [f"{c['points'][p]:.3f}" if p in c["points"] else "-" for p in pairs]
+        params = sorted(set(c["n_params"].values()))
+        seeds = sorted(set(c["seeds"].values()))
+        lines.append(f"| {c['model']} | {c['width']} | {c['protocol']} | "
+                     + " / ".join(f"{n:,}" for n in params) + " | " + " | ".join(cells) + " | "
+                     + "/".join(str(s) for s in seeds) + " |")
+    return "\n".join(lines)
+
+
+def plot(curves: list[dict], out_png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for c in curves:
+        ps = sorted(c["points"])
+        zero_shot = c["protocol"].startswith("zero")
+        ax.plot(ps, [c["points"][p] for p in ps], "--" if zero_shot else "-",
+                marker="o" if c["width"] == 64 else "s",
+                label=f"{c['model']} d={c['width']} ({'zero-shot' if zero_shot else 'trained'})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("key-value pairs (sequence length = 4 x pairs)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--capacity", default="docs/results/capacity.json")
+    ap.add_argument("--extrapolation", default="docs/results/extrapolation_cpu.json")
+    ap.add_argument("--obs-models", default=",".join(DEFAULT_OBS_MODELS))
+    ap.add_argument("--out", default="docs/results/capacity_curve.md")
+    args = ap.parse_args(argv)
+    for path in (args.capacity, args.extrapolation):
+        if not Path(path).exists():
+            raise SystemExit(f"{path} not found: write it with obs bench first (see this script's docstring)")
+    trained = trained_points(json.loads(Path(args.capacity).read_text()))
+    zero = zero_shot_points(json.loads(Path(args.extrapolation).read_text()), args.obs_models.split(","))
+    curves = zero + trained
+    pairs = sorted({p for c in curves for p in c["points"]})
+    out = Path(args.out)
+    png = out.with_suffix(".png")
+    plot(curves, png)
+    command = "python benchmarks/capacity_curve.py" + (" " + " ".join(argv) if argv else "")
+    out.write_text("\n".join([
+        "# MQAR capacity curve: accuracy against key-value pairs", "",
+        f"Produced by `{command}` from `{args.capacity}` and `{args.extrapolation}` (each page states "
+        "the command, commit and device of its cells).", "",
+        "OBS rows: trained at (128 tokens, 32 pairs), vocabulary 8192, tested zero-shot at (4P tokens, "
+        "P pairs), on CPU. Baseline rows: trained at each P, vocabulary 32768, 2000 steps, on an H100 "
+        "(see the capacity page for the learning rates and the cells that did not finish). A dash: "
+        "not measured. Accuracy is the mean over the seeds given.", "",
+        table(curves, pairs), "", f"![accuracy against pairs]({png.name})", ""]))
+    print(f"wrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""benchmarks/capacity_curve.py: the capacity grid's rows and OBS's zero-shot columns on one axis."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training_helpers import load_benchmark
+
+
+def _row(model, setting, x, acc, evals=None, seeds=1):
+    return {"setting": setting, "model": model, "lr": 0.003, "n_seeds": seeds, "accuracy": acc,
+            "evals": evals or {}, "n_params": 1000, "x": x}
+
+
+def test_zero_shot_columns_map_to_pairs_and_both_protocols_share_a_table(tmp_path):
+    cc = load_benchmark("capacity_curve")
+    capacity = [_row("s4d", "P=64 T=256 d=64", {"pairs": 64, "width": 64}, [0.5, 0.7], seeds=2),
+                _row("s4d", "P=256 T=1024 d=64", {"pairs": 256, "width": 64}, [0.1])]
+    extrap = [_row("obs", "train T=128 P=32 d=64", {"width": 64}, [1.0],
+                   {"T=128": [1.0], "T=256": [0.9], "T=1024": [0.8], "T=4096": [0.4]}),
+              _row("lstm", "train T=128 P=32 d=64", {"width": 64}, [0.0], {"T=256": [0.0]})]
+    zero = cc.zero_shot_points(extrap, ["obs"])
+    assert [c["points"] for c in zero] == [{64: 0.9, 256: 0.8, 1024: 0.4}]   # T=128 is the training size
+    trained = cc.trained_points(capacity)
+    assert trained[0]["points"] == {64: pytest.approx(0.6), 256: 0.1}
+    text = cc.table(zero + trained, [64, 256, 1024])
+    assert "| obs | 64 | zero-shot from P=32 | 1,000 | 0.900 | 0.800 | 0.400 | 1 |" in text
+    assert "| s4d | 64 | trained at each P | 1,000 | 0.600 | 0.100 | - | 1/2 |" in text
+
+    (tmp_path / "c.json").write_text(json.dumps(capacity))
+    (tmp_path / "e.json").write_text(json.dumps(extrap))
+    out = tmp_path / "curve.md"
+    assert cc.main(["--capacity", str(tmp_path / "c.json"), "--extrapolation", str(tmp_path / "e.json"),
+                    "--out", str(out)]) == 0
+    assert "zero-shot from P=32" in out.read_text() and out.with_suffix(".png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="not found"):
+        cc.main(["--capacity", str(tmp_path / "missing.json")])

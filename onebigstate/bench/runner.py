@@ -140,8 +140,9 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return "out of memory" in str(err).lower()
 
 
-def _run_in_pool(worker: Callable[..., tuple[str, float]], cells: list[Cell], root: Path, commit: str | None, command: str | None, jobs: int,
-                 counts: dict[str, int], failed: list[str], log: Callable[[str], None]) -> list[Cell]:
+def _run_in_pool(worker: Callable[..., tuple[str, float]], cells: list[Cell], root: Path, commit: str | None,
+                 command: str | None, jobs: int, counts: dict[str, int], failed: list[str],
+                 log: Callable[[str], None]) -> list[Cell]:
     """Run ``cells`` in ``jobs`` worker processes, longest first; tally outcomes into ``counts``,
     errors into ``failed``; return the cells that ran out of memory (not counted as failed)."""
     oom: list[Cell] = []

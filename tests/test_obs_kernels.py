@@ -86,3 +86,26 @@ def test_reversible_backward_twice_is_a_clear_error():
     y.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
         y.sum().backward()
+
+
+NO_GRAD_CASES = {"odd_T": CASES["odd_T"], "reg": CASES["gaussian_reg_and_k_cost"],
+                 "row_norm_mixed": dict(T=14, continuous="mixed", cfg=dict(row_norm=True))}
+
+
+@pytest.mark.parametrize("name", list(NO_GRAD_CASES))
+def test_reversible_without_gradients_gives_the_same_outputs_and_state(name):
+    """Evaluation (no_grad) skips the backward's logs and state copy; nothing else may change."""
+    case = NO_GRAD_CASES[name]
+    y_ref, _, _, s_ref, st_ref = run("reference", case)
+    cfg = OBSConfig(**{**BASE, **case.get("cfg", {}), "backend": "reversible"})
+    torch.manual_seed(0)
+    layer = OBSLayer(cfg).double().train()
+    x = torch.randn(3, case["T"], cfg.d_model, dtype=torch.float64)
+    cont = None
+    if case.get("continuous") == "mixed":
+        cont = torch.rand(3, case["T"], generator=torch.Generator().manual_seed(1)) > 0.5
+    with torch.no_grad():
+        y, state = layer(x, None, continuous=cont)
+    assert torch.equal(layer.last_stats.active_idx, st_ref.active_idx)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(state.S, s_ref.S) < 1e-12
+    assert torch.equal(state.touched, s_ref.touched)

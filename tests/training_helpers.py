@@ -79,3 +79,14 @@ def out_of_memory_once(cell, cell_dir, commit, command):
         marker.touch()
         raise RuntimeError("CUDA out of memory (a test's stand-in)")
     return _run_cell_in_worker(cell, cell_dir, commit, command)
+
+
+def killed_once(cell, cell_dir, commit, command):
+    """A bench worker killed from outside on its first try at a cell (as the OOM killer does)."""
+    from onebigstate.bench.runner import _run_cell_in_worker
+    marker = Path(cell_dir) / "tried"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(9)
+    return _run_cell_in_worker(cell, cell_dir, commit, command)

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -103,7 +104,8 @@ def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
     ``bench.json``, with the device it ran on.
     ``jobs`` > 1: that many worker processes (see the module docstring). A cell that raises
     does not stop the others; the error is raised once they have finished. A cell that ran out
-    of (GPU) memory beside the others is run once more on its own at the end. ``worker`` is
+    of (GPU) memory beside the others, or whose worker process was killed, is run once more on
+    its own at the end (from its last checkpoint). ``worker`` is
     what each worker process runs per cell (default :func:`run_cell` with timing; tests swap it).
     """
     if jobs < 1:
@@ -126,7 +128,8 @@ def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
     out_of_memory = _run_in_pool(worker, todo, root, commit, command, jobs, counts, failed, log)
     if out_of_memory:
         # cells sharing one GPU can run it out of memory; each gets a second try on its own
-        log(f"{len(out_of_memory)} cells ran out of memory beside others: running them again one at a time")
+        log(f"{len(out_of_memory)} cells ran out of memory beside others (or lost their worker): "
+            "running them again one at a time")
         oom_again = _run_in_pool(worker, out_of_memory, root, commit, command, 1, counts, failed, log)
         failed += [f"{c.name}: out of memory even alone" for c in oom_again]
     if not counts["skipped"]:
@@ -137,7 +140,9 @@ def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
-    return "out of memory" in str(err).lower()
+    """A device out of memory, or a worker killed from outside (the host's OOM killer does that;
+    the pool then fails every cell in flight)."""
+    return isinstance(err, BrokenProcessPool) or "out of memory" in str(err).lower()
 
 
 def _run_in_pool(worker: Callable[..., tuple[str, float]], cells: list[Cell], root: Path, commit: str | None,

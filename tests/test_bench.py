@@ -147,7 +147,8 @@ def test_cells_out_of_memory_beside_others_run_again_alone(tmp_path):
     suite = Suite("tiny", "tiny", "", _tiny_cells((10, 11)))
     assert run_suite(suite, tmp_path, log=logs.append, jobs=2, worker=out_of_memory_once) == {"trained": 2}
     assert sum("failed (RuntimeError: CUDA out of memory" in m for m in logs) == 2
-    assert "2 cells ran out of memory beside others (or lost their worker): running them again one at a time" in logs
+    assert "2 cells ran out of memory beside others (or lost their worker): running them again one at a time" \
+        in logs
 
 
 def test_cells_whose_worker_was_killed_run_again_alone(tmp_path):

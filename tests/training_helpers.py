@@ -82,9 +82,9 @@ def out_of_memory_once(cell, cell_dir, commit, command):
 
 
 def killed_once(cell, cell_dir, commit, command):
-    """A bench worker killed from outside on its first try at a cell (as the OOM killer does)."""
+    """A bench worker killed from outside (as the OOM killer does), once per suite folder."""
     from onebigstate.bench.runner import _run_cell_in_worker
-    marker = Path(cell_dir) / "tried"
+    marker = Path(cell_dir).parent / "killed"
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()

@@ -286,6 +286,27 @@ def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert main(["bench", "capacity", "--quick", "--jobs", "0", "--list"]) == 2
 
 
+def test_params_eval_longer_than_training_reads_in_windows_of_the_training_length(monkeypatch):
+    import onebigstate.bench.evaluate as evaluate_mod
+    from onebigstate.tasks.registry import build_task
+    from onebigstate.training.trainer import evaluate
+    task_cfg = TaskConfig(name="mqar", test_size=8, params={"vocab_size": 128, "seq_len": 16, "num_kv_pairs": 2})
+    cell = make_cells("x", task_cfg, Options(models=["lstm"]), 16, 2, 4)[0]
+    task = build_task(task_cfg)
+    model = task.build_model(cell.config.model)
+    windows: list[int] = []
+    real = evaluate_mod.grouped_accuracy
+    monkeypatch.setattr(evaluate_mod, "grouped_accuracy",
+                        lambda *a, **k: windows.append(k["window"]) or real(*a, **k))
+    longer = {"seq_len": 64, "num_kv_pairs": 8}
+    out = evaluate_mod.run_eval(Eval("params", "T=64", longer), model, task, cell.config)
+    assert windows == [16]
+    other = build_task(task_cfg.model_copy(update={"params": {**task_cfg.params, **longer}}))
+    assert out == {"T=64": evaluate(model, other, 64)["accuracy"]}
+    assert evaluate_mod.run_eval(Eval("params", "T=16", {}), model, task, cell.config) == \
+        {"T=16": evaluate(model, task, 64)["accuracy"]} and windows == [16]
+
+
 @pytest.mark.parametrize("name", ["lstm", "obs"])
 def test_lifelong_windows_with_carried_state_equal_one_pass(name):
     import torch

@@ -39,7 +39,8 @@ class Eval:
     """An evaluation of a trained cell.
 
     kind ``params``: the held-out set of the same task with ``params`` changed (longer sequences,
-    more pairs), each sequence from a fresh state; one column ``label``.
+    more pairs), each sequence from a fresh state, read in windows of the training length with
+    the state carried when longer (same numbers, bounded memory); one column ``label``.
     kind ``grouped``: the task's held-out set, accuracy per group (distance, phase, length bucket).
     kind ``lifelong``: the task's ``lifelong_set()`` streamed in windows of ``window`` tokens,
     the state carried from window to window; accuracy per group.

@@ -29,10 +29,10 @@ def trained_points(rows: list[dict]) -> list[dict]:
     for r in rows:
         key = (r["model"], int(r["x"]["width"]))
         c = curves.setdefault(key, {"model": r["model"], "width": key[1], "protocol": "trained at each P",
-                                    "n_params": {}, "points": {}, "seeds": {}, "lr": {}})
+                                    "n_params": {}, "points": {}, "seeds": {}})
         pairs = int(r["x"]["pairs"])
         c["points"][pairs] = sum(r["accuracy"]) / len(r["accuracy"])
-        c["seeds"][pairs], c["lr"][pairs], c["n_params"][pairs] = r["n_seeds"], r["lr"], r["n_params"]
+        c["seeds"][pairs], c["n_params"][pairs] = r["n_seeds"], r["n_params"]
     return list(curves.values())
 
 
@@ -49,7 +49,7 @@ def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
                 points[T // 4] = sum(accs) / len(accs)
         curves.append({"model": r["model"], "width": int(r["x"]["width"]), "protocol": "zero-shot from P=32",
                        "n_params": {p: r["n_params"] for p in points}, "points": points,
-                       "seeds": {p: r["n_seeds"] for p in points}, "lr": {p: r["lr"] for p in points}})
+                       "seeds": {p: r["n_seeds"] for p in points}})
     return curves
 
 

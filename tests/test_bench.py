@@ -287,12 +287,15 @@ def test_cli_lists_cells_and_rejects_unknown_names(capsys):
 
 
 def test_params_eval_longer_than_training_reads_in_windows_of_the_training_length(monkeypatch):
+    import torch
+
     import onebigstate.bench.evaluate as evaluate_mod
     from onebigstate.tasks.registry import build_task
     from onebigstate.training.trainer import evaluate
-    task_cfg = TaskConfig(name="mqar", test_size=8, params={"vocab_size": 128, "seq_len": 16, "num_kv_pairs": 2})
+    task_cfg = TaskConfig(name="mqar", test_size=64, params={"vocab_size": 72, "seq_len": 16, "num_kv_pairs": 2})
     cell = make_cells("x", task_cfg, Options(models=["lstm"]), 16, 2, 4)[0]
     task = build_task(task_cfg)
+    torch.manual_seed(0)
     model = task.build_model(cell.config.model)
     windows: list[int] = []
     real = evaluate_mod.grouped_accuracy
@@ -302,7 +305,8 @@ def test_params_eval_longer_than_training_reads_in_windows_of_the_training_lengt
     out = evaluate_mod.run_eval(Eval("params", "T=64", longer), model, task, cell.config)
     assert windows == [16]
     other = build_task(task_cfg.model_copy(update={"params": {**task_cfg.params, **longer}}))
-    assert out == {"T=64": evaluate(model, other, 64)["accuracy"]}
+    # an untrained model, but a small vocabulary: some answers right by chance, so equality says something
+    assert out == {"T=64": evaluate(model, other, 64)["accuracy"]} and out["T=64"] > 0
     assert evaluate_mod.run_eval(Eval("params", "T=16", {}), model, task, cell.config) == \
         {"T=16": evaluate(model, task, 64)["accuracy"]} and windows == [16]
 

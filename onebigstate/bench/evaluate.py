@@ -100,7 +100,7 @@ def run_eval(ev, model, task: Task, cfg) -> dict[str, Any]:
             # training length (Mamba's parallel scan at 4096 tokens, batch 64, needed > 19 GB).
             data = Grouped(inputs, labels, torch.where(labels != IGNORE, 0, -1), ["all"])
             return {ev.label: grouped_accuracy(model, data, cfg.train.eval_batch_size, window=train_len)["all"]}
-        return {ev.label: evaluate(model, other, cfg.train.eval_batch_size)["accuracy"]}
+        return {ev.label: evaluate(model, other, cfg.train.eval_batch_size, (inputs, labels))["accuracy"]}
     if ev.kind == "grouped":
         acc = grouped_accuracy(model, task.grouped_test_set(), cfg.train.eval_batch_size)
         return {k: v for k, v in acc.items() if k != "all" or len(acc) == 1}

@@ -68,7 +68,7 @@ class _ReversibleScan(torch.autograd.Function):
         for_backward = any(ctx.needs_input_grad)
         # Per-step results go into [B, T, ...] buffers made at the first step, not into lists of
         # small tensors: thousands of small survivors between the large per-step row reads pin
-        # the C heap (at N = 2048, batch 64, 1024 steps: 8.3 GB peak with lists, 3 GB without).
+        # the C heap (numbers in kernels/README.md, from benchmarks/eval_memory.py).
         logs = _StepLogs(T)
         for t in range(T):
             plan = plan_writes(params, cfg, circuit_idx[:, t], scores[:, t], features[:, t],
@@ -81,7 +81,8 @@ class _ReversibleScan(torch.autograd.Function):
             if cfg.row_norm:
                 scale = row_scale(row_values)
                 coeff = coeff * scale
-                logs.put("scale", t, scale)
+                if for_backward:
+                    logs.put("scale", t, scale)
             activation = spread(coeff, row_values)                              # [B, N]
             del row_values
             active_idx = choose_active(activation, cfg)
@@ -89,9 +90,8 @@ class _ReversibleScan(torch.autograd.Function):
             carry = Carry(active_idx, w, circuit_idx[:, t], plan.alpha)
             logs.put("read", t, r); logs.put("k_soft", t, plan.k_soft); logs.put("k_hard", t, plan.k_hard)
             logs.put("gates", t, plan.gates); logs.put("active", t, active_idx); logs.put("w", t, w)
-            logs.put("alpha", t, plan.alpha)
-            if for_backward:
-                logs.put("vals", t, vals)
+            if for_backward:   # what only the backward pass replays
+                logs.put("alpha", t, plan.alpha); logs.put("vals", t, vals)
             if n_reg_samples > 0:
                 logs.put("pos", t, pos)
         store.carry = carry

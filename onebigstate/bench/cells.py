@@ -23,10 +23,16 @@ Mode = Literal["quick", "cpu", "full"]
 MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans", "s4d"]
 # OBS variants (name -> mixer settings over OBS's bench recipe), run only when named.
 # The _n2048 / _n4096 ones change only the number of nodes: is capacity an addressing limit?
+# The _k2 / _k1 ones lower only k_min (the write module trains k_t down to its floor of 4, and
+# accuracy follows tokens per node = k * distinct tokens / nodes in use: docs/results/circuit_load.md).
+_BR = {"balance_cost": 0.1, "row_norm": True}
 VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
-            "obs_balanced_rownorm": {"balance_cost": 0.1, "row_norm": True},
-            "obs_balanced_rownorm_n2048": {"balance_cost": 0.1, "row_norm": True, "n_nodes": 2048},
-            "obs_balanced_rownorm_n4096": {"balance_cost": 0.1, "row_norm": True, "n_nodes": 4096}}
+            "obs_balanced_rownorm": _BR,
+            "obs_balanced_rownorm_n2048": {**_BR, "n_nodes": 2048},
+            "obs_balanced_rownorm_n4096": {**_BR, "n_nodes": 4096},
+            "obs_balanced_rownorm_k2": {**_BR, "k_min": 2},
+            "obs_balanced_rownorm_k1": {**_BR, "k_min": 1},
+            "obs_balanced_rownorm_n4096_k2": {**_BR, "n_nodes": 4096, "k_min": 2}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.

@@ -1,14 +1,19 @@
 """Wall time of one OBS training step (forward + backward + AdamW) against the number of nodes N.
 
     OMP_NUM_THREADS=1 python benchmarks/step_time.py --nodes 1024 2048 4096
+    OMP_NUM_THREADS=1 python benchmarks/step_time.py --nodes 4096 16384 --backends dense sparse
 
 The model is the bench's OBS at width 64 (1 layer, k 4..12, m 16, balance_cost 0.1, row_norm)
 on random tokens of a vocabulary of 8192, batch 32, 128 tokens: the extrapolation --cpu recipe.
-Prints the median of the steps after two warm-up steps, and the peak resident memory.
+Each (backend, N) runs in its own process; prints the median wall and CPU seconds of the steps
+after two warm-up steps (CPU time is the fairer number on a shared machine: with one thread it
+equals wall time on an idle one), that process's peak resident memory, and the state entries
+stored per stream at the end.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import statistics
 import time
@@ -18,24 +23,29 @@ import torch
 from onebigstate.nets.stack import ModelConfig, build_model
 
 
-def step_times(n_nodes: int, batch: int, seq_len: int, steps: int, vocab: int = 8192) -> list[float]:
+def step_times(n_nodes: int, batch: int, seq_len: int, steps: int, backend: str = "dense",
+               vocab: int = 8192) -> tuple[list[float], list[float], float, int]:
+    """(wall seconds per step, CPU seconds per step, peak resident GB of this process, mean state
+    entries stored per stream)."""
     torch.manual_seed(0)
     cfg = ModelConfig(name="obs", d_model=64, n_layers=1,
                       mixer={"n_nodes": n_nodes, "k_min": 4, "k_max": 12, "m_active": 16,
-                             "balance_cost": 0.1, "row_norm": True})
+                             "balance_cost": 0.1, "row_norm": True, "state_backend": backend})
     model = build_model(cfg, n_out=vocab, vocab_size=vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x = torch.randint(0, vocab, (batch, seq_len))
     y = torch.randint(0, vocab, (batch, seq_len))
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
-        logits, _ = model(x)
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits, states = model(x)
         torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1)).backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
-    return times
+        cpu.append(time.process_time() - c0)
+    entries = int(states[0].entries_written().float().mean()) if backend == "sparse" else n_nodes * n_nodes
+    return times, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, entries
 
 
 def main() -> None:
@@ -44,17 +54,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=6, help="steps timed per setting (the first two are warm-up)")
+    ap.add_argument("--backends", nargs="+", default=["dense"], choices=["dense", "sparse"],
+                    help="state backends to time (OBSConfig.state_backend)")
     args = ap.parse_args()
     if args.steps < 3:
         ap.error("--steps must be at least 3 (two warm-up steps are dropped)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"{args.seq_len} tokens")
-    print("| N | median s/step | steps (s) |")
-    print("|---:|---:|---|")
-    for n in args.nodes:
-        ts = step_times(n, args.batch, args.seq_len, args.steps)
-        print(f"| {n} | {statistics.median(ts[2:]):.2f} | {', '.join(f'{t:.2f}' for t in ts)} |", flush=True)
-    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB")
+    print("| backend | N | median wall s/step | median CPU s/step | wall per step (s) | peak resident GB | "
+          "state entries per stream |")
+    print("|---|---:|---:|---:|---|---:|---:|")
+    ctx = multiprocessing.get_context("spawn")
+    for backend in args.backends:
+        for n in args.nodes:
+            with ctx.Pool(1) as pool:
+                try:
+                    ts, cpu, peak, entries = pool.apply(step_times, (n, args.batch, args.seq_len, args.steps, backend))
+                except RuntimeError as err:      # a dense state too large for this machine
+                    print(f"| {backend} | {n} | failed: {str(err).splitlines()[0][:120]} | | | | |", flush=True)
+                    continue
+            print(f"| {backend} | {n} | {statistics.median(ts[2:]):.2f} | {statistics.median(cpu[2:]):.2f} | "
+                  f"{', '.join(f'{t:.2f}' for t in ts)} | "
+                  f"{peak:.1f} | {entries:,} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = CircuitTracker(order=1, min_overlap=0.5)
     ids = tracker.observe_stats(stats, b)
     S = state.as_dense()[b].detach().double().cpu()
-    S0 = layer.s0.detach().double().cpu()
+    S0 = layer.initial_matrix().detach().double().cpu()
     summary: dict = {"checkpoint": str(ckpt.path), "step": ckpt.step, "stream": b, "steps": len(ids),
                      "circuits": tracker.n_circuits}
     written: list[Path] = []

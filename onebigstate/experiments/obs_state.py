@@ -67,7 +67,7 @@ def inspect_pairing(model: SeqModel, batch: StreamBatch, stream: int = 0, pairin
         k = int(stats.k_hard[0, t])
         return stats.circuit_idx[0, t, :k].tolist()
 
-    s0 = obs.s0.to(st.dtype)
+    s0 = obs.initial_matrix().to(st.dtype)
     at_pairing, _ = _run(model, x[:, : t_word + 1], obs)
     return PairingView(delta=(st.as_dense()[0] - s0).float(), touched=st.touched[0].clone(),
                        pairing_delta=(at_pairing.as_dense()[0] - s0).float(),

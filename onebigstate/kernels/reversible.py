@@ -92,7 +92,7 @@ class _ReversibleScan(torch.autograd.Function):
             logs.put("gates", t, plan.gates); logs.put("active", t, active_idx); logs.put("w", t, w)
             if for_backward:   # what only the backward pass replays
                 logs.put("alpha", t, plan.alpha); logs.put("vals", t, vals)
-            if n_reg_samples > 0:
+            if n_reg_samples > 0 or for_backward:
                 logs.put("pos", t, pos)
         store.carry = carry
         if n_reg_samples > 0:
@@ -108,7 +108,7 @@ class _ReversibleScan(torch.autograd.Function):
             scale_t = logs["scale"] if cfg.row_norm else w_t.new_zeros((B, 0))
             ctx.save_for_backward(*[snapshot[k] for k in snap_keys], circuit_idx, continuous, carry_idx, carry_cidx,
                                   carry_w, carry_alpha, scores, features, k_hard_t, active_t, w_t,
-                                  logs["alpha"], logs["vals"], sample_pos, scale_t, *param_tensors)
+                                  logs["alpha"], logs["vals"], logs["pos"], sample_pos, scale_t, *param_tensors)
             ctx.store_cls, ctx.snap_keys = type(store), snap_keys
         ctx.cfg = cfg
         ctx.with_chain = with_chain
@@ -128,12 +128,13 @@ class _ReversibleScan(torch.autograd.Function):
         # The state S_T, rebuilt step by step into earlier states below (our own copy).
         state = ctx.store_cls.from_snapshot(dict(zip(ctx.snap_keys, saved[:n_snap])))
         (circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha, scores, features,
-         k_hard, active, w_log, alpha_log, vals_log, sample_pos, scale_log, *param_tensors) = saved[n_snap:]
+         k_hard, active, w_log, alpha_log, vals_log, pos_log, sample_pos, scale_log, *param_tensors) = saved[n_snap:]
         cfg: StepConfig = ctx.cfg
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
-        # G = dL/dS_t from every later read, stored like the state (dense or sparse alike).
-        G = state.zeros_like()
+        # G = dL/dS_t from every later read; the surrogate reads it only at this window's writes,
+        # so the store may keep it there alone (the sparse one does; the dense one keeps N^2).
+        G = state.gradient_store(pos_log)
         if g_reg is not None:
             G.add_(sample_pos, g_reg)
         zeros = lambda *shape: torch.zeros(*shape, dtype=scores.dtype, device=scores.device)

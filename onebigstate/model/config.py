@@ -50,7 +50,13 @@ class OBSCoreConfig(StrictModel):
                                                          "(spreads circuits over the nodes; 1.0 = even load)")
     continuous: bool = Field(False, description="default modality flag when none is passed")
     backend: Literal["reversible", "reference"] = "reversible"
-    state_backend: Literal["dense"] = "dense"
+    state_backend: Literal["dense", "sparse"] = Field(
+        "dense", description="dense: one N x N tensor per stream; sparse: a hash-generated S_0 plus the entries "
+                             "written (memory grows with what was written, not N^2)")
+    state_init: Literal["auto", "randn", "hash"] = Field(
+        "auto", description="how S_0 is drawn: randn (torch's seeded Gaussian; dense only), hash (a Gaussian "
+                            "from an integer hash of (seed, i, j); the sparse backend's, and the dense one's "
+                            "when it must match it); auto: randn for dense, hash for sparse")
     gaussian_reg: GaussianRegConfig = GaussianRegConfig()
 
     @model_validator(mode="after")
@@ -61,7 +67,17 @@ class OBSCoreConfig(StrictModel):
             raise ValueError(f"k_max ({self.k_max}) must be <= n_nodes ({self.n_nodes})")
         if self.m_active > self.n_nodes:
             raise ValueError(f"m_active ({self.m_active}) must be <= n_nodes ({self.n_nodes})")
+        if self.state_backend == "sparse" and self.state_init == "randn":
+            raise ValueError("state_init 'randn' needs the whole N x N matrix; the sparse backend generates S_0 "
+                             "by hashing (state_init: hash or auto)")
         return self
+
+    @property
+    def s0_kind(self) -> str:
+        """'randn' or 'hash': the resolved ``state_init``."""
+        if self.state_init != "auto":
+            return self.state_init
+        return "hash" if self.state_backend == "sparse" else "randn"
 
 
 class OBSConfig(OBSCoreConfig):

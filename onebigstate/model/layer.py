@@ -24,6 +24,7 @@ from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser, load_balance_loss
 from onebigstate.model.config import OBSConfig
 from onebigstate.model.regularizer import gaussian_strength_loss
+from onebigstate.model.sparse_state import hashed_initial_state
 from onebigstate.model.state import StateStore, initial_state, make_state
 from onebigstate.model.write_module import WriteModule
 
@@ -67,13 +68,27 @@ class OBSLayer(nn.Module):
         # weights to shrink: no weight decay.
         for p in (self.addresser.keys, self.value, self.beta_logit):
             p._optim = {"weight_decay": 0.0}
-        self.register_buffer("s0", initial_state(cfg.n_nodes, cfg.init_std, cfg.state_seed), persistent=False)
+        # The dense backend keeps S_0 [N, N] as a buffer; the sparse one generates it when read.
+        s0 = None
+        if cfg.state_backend == "dense":
+            make_s0 = initial_state if cfg.s0_kind == "randn" else hashed_initial_state
+            s0 = make_s0(cfg.n_nodes, cfg.init_std, cfg.state_seed)
+        self.register_buffer("s0", s0, persistent=False)
         self.last_stats: OBSStats | None = None
 
     # ---- state -------------------------------------------------------------------------
     def init_state(self, batch: int) -> StateStore:
         """A fresh state per stream: the seeded Gaussian S_0, empty carry."""
-        return make_state(self.cfg.state_backend, self.s0, batch)
+        c = self.cfg
+        return make_state(c.state_backend, batch, s0=self.s0, n_nodes=c.n_nodes, std=c.init_std,
+                          seed=c.state_seed, dtype=self.value.dtype, device=self.value.device)
+
+    def initial_matrix(self) -> torch.Tensor:
+        """S_0 as a dense [N, N] tensor (analysis at small N; the sparse backend builds it)."""
+        if self.s0 is not None:
+            return self.s0
+        c = self.cfg
+        return hashed_initial_state(c.n_nodes, c.init_std, c.state_seed, self.value.dtype, self.value.device)
 
     def state_size(self) -> dict[str, int]:
         """State size per stream the two ways: dense N^2 floats, plus the carry."""

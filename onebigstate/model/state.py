@@ -2,8 +2,10 @@
 
 The recurrence touches ``S`` only through the methods of :class:`StateStore`: add at flat
 positions, read values at positions, read whole rows. Positions are flat indices
-``(b * N + row) * N + col`` (int64), so a sparse backend (hash-generated initial values plus
-stored deltas) or a row-sharded backend can slot in without touching the model code.
+``(b * N + row) * N + col`` (int64). Two backends (``OBSConfig.state_backend``):
+:class:`DenseState` here (a [B, N, N] tensor) and
+:class:`~onebigstate.model.sparse_state.SparseState` (a hash-generated S_0 plus the entries
+written, memory independent of N^2).
 """
 from __future__ import annotations
 
@@ -62,8 +64,9 @@ class StateStore(ABC):
         """A store over a snapshot's tensors (used, and changed in place, by the backward pass)."""
 
     @abstractmethod
-    def zeros_like(self) -> "StateStore":
-        """A store of the same layout holding zeros (the backward pass's dL/dS accumulator)."""
+    def gradient_store(self, write_positions: torch.Tensor):
+        """An all-zero accumulator for dL/dS in the reversible backward pass, with ``add_`` and
+        ``values_at``; it is read only at ``write_positions`` (the window's writes, [B, T, W])."""
 
     @abstractmethod
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -141,7 +144,7 @@ class DenseState(StateStore):
     def from_snapshot(cls, tensors):
         return cls(tensors["S"], track_written=False)
 
-    def zeros_like(self):
+    def gradient_store(self, write_positions):
         return DenseState(torch.zeros_like(self.S), track_written=False)
 
     def to_tensors(self):
@@ -170,13 +173,20 @@ class DenseState(StateStore):
         return f"DenseState(batch={self.batch}, n_nodes={self.n_nodes}, dtype={self.S.dtype})"
 
 
-# State backends by name (OBSConfig.state_backend). A sparse backend (hash-generated initial
-# values plus stored deltas) or a row-sharded one registers here and the model is unchanged.
-STATE_BACKENDS: dict[str, type[StateStore]] = {"dense": DenseState}
+# State backends by name (OBSConfig.state_backend). A new backend (row-sharded, say) implements
+# StateStore and gets a branch here; the model is unchanged.
+STATE_BACKENDS = ("dense", "sparse")
 
 
-def make_state(backend: str, s0: torch.Tensor, batch: int) -> StateStore:
-    """A fresh state of ``batch`` streams, all starting from ``s0``."""
-    if backend not in STATE_BACKENDS:
-        raise ValueError(f"unknown state backend '{backend}'; known: {sorted(STATE_BACKENDS)}")
-    return STATE_BACKENDS[backend].fresh(s0, batch)
+def make_state(backend: str, batch: int, *, s0: torch.Tensor | None = None, n_nodes: int = 0, std: float = 0.0,
+               seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> StateStore:
+    """A fresh state of ``batch`` streams: ``dense`` copies ``s0`` [N, N] into every stream;
+    ``sparse`` starts from the hash-generated S_0 of (n_nodes, std, seed) and stores nothing yet."""
+    if backend == "dense":
+        if s0 is None:
+            raise ValueError("the dense state backend needs the initial state s0 [N, N]")
+        return DenseState.fresh(s0, batch)
+    if backend == "sparse":
+        from onebigstate.model.sparse_state import SparseState
+        return SparseState.fresh(n_nodes, batch, std, seed, dtype, device)
+    raise ValueError(f"unknown state backend '{backend}'; known: {list(STATE_BACKENDS)}")

@@ -1,0 +1,288 @@
+"""The sparse state backend: a hash-generated initial state plus the entries actually written.
+
+SPEC.md: "a sparse backend (a seeded, hash-generated initial state plus stored deltas only)
+lets N reach millions of nodes with memory proportional to what was written". Here:
+
+- ``S_0[i, j] = std * z(seed, i, j)``, with ``z`` a standard normal made from an integer hash
+  of (seed, i, j) (:func:`hash_normal`). Every stream starts from the same ``S_0``, so nothing
+  per stream is stored for it. Below :data:`S0_TABLE_MAX_BYTES` the values are computed once
+  and kept in one shared [N, N] table (reads are then a gather, as fast as the dense backend's);
+  above it every row read hashes its N values afresh (O(N) work, no memory).
+- The changes ``S_t - S_0`` live in two flat tensors: sorted int64 keys (the flat position
+  ``(b * N + i) * N + j``, as in :class:`~onebigstate.model.state.StateStore`) and their values.
+  Adding looks keys up by binary search and merges new ones in order; reading a row finds its
+  entries as one contiguous range of keys.
+
+Memory per stream: 12 bytes per entry written (key + float32 value) instead of 4 N^2 bytes.
+The dense backend, built with ``state_init: hash``, starts from the same ``S_0``
+(:func:`hashed_initial_state`), so the two backends give the same numbers; the tests check
+values and gradients through the reversible scan.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from onebigstate.kernels.step import Carry, take
+from onebigstate.model.state import StateStore
+
+_MASK32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B          # < 2^27, so (x < 2^32) * _MUL < 2^59 never overflows int64
+# Largest shared S_0 table kept in memory (bytes); above it rows are hashed on every read.
+S0_TABLE_MAX_BYTES = 2 << 30
+_S0_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixing function (xor-shift-multiply) on int64 tensors holding values < 2^32."""
+    x = ((x >> 16) ^ x) * _MUL & _MASK32
+    x = ((x >> 16) ^ x) * _MUL & _MASK32
+    return (x >> 16) ^ x
+
+
+def _seed_words(seed: int) -> tuple[int, int]:
+    s = torch.tensor([(2 * seed + 1) & _MASK32, (2 * seed + 2) & _MASK32], dtype=torch.long)
+    a, b = _mix32(_mix32(s)).tolist()
+    return a, b
+
+
+def hash_normal(rows: torch.Tensor, cols: torch.Tensor, seed: int, dtype: torch.dtype = torch.float32
+                ) -> torch.Tensor:
+    """Standard normal numbers, a fixed function of (seed, row, col): rows and cols are int64
+    tensors (< 2^32) that broadcast together. Two hashed uniforms, then Box-Muller."""
+    sa, sb = _seed_words(seed)
+    ra, rb = _mix32((rows ^ sa) & _MASK32), _mix32((rows ^ sb) & _MASK32)
+    ha, hb = _mix32(ra ^ cols), _mix32(rb ^ cols)
+    u1 = (ha.to(torch.float64) + 0.5) * 2.0 ** -32          # in (0, 1): the log stays finite
+    u2 = hb.to(torch.float64) * 2.0 ** -32
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
+
+
+def s0_values(rows: torch.Tensor, cols: torch.Tensor, std: float, seed: int,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """S_0 at (rows, cols): ``std * hash_normal``, rounded through float32 so that every dtype
+    (and the dense and sparse backends) sees the same numbers."""
+    return (hash_normal(rows, cols, seed) * torch.tensor(std, dtype=torch.float32)).to(dtype)
+
+
+def hashed_initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """The sparse backend's S_0 as a dense [N, N] matrix (the dense backend's ``state_init: hash``)."""
+    out = torch.empty(n_nodes, n_nodes, dtype=dtype, device=device)
+    cols = torch.arange(n_nodes, device=device)
+    step = max(1, (1 << 22) // max(1, n_nodes))           # rows per block: ~4M values at a time
+    for i in range(0, n_nodes, step):
+        rows = torch.arange(i, min(n_nodes, i + step), device=device).unsqueeze(1)
+        out[i:i + rows.shape[0]] = s0_values(rows, cols, std, seed, dtype)
+    return out
+
+
+def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The shared S_0 table for these settings, or None when it would exceed S0_TABLE_MAX_BYTES."""
+    if n_nodes * n_nodes * torch.finfo(dtype).bits // 8 > S0_TABLE_MAX_BYTES:
+        return None
+    key = (n_nodes, float(std), int(seed), dtype, str(device))
+    if key not in _S0_TABLES:
+        _S0_TABLES[key] = hashed_initial_state(n_nodes, std, seed, dtype, device)
+    return _S0_TABLES[key]
+
+
+class WriteSetGradient:
+    """dL/dS at a fixed set of flat positions (the window's writes); adds elsewhere are dropped.
+
+    positions [...] long (duplicates fine). ``add_(pos, vals)`` and ``values_at(pos)`` have the
+    state store's meaning; ``values_at`` must only ask for positions of the set.
+    """
+
+    def __init__(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32):
+        self.keys = torch.unique(positions.reshape(-1))
+        self.vals = torch.zeros(self.keys.shape, dtype=dtype, device=positions.device)
+
+    def _index(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.searchsorted(self.keys, pos).clamp(max=self.keys.numel() - 1)
+        return idx, self.keys[idx] == pos
+
+    def add_(self, pos: torch.Tensor, vals: torch.Tensor) -> None:
+        idx, found = self._index(pos.reshape(-1))
+        self.vals.index_add_(0, idx[found], vals.reshape(-1)[found].to(self.vals.dtype))
+
+    def values_at(self, pos: torch.Tensor) -> torch.Tensor:
+        idx, found = self._index(pos.reshape(-1))
+        if not bool(found.all()):
+            raise RuntimeError("WriteSetGradient read outside its write set (a bug in the backward pass)")
+        return self.vals[idx].view(pos.shape)
+
+
+class SparseState(StateStore):
+    """``batch`` streams over one hash-generated S_0, storing only the written entries.
+
+    keys [nnz] int64 sorted flat positions, vals [nnz] their changes from S_0. ``std = 0``
+    means S_0 = 0 (``init_std: 0``).
+    """
+
+    def __init__(self, n_nodes: int, batch: int, std: float, seed: int, keys: torch.Tensor, vals: torch.Tensor,
+                 carry: Carry | None = None):
+        if keys.dim() != 1 or vals.shape != keys.shape:
+            raise ValueError(f"sparse state needs 1-D keys and values of one length, got {tuple(keys.shape)} "
+                             f"and {tuple(vals.shape)}")
+        if n_nodes >= 1 << 32:
+            raise ValueError(f"sparse state supports N < 2^32 nodes, got {n_nodes}")
+        self.n_nodes, self.batch, self.std, self.seed = n_nodes, batch, float(std), int(seed)
+        self.keys, self.vals = keys, vals
+        self.carry = carry
+
+    @classmethod
+    def fresh(cls, n_nodes: int, batch: int, std: float, seed: int, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu") -> "SparseState":
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return cls(n_nodes, batch, std, seed, empty, torch.empty(0, dtype=dtype, device=device))
+
+    # ---- S_0 -------------------------------------------------------------------------------
+    def _s0_at(self, pos: torch.Tensor) -> torch.Tensor:
+        if self.std == 0:
+            return torch.zeros(pos.shape, dtype=self.vals.dtype, device=pos.device)
+        N = self.n_nodes
+        rc = pos % (N * N)
+        table = _s0_table(N, self.std, self.seed, self.vals.dtype, self.vals.device)
+        if table is not None:
+            return take(table.view(-1), rc)
+        return s0_values(rc // N, rc % N, self.std, self.seed, self.vals.dtype)
+
+    def _s0_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """S_0 rows [..., N] for row indices ``rows`` [...]."""
+        N = self.n_nodes
+        if self.std == 0:
+            return torch.zeros(*rows.shape, N, dtype=self.vals.dtype, device=rows.device)
+        table = _s0_table(N, self.std, self.seed, self.vals.dtype, self.vals.device)
+        if table is not None:
+            return take(table, rows)
+        cols = torch.arange(N, device=rows.device)
+        return s0_values(rows.unsqueeze(-1), cols, self.std, self.seed, self.vals.dtype)
+
+    # ---- the stored changes ----------------------------------------------------------------
+    def _find(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For flat positions [P]: (their index in keys, clamped; whether they are stored)."""
+        idx = torch.searchsorted(self.keys, pos).clamp(max=max(0, self.keys.numel() - 1))
+        found = self.keys[idx] == pos if self.keys.numel() else torch.zeros_like(pos, dtype=torch.bool)
+        return idx, found
+
+    def add_(self, pos, vals):
+        pos, vals = pos.reshape(-1), vals.reshape(-1).to(self.vals.dtype)
+        nonzero = vals != 0                     # a zero change stores nothing (an unused circuit slot)
+        pos, vals = pos[nonzero], vals[nonzero]
+        if pos.numel() == 0:
+            return
+        uniq, inverse = torch.unique(pos, return_inverse=True)            # sorted
+        summed = torch.zeros(uniq.shape, dtype=vals.dtype, device=vals.device).index_add_(0, inverse, vals)
+        idx, found = self._find(uniq)
+        self.vals.index_add_(0, idx[found], summed[found])
+        new_keys, new_vals = uniq[~found], summed[~found]
+        if new_keys.numel():
+            # merge two sorted arrays of distinct keys: each key moves up by the number of keys
+            # of the other array below it
+            n_old, n_new = self.keys.numel(), new_keys.numel()
+            dev = pos.device
+            ins = torch.searchsorted(self.keys, new_keys)                     # in [0, n_old]
+            new_at = ins + torch.arange(n_new, device=dev)
+            below = torch.zeros(n_old + 1, dtype=torch.long, device=dev).index_add_(
+                0, ins, torch.ones_like(ins)).cumsum(0)[:n_old]                  # new keys before old key i
+            old_at = below + torch.arange(n_old, device=dev)
+            keys = torch.empty(n_old + n_new, dtype=torch.long, device=dev)
+            merged = torch.empty(n_old + n_new, dtype=self.vals.dtype, device=dev)
+            keys.index_copy_(0, new_at, new_keys).index_copy_(0, old_at, self.keys)
+            merged.index_copy_(0, new_at, new_vals).index_copy_(0, old_at, self.vals)
+            self.keys, self.vals = keys, merged
+
+    def values_at(self, pos):
+        flat = pos.reshape(-1)
+        out = self._s0_at(flat)
+        if self.keys.numel():
+            idx, found = self._find(flat)
+            out = out + torch.where(found, self.vals[idx], torch.zeros_like(out))
+        return out.view(pos.shape)
+
+    def rows(self, rows):
+        B, N = self.batch, self.n_nodes
+        R = rows.shape[1]
+        out = self._s0_rows(rows).reshape(B * R, N)                       # [B*R, N]
+        if self.keys.numel():
+            first = ((torch.arange(B, device=rows.device).unsqueeze(1) * N + rows) * N).reshape(-1)
+            lo = torch.searchsorted(self.keys, first)
+            hi = torch.searchsorted(self.keys, first + N)
+            counts = hi - lo
+            total = int(counts.sum())
+            if total:
+                row_of = torch.repeat_interleave(torch.arange(B * R, device=rows.device), counts)
+                starts = torch.cumsum(counts, 0) - counts
+                entry = lo[row_of] + torch.arange(total, device=rows.device) - starts[row_of]
+                out.view(-1).index_add_(0, row_of * N + self.keys[entry] % N, self.vals[entry])
+        return out.view(B, R, N)
+
+    def gradient_store(self, write_positions):
+        return WriteSetGradient(write_positions, self.vals.dtype)
+
+    def mark_written(self, pos, written):
+        """Nothing to do: the stored keys are exactly the entries a nonzero change reached."""
+
+    def entries_written(self):
+        per_stream = self.n_nodes * self.n_nodes
+        return torch.bincount(self.keys // per_stream, minlength=self.batch)
+
+    # ---- copies, snapshots, checkpoints ----------------------------------------------------
+    def _meta(self) -> dict[str, torch.Tensor]:
+        return {"meta": torch.tensor([self.n_nodes, self.batch, self.seed], dtype=torch.long),
+                "std": torch.tensor(self.std, dtype=torch.float64)}
+
+    def clone(self):
+        carry = None
+        if self.carry is not None:
+            c = self.carry
+            carry = Carry(c.active_idx.clone(), c.active_w.clone(), c.circuit_idx.clone(), c.alpha.clone())
+        return SparseState(self.n_nodes, self.batch, self.std, self.seed, self.keys.clone(), self.vals.clone(), carry)
+
+    def snapshot(self):
+        return {"keys": self.keys.clone(), "vals": self.vals.clone(), **self._meta()}
+
+    @classmethod
+    def from_snapshot(cls, tensors):
+        return cls.from_tensors(tensors)
+
+    def to_tensors(self):
+        out = {"keys": self.keys, "vals": self.vals, **self._meta()}
+        if self.carry is not None:
+            c = self.carry
+            out.update(active_idx=c.active_idx, active_w=c.active_w, circuit_idx=c.circuit_idx, alpha=c.alpha)
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "SparseState":
+        missing = {"keys", "vals", "meta", "std"} - set(t)
+        if missing:
+            raise ValueError(f"sparse state tensors lack {sorted(missing)}")
+        n_nodes, batch, seed = (int(v) for v in t["meta"].tolist())
+        carry = None
+        if "active_idx" in t:
+            carry = Carry(t["active_idx"], t["active_w"], t["circuit_idx"], t["alpha"])
+        return cls(n_nodes, batch, float(t["std"]), seed, t["keys"], t["vals"], carry)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vals.dtype
+
+    def as_dense(self):
+        B, N = self.batch, self.n_nodes
+        S0 = self._s0_rows(torch.arange(N, device=self.vals.device))
+        S = S0.unsqueeze(0).expand(B, N, N).clone()
+        S.view(-1).index_add_(0, self.keys, self.vals)
+        return S
+
+    def set_dense(self, dense):
+        B, N = self.batch, self.n_nodes
+        delta = (dense - self._s0_rows(torch.arange(N, device=dense.device)).unsqueeze(0)).reshape(-1)
+        self.keys = torch.nonzero(delta).squeeze(1)
+        self.vals = delta[self.keys].to(self.vals.dtype)
+
+    def __repr__(self) -> str:
+        return (f"SparseState(batch={self.batch}, n_nodes={self.n_nodes}, entries={self.keys.numel()}, "
+                f"dtype={self.vals.dtype})")

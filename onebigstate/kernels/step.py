@@ -93,6 +93,21 @@ class Carry:
     def detach(self) -> "Carry":
         return Carry(self.active_idx, self.active_w.detach(), self.circuit_idx, self.alpha.detach())
 
+    def clone(self) -> "Carry":
+        return Carry(self.active_idx.clone(), self.active_w.clone(), self.circuit_idx.clone(), self.alpha.clone())
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The carry under its names, for a state store's checkpoint tensors."""
+        return dict(active_idx=self.active_idx, active_w=self.active_w, circuit_idx=self.circuit_idx,
+                    alpha=self.alpha)
+
+    @staticmethod
+    def from_tensors(t: dict[str, torch.Tensor]) -> "Carry | None":
+        """The carry stored by :meth:`to_tensors` among a store's tensors, or None if there is none."""
+        if "active_idx" not in t:
+            return None
+        return Carry(t["active_idx"], t["active_w"], t["circuit_idx"], t["alpha"])
+
 
 @dataclass
 class WritePlan:

@@ -235,10 +235,7 @@ class SparseState(StateStore):
                 "std": torch.tensor(self.std, dtype=torch.float64)}
 
     def clone(self):
-        carry = None
-        if self.carry is not None:
-            c = self.carry
-            carry = Carry(c.active_idx.clone(), c.active_w.clone(), c.circuit_idx.clone(), c.alpha.clone())
+        carry = None if self.carry is None else self.carry.clone()
         return SparseState(self.n_nodes, self.batch, self.std, self.seed, self.keys.clone(), self.vals.clone(), carry)
 
     def snapshot(self):
@@ -251,8 +248,7 @@ class SparseState(StateStore):
     def to_tensors(self):
         out = {"keys": self.keys, "vals": self.vals, **self._meta()}
         if self.carry is not None:
-            c = self.carry
-            out.update(active_idx=c.active_idx, active_w=c.active_w, circuit_idx=c.circuit_idx, alpha=c.alpha)
+            out.update(self.carry.to_tensors())
         return out
 
     @classmethod
@@ -261,10 +257,7 @@ class SparseState(StateStore):
         if missing:
             raise ValueError(f"sparse state tensors lack {sorted(missing)}")
         n_nodes, batch, seed = (int(v) for v in t["meta"].tolist())
-        carry = None
-        if "active_idx" in t:
-            carry = Carry(t["active_idx"], t["active_w"], t["circuit_idx"], t["alpha"])
-        return cls(n_nodes, batch, float(t["std"]), seed, t["keys"], t["vals"], carry)
+        return cls(n_nodes, batch, float(t["std"]), seed, t["keys"], t["vals"], Carry.from_tensors(t))
 
     @property
     def dtype(self) -> torch.dtype:

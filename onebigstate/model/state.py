@@ -130,10 +130,7 @@ class DenseState(StateStore):
         return self.touched.view(self.batch, -1).sum(1)
 
     def clone(self):
-        carry = None
-        if self.carry is not None:
-            c = self.carry
-            carry = Carry(c.active_idx.clone(), c.active_w.clone(), c.circuit_idx.clone(), c.alpha.clone())
+        carry = None if self.carry is None else self.carry.clone()
         touched = None if self.touched is None else self.touched.clone()
         return DenseState(self.S.clone(), touched, carry, track_written=touched is not None)
 
@@ -152,16 +149,12 @@ class DenseState(StateStore):
         if self.touched is not None:
             out["touched"] = self.touched
         if self.carry is not None:
-            c = self.carry
-            out.update(active_idx=c.active_idx, active_w=c.active_w, circuit_idx=c.circuit_idx, alpha=c.alpha)
+            out.update(self.carry.to_tensors())
         return out
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> "DenseState":
-        carry = None
-        if "active_idx" in t:
-            carry = Carry(t["active_idx"], t["active_w"], t["circuit_idx"], t["alpha"])
-        return cls(t["S"], t.get("touched"), carry, track_written="touched" in t)
+        return cls(t["S"], t.get("touched"), Carry.from_tensors(t), track_written="touched" in t)
 
     def as_dense(self):
         return self.S

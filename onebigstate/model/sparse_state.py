@@ -25,7 +25,7 @@ import math
 import torch
 
 from onebigstate.kernels.step import Carry, take
-from onebigstate.model.state import StateStore
+from onebigstate.model.state import StateStore, WriteSetGradient
 
 _MASK32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B          # < 2^27, so (x < 2^32) * _MUL < 2^59 never overflows int64
@@ -86,32 +86,6 @@ def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: t
     if key not in _S0_TABLES:
         _S0_TABLES[key] = hashed_initial_state(n_nodes, std, seed, dtype, device)
     return _S0_TABLES[key]
-
-
-class WriteSetGradient:
-    """dL/dS at a fixed set of flat positions (the window's writes); adds elsewhere are dropped.
-
-    positions [...] long (duplicates fine). ``add_(pos, vals)`` and ``values_at(pos)`` have the
-    state store's meaning; ``values_at`` must only ask for positions of the set.
-    """
-
-    def __init__(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32):
-        self.keys = torch.unique(positions.reshape(-1))
-        self.vals = torch.zeros(self.keys.shape, dtype=dtype, device=positions.device)
-
-    def _index(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.searchsorted(self.keys, pos).clamp(max=self.keys.numel() - 1)
-        return idx, self.keys[idx] == pos
-
-    def add_(self, pos: torch.Tensor, vals: torch.Tensor) -> None:
-        idx, found = self._index(pos.reshape(-1))
-        self.vals.index_add_(0, idx[found], vals.reshape(-1)[found].to(self.vals.dtype))
-
-    def values_at(self, pos: torch.Tensor) -> torch.Tensor:
-        idx, found = self._index(pos.reshape(-1))
-        if not bool(found.all()):
-            raise RuntimeError("WriteSetGradient read outside its write set (a bug in the backward pass)")
-        return self.vals[idx].view(pos.shape)
 
 
 class SparseState(StateStore):

@@ -23,6 +23,32 @@ def initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torc
     return (torch.randn(n_nodes, n_nodes, generator=gen, dtype=torch.float64) * std).to(dtype=dtype, device=device)
 
 
+class WriteSetGradient:
+    """dL/dS at a fixed set of flat positions (the window's writes); adds elsewhere are dropped.
+
+    positions [...] long (duplicates fine). ``add_(pos, vals)`` and ``values_at(pos)`` have the
+    state store's meaning; ``values_at`` must only ask for positions of the set.
+    """
+
+    def __init__(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32):
+        self.keys = torch.unique(positions.reshape(-1))
+        self.vals = torch.zeros(self.keys.shape, dtype=dtype, device=positions.device)
+
+    def _index(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.searchsorted(self.keys, pos).clamp(max=self.keys.numel() - 1)
+        return idx, self.keys[idx] == pos
+
+    def add_(self, pos: torch.Tensor, vals: torch.Tensor) -> None:
+        idx, found = self._index(pos.reshape(-1))
+        self.vals.index_add_(0, idx[found], vals.reshape(-1)[found].to(self.vals.dtype))
+
+    def values_at(self, pos: torch.Tensor) -> torch.Tensor:
+        idx, found = self._index(pos.reshape(-1))
+        if not bool(found.all()):
+            raise RuntimeError("WriteSetGradient read outside its write set (a bug in the backward pass)")
+        return self.vals[idx].view(pos.shape)
+
+
 class StateStore(ABC):
     """The big state of ``batch`` independent streams, plus the recurrence's small carry."""
 
@@ -93,6 +119,9 @@ class StateStore(ABC):
 class DenseState(StateStore):
     """A dense [B, N, N] tensor per batch of streams, and a [B, N, N] bool map of touched entries."""
 
+    # gradient_store keeps dL/dS dense while B N^2 <= this x the window's write positions
+    DENSE_GRADIENT_RATIO = 32
+
     def __init__(self, S: torch.Tensor, touched: torch.Tensor | None = None, carry: Carry | None = None,
                  track_written: bool = True):
         if S.dim() != 3 or S.shape[1] != S.shape[2]:
@@ -142,7 +171,12 @@ class DenseState(StateStore):
         return cls(tensors["S"], track_written=False)
 
     def gradient_store(self, write_positions):
-        return DenseState(torch.zeros_like(self.S), track_written=False)
+        # A second dense state while it is small next to the write set (cheapest to index);
+        # beyond that the zeroing alone costs more than searching the write set
+        # (N = 1024, batch 32, 128 steps: 0.9 vs 1.2 CPU s of backward; N = 4096: 2.3-3.4 vs 1.8).
+        if self.S.numel() <= self.DENSE_GRADIENT_RATIO * write_positions.numel():
+            return DenseState(torch.zeros_like(self.S), track_written=False)
+        return WriteSetGradient(write_positions, self.S.dtype)
 
     def to_tensors(self):
         out = {"S": self.S}

@@ -73,7 +73,9 @@ def test_rows_hashed_on_read_equal_the_shared_table(monkeypatch):
         [from_table[0, 0, 5].item(), from_table[0, 0, 2].item(), from_table[1, 0, 7].item()]))
 
 
-def test_sparse_store_against_a_dense_mirror():
+@pytest.mark.parametrize("recent_min", [8, 1 << 16])   # the recent run joins the main one often / never
+def test_sparse_store_against_a_dense_mirror(monkeypatch, recent_min):
+    monkeypatch.setattr(SparseState, "RECENT_MIN", recent_min)
     g = torch.Generator().manual_seed(0)
     B, N = 3, 17
     store = SparseState.fresh(N, B, std=0.2, seed=5, dtype=torch.float64)

@@ -156,3 +156,22 @@ def test_dense_backend_with_a_write_set_gradient_matches_the_reference(monkeypat
     assert rel_err(y_rev, y_ref) < 1e-12 and rel_err(dx_rev, dx_ref) < 1e-10
     for n in g_ref:
         assert rel_err(g_rev[n], g_ref[n]) < 1e-10, n
+
+
+@pytest.mark.gpu
+def test_sparse_backend_on_cuda_matches_the_cpu():
+    torch.manual_seed(0)
+    cfg = OBSConfig(d_model=8, n_nodes=64, d_key=8, d_value=8, d_hidden=8, d_write=8, k_min=2, k_max=4,
+                    m_active=5, row_norm=True, state_backend="sparse")
+    layer = OBSLayer(cfg).double()
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    outs = {}
+    for device in ("cpu", "cuda"):
+        layer.to(device)
+        layer.zero_grad()
+        xd = x.to(device).requires_grad_(True)
+        y, state = layer(xd)
+        y.square().sum().backward()
+        outs[device] = (y.detach().cpu(), xd.grad.cpu(), layer.value.grad.cpu(), state.as_dense().cpu())
+    for a, b in zip(outs["cpu"], outs["cuda"]):
+        assert rel_err(b, a) < 1e-10

@@ -33,7 +33,9 @@ VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": T
             "obs_balanced_rownorm_k2": {**_BR, "k_min": 2},
             "obs_balanced_rownorm_k1": {**_BR, "k_min": 1},
             "obs_balanced_rownorm_n4096_k2": {**_BR, "n_nodes": 4096, "k_min": 2},
-            # dense, 16384 nodes are 1 GiB per stream: the sparse state backend (hashed S_0)
+            # the sparse state backend (hashed S_0): at N = 1024 a check that it trains like the
+            # dense one; dense, 16384 nodes would be 1 GiB per stream
+            "obs_balanced_rownorm_sparse": {**_BR, "state_backend": "sparse"},
             "obs_balanced_rownorm_n16384": {**_BR, "n_nodes": 16384, "state_backend": "sparse"}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,

@@ -119,6 +119,11 @@ def test_sparse_state_survives_a_checkpoint_round_trip():
 def test_sparse_state_rejects_bad_tensors_and_randn_init():
     with pytest.raises(ValueError, match="lack"):
         SparseState.from_tensors({"keys": torch.zeros(0, dtype=torch.long)})
+    meta = {"meta": torch.tensor([8, 1, 0]), "std": torch.tensor(0.1, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="strictly increasing"):
+        SparseState.from_tensors({"keys": torch.tensor([5, 3]), "vals": torch.ones(2), **meta})
+    with pytest.raises(ValueError, match="2\\^63"):
+        SparseState.fresh(1 << 31, batch=4, std=0.1, seed=0)
     with pytest.raises(ValueError, match="sparse backend generates S_0"):
         OBSConfig(state_backend="sparse", state_init="randn")
 

@@ -133,8 +133,11 @@ class SparseState(StateStore):
         if keys.dim() != 1 or vals.shape != keys.shape:
             raise ValueError(f"sparse state needs 1-D keys and values of one length, got {tuple(keys.shape)} "
                              f"and {tuple(vals.shape)}")
-        if n_nodes >= 1 << 32:
-            raise ValueError(f"sparse state supports N < 2^32 nodes, got {n_nodes}")
+        if n_nodes >= 1 << 32 or batch * n_nodes * n_nodes >= 1 << 63:
+            raise ValueError(f"sparse state needs N < 2^32 and batch * N^2 < 2^63 (int64 flat positions); got "
+                             f"N = {n_nodes}, batch = {batch}")
+        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            raise ValueError("sparse state keys must be strictly increasing (a corrupt checkpoint?)")
         self.n_nodes, self.batch, self.std, self.seed = n_nodes, batch, float(std), int(seed)
         self._runs = [(keys, vals), (keys[:0], vals[:0])]          # main, recent
         self.carry = carry

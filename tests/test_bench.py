@@ -354,6 +354,13 @@ def test_cpu_mode_gives_every_model_one_budget_and_the_baselines_an_lr_sweep():
     assert mixers["obs_balanced_rownorm"]["row_norm"] and mixers["obs_balanced_rownorm"]["balance_cost"] > 0
     assert mixers["obs_balanced_rownorm"]["n_nodes"] == 1024
     assert {**mixers["obs_balanced_rownorm"], "n_nodes": 4096} == mixers["obs_balanced_rownorm_n4096"]
+    # every variant is a valid OBS layer config
+    from onebigstate.bench.cells import VARIANTS, model_config
+    from onebigstate.model.config import OBSConfig
+    for name in VARIANTS:
+        cfg = OBSConfig(d_model=64, **model_config(name, 64, "cpu").mixer)
+        assert cfg.n_nodes == VARIANTS[name].get("n_nodes", 1024)
+    assert OBSConfig(**model_config("obs_balanced_rownorm_n16384", 64, "cpu").mixer).state_backend == "sparse"
     with pytest.raises(ValueError, match="no --cpu grid"):
         build_suite("sequential", Options(mode="cpu"))
     assert main(["bench", "capacity", "--cpu", "--list"]) == 2

@@ -14,7 +14,8 @@ gradient of every later read of the entries it changed. Only the active columns 
 the read rows matter for the gradient (the others only decide the top-m choice, which has no
 gradient), so the backward pass never touches a full row.
 
-Memory saved for backward: one N^2 state per stream plus O(T (k^2 + m k)) logged values.
+Memory saved for backward: one copy of the state (N^2 per stream dense, the written entries
+sparse) plus O(T (k^2 + m k)) logged values.
 Work per step: forward O((k + m) N) for the read, backward O((k + m) m) plus the small graph.
 """
 from __future__ import annotations
@@ -133,7 +134,7 @@ class _ReversibleScan(torch.autograd.Function):
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
         # G = dL/dS_t from every later read; the surrogate reads it only at this window's writes,
-        # so the store may keep it there alone (the sparse one does; the dense one keeps N^2).
+        # so the store may keep it there alone (sparse always, dense once N^2 is large).
         G = state.gradient_store(pos_log)
         if g_reg is not None:
             G.add_(sample_pos, g_reg)

@@ -6,12 +6,13 @@ lets N reach millions of nodes with memory proportional to what was written". He
 - ``S_0[i, j] = std * z(seed, i, j)``, with ``z`` a standard normal made from an integer hash
   of (seed, i, j) (:func:`hash_normal`). Every stream starts from the same ``S_0``, so nothing
   per stream is stored for it. Below :data:`S0_TABLE_MAX_BYTES` the values are computed once
-  and kept in one shared [N, N] table (reads are then a gather, as fast as the dense backend's);
-  above it every row read hashes its N values afresh (O(N) work, no memory).
-- The changes ``S_t - S_0`` live in two flat tensors: sorted int64 keys (the flat position
-  ``(b * N + i) * N + j``, as in :class:`~onebigstate.model.state.StateStore`) and their values.
-  Adding looks keys up by binary search and merges new ones in order; reading a row finds its
-  entries as one contiguous range of keys.
+  and kept in one [N, N] table shared by every state of the process, for its lifetime (reads
+  are then a gather, as fast as the dense backend's); above it every row read hashes its N
+  values afresh (O(N) work, no memory).
+- The changes ``S_t - S_0`` are sorted int64 keys (the flat position ``(b * N + i) * N + j``,
+  as in :class:`~onebigstate.model.state.StateStore`) and their values, in two runs (a main one
+  and a small recent one, see :class:`SparseState`). Adding looks keys up by binary search and
+  merges new ones in order; reading a row finds its entries as one contiguous range of keys.
 
 Memory per stream: 12 bytes per entry written (key + float32 value) instead of 4 N^2 bytes.
 The dense backend, built with ``state_init: hash``, starts from the same ``S_0``

@@ -180,3 +180,22 @@ def test_sparse_backend_on_cuda_matches_the_cpu():
         outs[device] = (y.detach().cpu(), xd.grad.cpu(), layer.value.grad.cpu(), state.as_dense().cpu())
     for a, b in zip(outs["cpu"], outs["cuda"]):
         assert rel_err(b, a) < 1e-10
+
+
+@pytest.mark.parametrize("row_norm", [False, True])
+def test_sparse_spread_without_gathering_rows_equals_the_gathered_rows(row_norm):
+    from onebigstate.model.state import StateStore
+    g = torch.Generator().manual_seed(3)
+    B, N, R = 3, 29, 6
+    store = SparseState.fresh(N, B, std=0.4, seed=2, dtype=torch.float64)
+    for _ in range(3):
+        store.add_(torch.randint(0, B * N * N, (60,), generator=g), torch.randn(60, generator=g, dtype=torch.float64))
+    rows = torch.randint(0, N, (B, R), generator=g)
+    coeff = torch.rand(B, R, generator=g, dtype=torch.float64)
+    coeff[:, -2:] = 0                                  # circuit slots beyond k_t
+    act, scale = store.spread(rows, coeff, row_norm)
+    ref_act, ref_scale = StateStore.spread(store, rows, coeff, row_norm)
+    assert rel_err(act, ref_act) < 1e-13
+    assert (scale is None) == (not row_norm)
+    if row_norm:
+        assert rel_err(scale, ref_scale) < 1e-13

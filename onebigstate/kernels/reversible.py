@@ -25,7 +25,7 @@ import torch
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, row_scale, spread)
+                                      read_rows_and_coeffs, spread)
 
 
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
@@ -78,14 +78,9 @@ class _ReversibleScan(torch.autograd.Function):
             store.add_(pos, vals)
             store.mark_written(pos, vals != 0)
             rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
-            row_values = store.rows(rows)                                       # [B, R, N]
-            if cfg.row_norm:
-                scale = row_scale(row_values)
-                coeff = coeff * scale
-                if for_backward:
-                    logs.put("scale", t, scale)
-            activation = spread(coeff, row_values)                              # [B, N]
-            del row_values
+            activation, scale = store.spread(rows, coeff, cfg.row_norm)        # [B, N], [B, R]
+            if cfg.row_norm and for_backward:
+                logs.put("scale", t, scale)
             active_idx = choose_active(activation, cfg)
             w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
             carry = Carry(active_idx, w, circuit_idx[:, t], plan.alpha)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from onebigstate.kernels.step import Carry, take
 from onebigstate.model.state import StateStore, WriteSetGradient
@@ -33,6 +34,7 @@ _MUL = 0x45D9F3B          # < 2^27, so (x < 2^32) * _MUL < 2^59 never overflows 
 # Largest shared S_0 table kept in memory (bytes); above it rows are hashed on every read.
 S0_TABLE_MAX_BYTES = 2 << 30
 _S0_TABLES: dict[tuple, torch.Tensor] = {}
+_S0_ROW_SQ: dict[tuple, torch.Tensor] = {}
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +79,14 @@ def hashed_initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype
         rows = torch.arange(i, min(n_nodes, i + step), device=device).unsqueeze(1)
         out[i:i + rows.shape[0]] = s0_values(rows, cols, std, seed, dtype)
     return out
+
+
+def _s0_row_sq(table: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of every row of a shared S_0 table [N] (computed once per table)."""
+    key = (table.data_ptr(), table.shape[0], table.dtype, str(table.device))
+    if key not in _S0_ROW_SQ:
+        _S0_ROW_SQ[key] = table.pow(2).sum(1)
+    return _S0_ROW_SQ[key]
 
 
 def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
@@ -226,11 +236,12 @@ class SparseState(StateStore):
                 out = out + torch.where(found, run_vals[idx], torch.zeros_like(out))
         return out.view(pos.shape)
 
-    def rows(self, rows):
+    def _row_entries(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stored changes in rows [B, R] of their streams: (read row b * R + r, column, value)."""
         B, N = self.batch, self.n_nodes
         R = rows.shape[1]
-        out = self._s0_rows(rows).reshape(B * R, N)                       # [B*R, N]
         first = ((torch.arange(B, device=rows.device).unsqueeze(1) * N + rows) * N).reshape(-1)
+        parts = []
         for keys, run_vals in self._runs:
             if not keys.numel():
                 continue
@@ -242,8 +253,45 @@ class SparseState(StateStore):
                 row_of = torch.repeat_interleave(torch.arange(B * R, device=rows.device), counts)
                 starts = torch.cumsum(counts, 0) - counts
                 entry = lo[row_of] + torch.arange(total, device=rows.device) - starts[row_of]
-                out.view(-1).index_add_(0, row_of * N + keys[entry] % N, run_vals[entry])
+                parts.append((row_of, keys[entry] % N, run_vals[entry]))
+        if not parts:
+            empty = rows.new_empty(0)
+            return empty, empty, torch.empty(0, dtype=self._dtype, device=rows.device)
+        return tuple(torch.cat(p) for p in zip(*parts))
+
+    def rows(self, rows):
+        B, N = self.batch, self.n_nodes
+        R = rows.shape[1]
+        out = self._s0_rows(rows).reshape(B * R, N)                       # [B*R, N]
+        row_of, cols, vals = self._row_entries(rows)
+        out.view(-1).index_add_(0, row_of * N + cols, vals)
         return out.view(B, R, N)
+
+    def spread(self, rows, coeff, row_norm):
+        """As :meth:`StateStore.spread`, without gathering the rows: with the shared S_0 table,
+        ``embedding_bag`` sums the weighted S_0 rows (skipping rows of weight 0, the circuit
+        slots beyond k_t) and the stored changes are added on top; row norms come from the
+        table's row norms plus the changes (|s + d|^2 = |s|^2 + sum 2 s_j d_j + d_j^2)."""
+        N = self.n_nodes
+        table = None if self.std == 0 else _s0_table(N, self.std, self.seed, self._dtype, self._device)
+        if table is None:
+            return super().spread(rows, coeff, row_norm)
+        B, R = rows.shape
+        flat_rows = rows.reshape(-1)
+        row_of, cols, vals = self._row_entries(rows)
+        scale = None
+        if row_norm:
+            s0_here = take(table.view(-1), flat_rows[row_of] * N + cols)
+            sq = _s0_row_sq(table)[flat_rows].index_add(0, row_of, vals * (2 * s0_here + vals))
+            scale = (1.0 / (1.0 + sq.clamp(min=0).sqrt())).view(B, R)
+            coeff = coeff * scale
+        w = coeff.reshape(-1)
+        keep = w != 0
+        per_stream = keep.view(B, R).sum(1)
+        offsets = torch.cumsum(per_stream, 0) - per_stream
+        act = F.embedding_bag(flat_rows[keep], table, offsets, mode="sum", per_sample_weights=w[keep])  # [B, N]
+        act.view(-1).index_add_(0, torch.div(row_of, R, rounding_mode="floor") * N + cols, w[row_of] * vals)
+        return act, scale
 
     def gradient_store(self, write_positions):
         return WriteSetGradient(write_positions, self._dtype)

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from onebigstate.kernels.step import Carry, take
+from onebigstate.kernels.step import Carry, row_scale, spread, take
 
 
 def initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torch.float32,
@@ -67,6 +67,18 @@ class StateStore(ABC):
     @abstractmethod
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows of every stream: rows [B, R] long -> [B, R, N]."""
+
+    def spread(self, rows: torch.Tensor, coeff: torch.Tensor, row_norm: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Spreading activation from ``rows`` [B, R] long with coefficients [B, R]: the activation
+        [B, N] and, with ``row_norm``, the rows' scales [B, R] (already applied). A backend may
+        override it to avoid gathering the [B, R, N] rows."""
+        row_values = self.rows(rows)                                  # [B, R, N]
+        scale = None
+        if row_norm:
+            scale = row_scale(row_values)
+            coeff = coeff * scale
+        return spread(coeff, row_values), scale
 
     @abstractmethod
     def mark_written(self, pos: torch.Tensor, written: torch.Tensor) -> None:

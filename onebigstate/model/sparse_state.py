@@ -27,14 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from onebigstate.kernels.step import Carry, take
-from onebigstate.model.state import StateStore, WriteSetGradient
+from onebigstate.model.state import StateStore, WriteSetGradient, find_sorted
 
 _MASK32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B          # < 2^27, so (x < 2^32) * _MUL < 2^59 never overflows int64
 # Largest shared S_0 table kept in memory (bytes); above it rows are hashed on every read.
 S0_TABLE_MAX_BYTES = 2 << 30
-_S0_TABLES: dict[tuple, torch.Tensor] = {}
-_S0_ROW_SQ: dict[tuple, torch.Tensor] = {}
+_S0_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -81,30 +80,17 @@ def hashed_initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype
     return out
 
 
-def _s0_row_sq(table: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of every row of a shared S_0 table [N] (computed once per table)."""
-    key = (table.data_ptr(), table.shape[0], table.dtype, str(table.device))
-    if key not in _S0_ROW_SQ:
-        _S0_ROW_SQ[key] = table.pow(2).sum(1)
-    return _S0_ROW_SQ[key]
-
-
-def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """The shared S_0 table for these settings, or None when it would exceed S0_TABLE_MAX_BYTES."""
+def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The shared S_0 table for these settings and its rows' squared norms ([N, N], [N]), or None
+    when the table would exceed S0_TABLE_MAX_BYTES."""
     if n_nodes * n_nodes * torch.finfo(dtype).bits // 8 > S0_TABLE_MAX_BYTES:
         return None
     key = (n_nodes, float(std), int(seed), dtype, str(device))
     if key not in _S0_TABLES:
-        _S0_TABLES[key] = hashed_initial_state(n_nodes, std, seed, dtype, device)
+        table = hashed_initial_state(n_nodes, std, seed, dtype, device)
+        _S0_TABLES[key] = (table, table.pow(2).sum(1))
     return _S0_TABLES[key]
-
-
-def _find(keys: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For flat positions [P] and sorted keys: (index of each in keys, clamped; whether it is there)."""
-    if keys.numel() == 0:
-        return torch.zeros_like(pos), torch.zeros_like(pos, dtype=torch.bool)
-    idx = torch.searchsorted(keys, pos).clamp(max=keys.numel() - 1)
-    return idx, keys[idx] == pos
 
 
 def _merge(keys: torch.Tensor, vals: torch.Tensor, new_keys: torch.Tensor, new_vals: torch.Tensor
@@ -190,9 +176,9 @@ class SparseState(StateStore):
             return torch.zeros(pos.shape, dtype=self._dtype, device=pos.device)
         N = self.n_nodes
         rc = pos % (N * N)
-        table = _s0_table(N, self.std, self.seed, self._dtype, self._device)
-        if table is not None:
-            return take(table.view(-1), rc)
+        shared = _s0_table(N, self.std, self.seed, self._dtype, self._device)
+        if shared is not None:
+            return take(shared[0].view(-1), rc)
         return s0_values(rc // N, rc % N, self.std, self.seed, self._dtype)
 
     def _s0_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -200,9 +186,9 @@ class SparseState(StateStore):
         N = self.n_nodes
         if self.std == 0:
             return torch.zeros(*rows.shape, N, dtype=self._dtype, device=rows.device)
-        table = _s0_table(N, self.std, self.seed, self._dtype, self._device)
-        if table is not None:
-            return take(table, rows)
+        shared = _s0_table(N, self.std, self.seed, self._dtype, self._device)
+        if shared is not None:
+            return take(shared[0], rows)
         cols = torch.arange(N, device=rows.device)
         return s0_values(rows.unsqueeze(-1), cols, self.std, self.seed, self._dtype)
 
@@ -217,7 +203,7 @@ class SparseState(StateStore):
         summed = torch.zeros(uniq.shape, dtype=vals.dtype, device=vals.device).index_add_(0, inverse, vals)
         stored = torch.zeros_like(uniq, dtype=torch.bool)
         for keys, run_vals in self._runs:
-            idx, found = _find(keys, uniq)
+            idx, found = find_sorted(keys, uniq)
             run_vals.index_add_(0, idx[found], summed[found])
             stored |= found
         if not bool(stored.all()):
@@ -232,7 +218,7 @@ class SparseState(StateStore):
         out = self._s0_at(flat)
         for keys, run_vals in self._runs:
             if keys.numel():
-                idx, found = _find(keys, flat)
+                idx, found = find_sorted(keys, flat)
                 out = out + torch.where(found, run_vals[idx], torch.zeros_like(out))
         return out.view(pos.shape)
 
@@ -273,16 +259,17 @@ class SparseState(StateStore):
         slots beyond k_t) and the stored changes are added on top; row norms come from the
         table's row norms plus the changes (|s + d|^2 = |s|^2 + sum 2 s_j d_j + d_j^2)."""
         N = self.n_nodes
-        table = None if self.std == 0 else _s0_table(N, self.std, self.seed, self._dtype, self._device)
-        if table is None:
+        shared = None if self.std == 0 else _s0_table(N, self.std, self.seed, self._dtype, self._device)
+        if shared is None:
             return super().spread(rows, coeff, row_norm)
+        table, row_sq = shared
         B, R = rows.shape
         flat_rows = rows.reshape(-1)
         row_of, cols, vals = self._row_entries(rows)
         scale = None
         if row_norm:
             s0_here = take(table.view(-1), flat_rows[row_of] * N + cols)
-            sq = _s0_row_sq(table)[flat_rows].index_add(0, row_of, vals * (2 * s0_here + vals))
+            sq = row_sq[flat_rows].index_add(0, row_of, vals * (2 * s0_here + vals))
             scale = (1.0 / (1.0 + sq.clamp(min=0).sqrt())).view(B, R)
             coeff = coeff * scale
         w = coeff.reshape(-1)

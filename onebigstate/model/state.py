@@ -23,6 +23,14 @@ def initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torc
     return (torch.randn(n_nodes, n_nodes, generator=gen, dtype=torch.float64) * std).to(dtype=dtype, device=device)
 
 
+def find_sorted(keys: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For positions [P] and sorted keys: (index of each in keys, clamped; whether it is there)."""
+    if keys.numel() == 0:
+        return torch.zeros_like(pos), torch.zeros_like(pos, dtype=torch.bool)
+    idx = torch.searchsorted(keys, pos).clamp(max=keys.numel() - 1)
+    return idx, keys[idx] == pos
+
+
 class WriteSetGradient:
     """dL/dS at a fixed set of flat positions (the window's writes); adds elsewhere are dropped.
 
@@ -34,16 +42,12 @@ class WriteSetGradient:
         self.keys = torch.unique(positions.reshape(-1))
         self.vals = torch.zeros(self.keys.shape, dtype=dtype, device=positions.device)
 
-    def _index(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.searchsorted(self.keys, pos).clamp(max=self.keys.numel() - 1)
-        return idx, self.keys[idx] == pos
-
     def add_(self, pos: torch.Tensor, vals: torch.Tensor) -> None:
-        idx, found = self._index(pos.reshape(-1))
+        idx, found = find_sorted(self.keys, pos.reshape(-1))
         self.vals.index_add_(0, idx[found], vals.reshape(-1)[found].to(self.vals.dtype))
 
     def values_at(self, pos: torch.Tensor) -> torch.Tensor:
-        idx, found = self._index(pos.reshape(-1))
+        idx, found = find_sorted(self.keys, pos.reshape(-1))
         if not bool(found.all()):
             raise RuntimeError("WriteSetGradient read outside its write set (a bug in the backward pass)")
         return self.vals[idx].view(pos.shape)
@@ -184,8 +188,9 @@ class DenseState(StateStore):
 
     def gradient_store(self, write_positions):
         # A second dense state while it is small next to the write set (cheapest to index);
-        # beyond that the zeroing alone costs more than searching the write set
-        # (N = 1024, batch 32, 128 steps: 0.9 vs 1.2 CPU s of backward; N = 4096: 2.3-3.4 vs 1.8).
+        # beyond that zeroing it costs more than searching the write set. Backward CPU s, batch 32,
+        # 128 tokens (benchmarks/step_time.py --dense-gradient-ratio 1e12 vs 0 / 32):
+        # N = 1024: 0.52 dense vs 1.01 write set; N = 4096: 1.62 vs 1.19.
         if self.S.numel() <= self.DENSE_GRADIENT_RATIO * write_positions.numel():
             return DenseState(torch.zeros_like(self.S), track_written=False)
         return WriteSetGradient(write_positions, self.S.dtype)

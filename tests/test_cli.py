@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from onebigstate.cli.main import SUBCOMMANDS, main
@@ -49,6 +50,40 @@ def test_obs_eval_on_finished_run_prints_table_and_writes_eval_json(finished_run
     assert ev["step"] == res["step"] == 6
     assert ev["metrics"] == pytest.approx(res["metrics"], rel=1e-6)
     assert ev["n_params"] == res["n_params"] and ev["state_size"] == res["state_size"]
+
+
+def test_obs_eval_at_a_longer_task_setting_reads_in_windows_and_writes_its_own_file(finished_run, capsys):
+    from onebigstate.bench.evaluate import grouped_accuracy
+    from onebigstate.tasks.common import IGNORE, Grouped
+    from onebigstate.tasks.registry import build_task
+    from onebigstate.training.checkpoint import read_checkpoint
+    from onebigstate.training.trainer import model_from_checkpoint
+    args = ["task.params.seq_len=24", "task.params.num_kv_pairs=4", "task.test_size=8"]
+    with single_thread():
+        assert main(["eval", str(finished_run), *args]) == 0
+    out = capsys.readouterr().out
+    assert "task.params.num_kv_pairs" in out and "test accuracy" in out
+    ev = json.loads((finished_run / "eval_seq_len24_num_kv_pairs4_test_size8.json").read_text())
+    assert ev["overrides"] == args and ev["test_size"] == 8
+    assert ev["task_params"]["seq_len"] == 24 and ev["task_params"]["num_kv_pairs"] == 4
+    plain = finished_run / "eval.json"      # the plain evaluation's file is not overwritten
+    assert not plain.exists() or json.loads(plain.read_text())["overrides"] == []
+    # The same number as reading each 24-token sequence in one pass (windows of 16 + 8 carry the state).
+    ckpt = read_checkpoint(finished_run)
+    task = build_task(ckpt.config.task.model_copy(update={
+        "test_size": 8, "params": {**ckpt.config.task.params, "seq_len": 24, "num_kv_pairs": 4}}))
+    _, model = model_from_checkpoint(ckpt)
+    x, y = task.test_set()
+    with single_thread():
+        one_pass = grouped_accuracy(model, Grouped(x, y, torch.where(y != IGNORE, 0, -1), ["all"]), 4)["all"]
+    assert ev["metrics"]["accuracy"] == pytest.approx(one_pass, abs=1e-9)
+
+
+def test_obs_eval_refuses_overrides_outside_the_task(finished_run, capsys):
+    assert main(["eval", str(finished_run), "model.d_model=32"]) == 2
+    assert "only task.params.*" in capsys.readouterr().err
+    assert main(["eval", str(finished_run), "task.params.no_such_key=3"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
 
 
 def test_obs_eval_on_truncated_checkpoint_exits_with_message(finished_run, tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from onebigstate.tasks.base import Task
 from onebigstate.tasks.common import IGNORE, Grouped
@@ -24,11 +25,11 @@ def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 @torch.no_grad()
 def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0,
-                     on_window=None) -> dict[str, float]:
+                     on_window=None, progress: bool = False) -> dict[str, float]:
     """Accuracy per group name (and ``all``) over the scored positions of ``data``.
 
     ``on_window(states, tokens_read)``, if given, is called after every window (for probes that
-    watch the state along a stream)."""
+    watch the state along a stream); ``progress`` shows a bar over the windows read."""
     device, _ = _device_dtype(model)
     was_training = model.training
     model.eval()
@@ -38,6 +39,8 @@ def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0
     try:
         B, T = data.inputs.shape
         step = window if window > 0 else T
+        bar = tqdm(total=-(-B // batch_size) * -(-T // step), disable=not progress, desc="eval windows",
+                   dynamic_ncols=True)
         for b0 in range(0, B, batch_size):
             states = None
             for t0 in range(0, T, step):
@@ -45,6 +48,7 @@ def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0
                 y = data.labels[b0:b0 + batch_size, t0:t0 + step].to(device)
                 g = data.groups[b0:b0 + batch_size, t0:t0 + step].to(device)
                 h, states = model.hidden(x, states)
+                bar.update()
                 if on_window is not None:
                     on_window(states, t0 + x.shape[1])
                 mask = y != IGNORE
@@ -86,21 +90,30 @@ def written_entries(model, task: Task, n: int = 32) -> dict[str, float] | None:
     return {"mean": float(per_stream.mean()), "max": float(per_stream.max())}
 
 
+def heldout_metrics(model, task: Task, batch_size: int, train_len: int = 0,
+                    progress: bool = False) -> dict[str, float]:
+    """Held-out metrics of a trained model on ``task`` (which may be set longer than training).
+
+    Token sequences longer than ``train_len`` are read in windows of ``train_len`` tokens, the
+    state carried (the same numbers as one pass, see :func:`grouped_accuracy`), so memory stays
+    that of the training length (Mamba's parallel scan at 4096 tokens, batch 64, needed > 19 GB);
+    they report accuracy only. Others get the task's own metrics (``trainer.evaluate``).
+    """
+    from onebigstate.training.trainer import evaluate
+    inputs, labels = task.test_set()
+    if train_len and inputs.dim() == 2 and inputs.shape[1] > train_len:
+        data = Grouped(inputs, labels, torch.where(labels != IGNORE, 0, -1), ["all"])
+        return {"accuracy": grouped_accuracy(model, data, batch_size, window=train_len, progress=progress)["all"]}
+    return evaluate(model, task, batch_size, (inputs, labels))
+
+
 def run_eval(ev, model, task: Task, cfg) -> dict[str, Any]:
     """Columns of one :class:`~onebigstate.bench.cells.Eval` on a trained model."""
     from onebigstate.tasks.registry import build_task
-    from onebigstate.training.trainer import evaluate
     if ev.kind == "params":
         other = build_task(cfg.task.model_copy(update={"params": {**cfg.task.params, **ev.params}}))
         train_len = int(cfg.task.params.get("seq_len", 0))
-        inputs, labels = other.test_set()
-        if train_len and inputs.dim() == 2 and inputs.shape[1] > train_len:
-            # Longer than training: read in windows of the training length, the state carried
-            # (the same numbers as one pass, see grouped_accuracy); memory then stays that of
-            # training length (Mamba's parallel scan at 4096 tokens, batch 64, needed > 19 GB).
-            data = Grouped(inputs, labels, torch.where(labels != IGNORE, 0, -1), ["all"])
-            return {ev.label: grouped_accuracy(model, data, cfg.train.eval_batch_size, window=train_len)["all"]}
-        return {ev.label: evaluate(model, other, cfg.train.eval_batch_size, (inputs, labels))["accuracy"]}
+        return {ev.label: heldout_metrics(model, other, cfg.train.eval_batch_size, train_len)["accuracy"]}
     if ev.kind == "grouped":
         acc = grouped_accuracy(model, task.grouped_test_set(), cfg.train.eval_batch_size)
         return {k: v for k, v in acc.items() if k != "all" or len(acc) == 1}

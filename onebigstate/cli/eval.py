@@ -8,13 +8,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from onebigstate.config import ConfigError, build_config
 from onebigstate.nets.stack import count_params
+from onebigstate.tasks.registry import build_task
 from onebigstate.training.checkpoint import read_checkpoint
-from onebigstate.training.trainer import evaluate, model_from_checkpoint, state_size_of
+from onebigstate.training.config import RunConfig
+from onebigstate.training.trainer import model_from_checkpoint, state_size_of
 
 HELP = """Evaluate a checkpoint on its task's held-out set (the test seed range) and print the
 metrics. CHECKPOINT is a checkpoint folder or a run folder (its checkpoints/last). The metrics go
-to eval.json in the run folder (or --out)."""
+to eval.json in the run folder (or --out).
+
+task.* overrides evaluate the trained model zero-shot at another setting of its task, e.g.
+`obs eval RUN task.params.seq_len=16384 task.params.num_kv_pairs=4096 task.test_size=64` (MQAR
+at 4096 pairs); token sequences longer than training are read in windows of the training length
+with the state carried, and report accuracy only. The metrics then go to
+RUN/eval_<overrides>.json."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", help="where to write the metrics (default: RUN/eval.json)")
     p.add_argument("--device", help="device to evaluate on (default: the run's train.device)")
     p.add_argument("--batch-size", type=int, help="sequences per evaluation batch")
+    p.add_argument("overrides", nargs="*", metavar="task.key=value",
+                   help="evaluate at another task setting (task.params.*, task.test_size, task.seed)")
     p.set_defaults(func=run)
 
 
@@ -52,20 +63,52 @@ def results_rows(res: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _task_overrides(ckpt, overrides: list[str]):
+    """The checkpoint's task config with ``task.*`` overrides applied (others refused)."""
+    key = lambda o: o.split("=", 1)[0].strip()
+    bad = [o for o in overrides if not (key(o).startswith("task.params.") or key(o) in ("task.test_size", "task.seed"))]
+    if bad:
+        raise ConfigError(f"obs eval takes only task.params.*, task.test_size and task.seed overrides "
+                          f"(the model and its task are the checkpoint's); got {bad}")
+    return build_config(RunConfig, ckpt.config.model_dump(mode="json"), overrides,
+                        source=f"{ckpt.path}/config.yaml").task
+
+
+def _default_out(ckpt, overrides: list[str]) -> Path:
+    folder = ckpt.run_dir or ckpt.path
+    if not overrides:
+        return folder / "eval.json"
+    slug = "_".join(o.split("=", 1)[0].strip().split(".")[-1] + o.split("=", 1)[1].strip() for o in overrides)
+    return folder / f"eval_{slug.replace('/', '-')}.json"
+
+
 def run(args: argparse.Namespace) -> int:
+    from onebigstate.bench.evaluate import heldout_metrics
     ckpt = read_checkpoint(args.checkpoint)
+    overrides = list(args.overrides or [])
+    task_cfg = _task_overrides(ckpt, overrides)
     task, model = model_from_checkpoint(ckpt, device=args.device)
     cfg = ckpt.config
-    metrics = evaluate(model, task, args.batch_size or cfg.train.eval_batch_size)
-    out = {"checkpoint": str(ckpt.path), "step": ckpt.step, "task": cfg.task.name, "model": cfg.model.name,
-           "test_size": cfg.task.test_size, "metrics": metrics, "n_params": count_params(model),
-           "state_size": state_size_of(model, task)}
+    if overrides:
+        task = build_task(task_cfg)
+    train_len = int(cfg.task.params.get("seq_len", 0)) if overrides else 0
+    metrics = heldout_metrics(model, task, args.batch_size or cfg.train.eval_batch_size, train_len,
+                              progress=bool(overrides))
+    out = {"checkpoint": str(ckpt.path), "step": ckpt.step, "task": task_cfg.name, "model": cfg.model.name,
+           "overrides": overrides, "task_params": task_cfg.params, "test_size": task_cfg.test_size,
+           "metrics": metrics, "n_params": count_params(model), "state_size": state_size_of(model, task)}
+    bench = (ckpt.run_dir / "bench.json") if ckpt.run_dir else None
+    if bench is not None and bench.exists():   # a cell of `obs bench`: say which
+        cell = json.loads(bench.read_text())
+        out["bench"] = {k: cell.get(k) for k in ("cell", "model", "seed", "lr", "setting", "commit")}
     rows = [(f"test {k}", format_value(v)) for k, v in metrics.items()]
-    rows += [("step", format_value(ckpt.step)), ("test sequences", format_value(cfg.task.test_size)),
+    rows += [(o.split("=", 1)[0], o.split("=", 1)[1]) for o in overrides]
+    rows += [("step", format_value(ckpt.step)), ("test sequences", format_value(task_cfg.test_size)),
              ("parameters", format_value(out["n_params"]))]
     rows += [(f"state size: {k}", format_value(v)) for k, v in out["state_size"].items()]
     Console().print(results_table(f"{cfg.model.name} on {cfg.task.name}, held-out set", rows, caption=str(ckpt.path)))
-    path = Path(args.out) if args.out else (ckpt.run_dir or ckpt.path) / "eval.json"
+    path = Path(args.out) if args.out else _default_out(ckpt, overrides)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
     return 0

@@ -10,6 +10,11 @@ Two sources, both results pages of ``obs bench`` (their ``.json`` rows), put on 
   (128 tokens, 32 pairs) and tested *zero-shot* at (4P tokens, P pairs) for P = 64 .. 1024
   (vocabulary 8192); its test columns ``T=4P`` are exactly the capacity grid's settings.
 
+- ``docs/results/capacity_probes/*.json`` (``obs eval RUN task.params.seq_len=T
+  task.params.num_kv_pairs=P task.test_size=64 --out ...``): the same OBS cells at settings the
+  bench does not test, added to their curves (e.g. P = 512 and P = 2047, T = 8190: MQAR at
+  vocabulary 8192 needs T < 8192).
+
 The protocols differ (trained at each size vs zero-shot from 32 pairs; vocabularies 32768 vs
 8192), and the page says so next to every row: this is a picture of what has been measured, not
 one benchmark.
@@ -53,6 +58,27 @@ def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
     return curves
 
 
+def add_probes(curves: list[dict], records: list[dict]) -> list[dict]:
+    """Add ``obs eval`` records of bench cells (``record["bench"]["model"]``) to the zero-shot
+    curve of that model, as (pairs -> mean accuracy over the records); returns the records used.
+    A setting the bench itself measured keeps the bench's number."""
+    by_model = {c["model"]: c for c in curves if c["protocol"].startswith("zero")}
+    found: dict[tuple[str, int], list[dict]] = {}
+    for r in records:
+        model = (r.get("bench") or {}).get("model")
+        if model in by_model:
+            found.setdefault((model, int(r["task_params"]["num_kv_pairs"])), []).append(r)
+    used = []
+    for (model, pairs), recs in found.items():
+        c = by_model[model]
+        if pairs in c["points"]:
+            continue
+        c["points"][pairs] = sum(r["metrics"]["accuracy"] for r in recs) / len(recs)
+        c["seeds"][pairs], c["n_params"][pairs] = len(recs), recs[0]["n_params"]
+        used += recs
+    return used
+
+
 def table(curves: list[dict], pairs: list[int]) -> str:
     head = "| model | width | protocol | params | " + " | ".join(f"P={p}" for p in pairs) + " | seeds |"
     lines = [head, "|" + "---|" * 3 + "---:|" * (len(pairs) + 2)]
@@ -93,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity", default="docs/results/capacity.json")
     ap.add_argument("--extrapolation", default="docs/results/extrapolation_cpu.json")
     ap.add_argument("--obs-models", default=",".join(DEFAULT_OBS_MODELS))
+    ap.add_argument("--probes", default="docs/results/capacity_probes",
+                    help="folder of obs eval records of the OBS cells at other settings (may be absent)")
     ap.add_argument("--out", default="docs/results/capacity_curve.md")
     args = ap.parse_args(argv)
     for path in (args.capacity, args.extrapolation):
@@ -100,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{path} not found: write it with obs bench first (see this script's docstring)")
     trained = trained_points(json.loads(Path(args.capacity).read_text()))
     zero = zero_shot_points(json.loads(Path(args.extrapolation).read_text()), args.obs_models.split(","))
+    probe_files = sorted(Path(args.probes).glob("*.json")) if Path(args.probes).is_dir() else []
+    probes = add_probes(zero, [json.loads(f.read_text()) for f in probe_files])
+    settings = sorted({(r["task_params"]["num_kv_pairs"], r["task_params"]["seq_len"]) for r in probes})
+    sizes = sorted({r["test_size"] for r in probes})
     curves = zero + trained
     pairs = sorted({p for c in curves for p in c["points"]})
     out = Path(args.out)
@@ -114,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         "P pairs), on CPU. Baseline rows: trained at each P, vocabulary 32768, 2000 steps, on an H100 "
         "(see the capacity page for the learning rates and the cells that did not finish). A dash: "
         "not measured. Accuracy is the mean over the seeds given.", "",
+        *([f"OBS at " + ", ".join(f"P={p} (T={t})" for p, t in settings) + ": `obs eval` of the same "
+           f"trained cells ({len(probes)} records in `{args.probes}/`, each holding its command), "
+           f"{'/'.join(map(str, sizes))} held-out sequences each (the bench's columns: 500)."
+           + (" MQAR at vocabulary 8192 needs T < 8192, hence P = 2047 at T = 8190 rather than 2048."
+              if any(p == 2047 for p, _ in settings) else ""), ""]
+          if probes else []),
         table(curves, pairs), "", f"![accuracy against pairs]({png.name})", ""]))
     print(f"wrote {out} and {png}")
     return 0

@@ -36,3 +36,30 @@ def test_zero_shot_columns_map_to_pairs_and_both_protocols_share_a_table(tmp_pat
     assert "zero-shot from P=32" in out.read_text() and out.with_suffix(".png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="not found"):
         cc.main(["--capacity", str(tmp_path / "missing.json")])
+
+
+def _probe(model, pairs, acc, seed=0):
+    return {"bench": {"model": model, "seed": seed}, "task_params": {"num_kv_pairs": pairs, "seq_len": 4 * pairs},
+            "metrics": {"accuracy": acc}, "n_params": 1000, "test_size": 64}
+
+
+def test_obs_eval_probes_extend_the_zero_shot_curves(tmp_path):
+    cc = load_benchmark("capacity_curve")
+    extrap = [_row("obs", "train T=128 P=32 d=64", {"width": 64}, [1.0], {"T=256": [0.9], "T=1024": [0.8]})]
+    zero = cc.zero_shot_points(extrap, ["obs"])
+    used = cc.add_probes(zero, [_probe("obs", 512, 0.5), _probe("obs", 512, 0.7, seed=1),
+                                _probe("obs", 64, 0.1),          # the bench measured P=64: kept
+                                _probe("lstm", 512, 0.0)])       # no zero-shot curve for it
+    assert len(used) == 2
+    assert zero[0]["points"] == {64: 0.9, 256: 0.8, 512: pytest.approx(0.6)} and zero[0]["seeds"][512] == 2
+
+    (tmp_path / "c.json").write_text(json.dumps([_row("s4d", "P=64 T=256 d=64", {"pairs": 64, "width": 64}, [0.5])]))
+    (tmp_path / "e.json").write_text(json.dumps(extrap))
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    (probes / "a.json").write_text(json.dumps(_probe("obs", 512, 0.5)))
+    out = tmp_path / "curve.md"
+    assert cc.main(["--capacity", str(tmp_path / "c.json"), "--extrapolation", str(tmp_path / "e.json"),
+                    "--probes", str(probes), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "P=512 (T=2048)" in text and "| 0.500 |" in text

@@ -65,6 +65,7 @@ def test_obs_eval_at_a_longer_task_setting_reads_in_windows_and_writes_its_own_f
     assert "task.params.num_kv_pairs" in out and "test accuracy" in out
     ev = json.loads((finished_run / "eval_seq_len24_num_kv_pairs4_test_size8.json").read_text())
     assert ev["overrides"] == args and ev["test_size"] == 8
+    assert ev["command"] == " ".join(["obs eval", str(finished_run), *args])
     assert ev["task_params"]["seq_len"] == 24 and ev["task_params"]["num_kv_pairs"] == 4
     plain = finished_run / "eval.json"      # the plain evaluation's file is not overwritten
     assert not plain.exists() or json.loads(plain.read_text())["overrides"] == []

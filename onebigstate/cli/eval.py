@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     train_len = int(cfg.task.params.get("seq_len", 0)) if overrides else 0
     metrics = heldout_metrics(model, task, args.batch_size or cfg.train.eval_batch_size, train_len,
                               progress=bool(overrides))
-    out = {"checkpoint": str(ckpt.path), "step": ckpt.step, "task": task_cfg.name, "model": cfg.model.name,
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in (("device", args.device), ("batch_size", args.batch_size))
+             if v is not None]
+    out = {"command": " ".join(["obs eval", args.checkpoint, *flags, *overrides]),
+           "checkpoint": str(ckpt.path), "step": ckpt.step, "task": task_cfg.name, "model": cfg.model.name,
            "overrides": overrides, "task_params": task_cfg.params, "test_size": task_cfg.test_size,
            "metrics": metrics, "n_params": count_params(model), "state_size": state_size_of(model, task)}
     bench = (ckpt.run_dir / "bench.json") if ckpt.run_dir else None

@@ -73,6 +73,18 @@ def test_rows_hashed_on_read_equal_the_shared_table(monkeypatch):
         [from_table[0, 0, 5].item(), from_table[0, 0, 2].item(), from_table[1, 0, 7].item()]))
 
 
+def test_shared_tables_stay_below_the_limit_least_recently_used_going_first(monkeypatch):
+    monkeypatch.setattr(sparse_state, "_S0_TABLES", {})
+    monkeypatch.setattr(sparse_state, "S0_TABLE_MAX_BYTES", 2 * 32 * 32 * 4)   # two float32 32x32 tables
+    table = lambda seed: sparse_state._s0_table(32, 0.1, seed, torch.float32, torch.device("cpu"))
+    a = table(0)
+    table(1)
+    assert table(0) is a                       # kept, and now the most recently used
+    table(2)                                   # the third evicts seed 1, not seed 0
+    assert [k[2] for k in sparse_state._S0_TABLES] == [0, 2] and table(0) is a
+    assert torch.equal(table(1)[0], hashed_initial_state(32, 0.1, 1))   # rebuilt when asked again
+
+
 @pytest.mark.parametrize("recent_min", [8, 1 << 16])   # the recent run joins the main one often / never
 def test_sparse_store_against_a_dense_mirror(monkeypatch, recent_min):
     monkeypatch.setattr(SparseState, "RECENT_MIN", recent_min)

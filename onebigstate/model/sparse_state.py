@@ -6,9 +6,10 @@ lets N reach millions of nodes with memory proportional to what was written". He
 - ``S_0[i, j] = std * z(seed, i, j)``, with ``z`` a standard normal made from an integer hash
   of (seed, i, j) (:func:`hash_normal`). Every stream starts from the same ``S_0``, so nothing
   per stream is stored for it. Below :data:`S0_TABLE_MAX_BYTES` the values are computed once
-  and kept in one [N, N] table shared by every state of the process, for its lifetime (reads
-  are then a gather, as fast as the dense backend's); above it every row read hashes its N
-  values afresh (O(N) work, no memory).
+  and kept in one [N, N] table shared by every state of the process (reads are then a gather,
+  as fast as the dense backend's; the tables of all settings together stay below that size,
+  the least recently used going first); above it every row read hashes its N values afresh
+  (O(N) work, no memory).
 - The changes ``S_t - S_0`` are sorted int64 keys (the flat position ``(b * N + i) * N + j``,
   as in :class:`~onebigstate.model.state.StateStore`) and their values, in two runs (a main one
   and a small recent one, see :class:`SparseState`). Adding looks keys up by binary search and
@@ -87,7 +88,15 @@ def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: t
     if n_nodes * n_nodes * torch.finfo(dtype).bits // 8 > S0_TABLE_MAX_BYTES:
         return None
     key = (n_nodes, float(std), int(seed), dtype, str(device))
-    if key not in _S0_TABLES:
+    if key in _S0_TABLES:
+        _S0_TABLES[key] = _S0_TABLES.pop(key)                 # most recently used last
+    else:
+        # Tables of other settings (another N, dtype or device) go, oldest first, while all
+        # together would exceed the limit: it bounds what this cache holds, not each table.
+        size = n_nodes * n_nodes * torch.finfo(dtype).bits // 8
+        while _S0_TABLES and size + sum(t.numel() * t.element_size() for t, _ in _S0_TABLES.values()) \
+                > S0_TABLE_MAX_BYTES:
+            del _S0_TABLES[next(iter(_S0_TABLES))]
         table = hashed_initial_state(n_nodes, std, seed, dtype, device)
         _S0_TABLES[key] = (table, table.pow(2).sum(1))
     return _S0_TABLES[key]

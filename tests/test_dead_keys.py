@@ -1,0 +1,32 @@
+"""benchmarks/dead_keys.py: MQAR keys never recalled, and the write gates at them."""
+from __future__ import annotations
+
+import math
+
+from onebigstate.config import build_config
+from onebigstate.training.config import RunConfig
+from onebigstate.training.trainer import train
+from training_helpers import load_benchmark, tiny_tree
+
+
+def test_dead_keys_are_those_asked_twice_and_always_wrong():
+    dead, live, asked = load_benchmark("dead_keys").dead_and_live(
+        [5, 5, 6, 6, 7, 8, 8], [False, False, True, True, False, True, False])
+    assert (dead, live, asked) == ({5}, {6}, 3)          # 7 was asked once; 8 is neither
+
+
+def test_dead_keys_table_for_a_trained_mqar_run(tmp_path, one_thread):
+    tree = tiny_tree(steps=2, ckpt_every=2, eval_every=0)
+    tree["task"] = {"name": "mqar", "seed": 0, "test_size": 16,
+                    "params": {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 4}}
+    run = tmp_path / "run"
+    train(build_config(RunConfig, tree), run, log=lambda m: None)
+    dk = load_benchmark("dead_keys")
+    s = dk.dead_key_stats(run, 16)
+    assert s["N"] == 32 and s["step"] == 2 and 0 <= s["dead"] <= s["asked"] > 0
+    assert 0.0 <= s["accuracy"] <= 1.0
+    assert all(math.isnan(v) or -1.0 <= v <= 1.0 for v in (*s["g_in"], *s["g_as"]))
+    assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in s["active"])
+    out = tmp_path / "dead.md"
+    assert dk.main([str(run / "checkpoints" / "last"), "--n", "8", "--out", str(out)]) == 0
+    assert "| run (last) | 32 | 2 |" in out.read_text()

@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                               progress=bool(overrides))
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in (("device", args.device), ("batch_size", args.batch_size))
              if v is not None]
-    out = {"command": " ".join(["obs eval", args.checkpoint, *flags, *overrides]),
+    from onebigstate.cli.bench import git_commit
+    out = {"command": " ".join(["obs eval", args.checkpoint, *flags, *overrides]), "commit": git_commit(),
            "checkpoint": str(ckpt.path), "step": ckpt.step, "task": task_cfg.name, "model": cfg.model.name,
            "overrides": overrides, "task_params": task_cfg.params, "test_size": task_cfg.test_size,
            "metrics": metrics, "n_params": count_params(model), "state_size": state_size_of(model, task)}

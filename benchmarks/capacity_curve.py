@@ -25,7 +25,8 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096"]
+DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
+                      "obs_balanced_rownorm_n16384"]
 
 
 def trained_points(rows: list[dict]) -> list[dict]:
@@ -52,25 +53,35 @@ def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
             T = int(label.split("=")[1])
             if T >= 256:
                 points[T // 4] = sum(accs) / len(accs)
-        curves.append({"model": r["model"], "width": int(r["x"]["width"]), "protocol": "zero-shot from P=32",
+        curves.append({"model": r["model"], "lr": r["lr"], "width": int(r["x"]["width"]), "protocol": "zero-shot from P=32",
                        "n_params": {p: r["n_params"] for p in points}, "points": points,
                        "seeds": {p: r["n_seeds"] for p in points}})
     return curves
 
 
-def add_probes(curves: list[dict], records: list[dict]) -> list[dict]:
-    """Add ``obs eval`` records of bench cells (``record["bench"]["model"]``) to the zero-shot
-    curve of that model, as (pairs -> mean accuracy over the records); returns the records used.
-    A setting the bench itself measured keeps the bench's number."""
-    by_model = {c["model"]: c for c in curves if c["protocol"].startswith("zero")}
-    found: dict[tuple[str, int], list[dict]] = {}
+def add_probes(curves: list[dict], records: list[dict], models: list[str]) -> list[dict]:
+    """Add ``obs eval`` records of bench cells of ``models`` to the zero-shot curves, as (pairs ->
+    mean accuracy over the records); returns the records used.
+
+    A record joins the curve of its cell's model and learning rate (``record["bench"]``); a
+    setting the bench itself measured keeps the bench's number. A learning rate the page does not
+    show (the bench page keeps each model's best, and a cell may not have finished its bench
+    evaluation) gets a curve of its own, labelled with it.
+    """
+    zero = {(c["model"], c.get("lr")): c for c in curves if c["protocol"].startswith("zero")}
+    found: dict[tuple[str, float, int], list[dict]] = {}
     for r in records:
-        model = (r.get("bench") or {}).get("model")
-        if model in by_model:
-            found.setdefault((model, int(r["task_params"]["num_kv_pairs"])), []).append(r)
+        cell = r.get("bench") or {}
+        if cell.get("model") in models:
+            found.setdefault((cell["model"], cell.get("lr"), int(r["task_params"]["num_kv_pairs"])), []).append(r)
     used = []
-    for (model, pairs), recs in found.items():
-        c = by_model[model]
+    for (model, lr, pairs), recs in sorted(found.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
+        c = zero.get((model, lr))
+        if c is None:
+            c = zero[(model, lr)] = {"model": f"{model} (lr {lr:g})", "lr": lr, "width": recs[0].get("d_model", 0),
+                                     "protocol": "zero-shot from P=32 (obs eval)", "n_params": {}, "points": {},
+                                     "seeds": {}}
+            curves.append(c)
         if pairs in c["points"]:
             continue
         c["points"][pairs] = sum(r["metrics"]["accuracy"] for r in recs) / len(recs)
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = trained_points(json.loads(Path(args.capacity).read_text()))
     zero = zero_shot_points(json.loads(Path(args.extrapolation).read_text()), args.obs_models.split(","))
     probe_files = sorted(Path(args.probes).glob("*.json")) if Path(args.probes).is_dir() else []
-    probes = add_probes(zero, [json.loads(f.read_text()) for f in probe_files])
+    probes = add_probes(zero, [json.loads(f.read_text()) for f in probe_files], args.obs_models.split(","))
     settings = sorted({(r["task_params"]["num_kv_pairs"], r["task_params"]["seq_len"]) for r in probes})
     sizes = sorted({r["test_size"] for r in probes})
     curves = zero + trained

@@ -38,8 +38,9 @@ def test_zero_shot_columns_map_to_pairs_and_both_protocols_share_a_table(tmp_pat
         cc.main(["--capacity", str(tmp_path / "missing.json")])
 
 
-def _probe(model, pairs, acc, seed=0):
-    return {"bench": {"model": model, "seed": seed}, "task_params": {"num_kv_pairs": pairs, "seq_len": 4 * pairs},
+def _probe(model, pairs, acc, seed=0, lr=0.003):
+    return {"bench": {"model": model, "seed": seed, "lr": lr}, "d_model": 64,
+            "task_params": {"num_kv_pairs": pairs, "seq_len": 4 * pairs},
             "metrics": {"accuracy": acc}, "n_params": 1000, "test_size": 64}
 
 
@@ -49,9 +50,11 @@ def test_obs_eval_probes_extend_the_zero_shot_curves(tmp_path):
     zero = cc.zero_shot_points(extrap, ["obs"])
     used = cc.add_probes(zero, [_probe("obs", 512, 0.5), _probe("obs", 512, 0.7, seed=1),
                                 _probe("obs", 64, 0.1),          # the bench measured P=64: kept
-                                _probe("lstm", 512, 0.0)])       # no zero-shot curve for it
-    assert len(used) == 2
+                                _probe("lstm", 512, 0.0),        # not an OBS model of the page
+                                _probe("obs", 1024, 0.3, lr=0.01)], ["obs"])   # another lr: its own curve
+    assert len(used) == 3
     assert zero[0]["points"] == {64: 0.9, 256: 0.8, 512: pytest.approx(0.6)} and zero[0]["seeds"][512] == 2
+    assert zero[1]["model"] == "obs (lr 0.01)" and zero[1]["points"] == {1024: 0.3} and zero[1]["width"] == 64
 
     (tmp_path / "c.json").write_text(json.dumps([_row("s4d", "P=64 T=256 d=64", {"pairs": 64, "width": 64}, [0.5])]))
     (tmp_path / "e.json").write_text(json.dumps(extrap))

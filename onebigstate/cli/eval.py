@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from onebigstate.cli.bench import git_commit
     out = {"command": " ".join(["obs eval", args.checkpoint, *flags, *overrides]), "commit": git_commit(),
            "checkpoint": str(ckpt.path), "step": ckpt.step, "task": task_cfg.name, "model": cfg.model.name,
+           "d_model": cfg.model.d_model,
            "overrides": overrides, "task_params": task_cfg.params, "test_size": task_cfg.test_size,
            "metrics": metrics, "n_params": count_params(model), "state_size": state_size_of(model, task)}
     bench = (ckpt.run_dir / "bench.json") if ckpt.run_dir else None

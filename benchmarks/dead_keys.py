@@ -19,6 +19,7 @@ Prints one markdown table row per run (``--out`` writes the table to a file).
 from __future__ import annotations
 
 import argparse
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def dead_key_stats(run: Path, n_seq: int) -> dict:
 
 
 def row(s: dict) -> str:
-    pair = lambda v: f"{v[0]:.2f} / {v[1]:.2f}"
+    num = lambda v: "-" if math.isnan(v) else f"{v:.2f}"          # "-": no such key
+    pair = lambda v: f"{num(v[0])} / {num(v[1])}"
     return (f"| {s['run']} | {s['N']} | {s['step']} | {s['accuracy']:.3f} | {s['dead']} of {s['asked']} "
             f"({s['dead'] / max(1, s['asked']):.1%}) | {pair(s['g_in'])} | {pair(s['g_as'])} | {pair(s['active'])} |")
 

@@ -110,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         print(lines[-1], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        command = "python benchmarks/dead_keys.py " + " ".join(str(r) for r in args.runs) + \
+            ("" if args.n == 128 else f" --n {args.n}") + f" --out {args.out}"
+        head = ["# Dead keys: MQAR keys a trained OBS cell never recalls", "",
+                f"Produced by `{command}` (CPU), {args.n} held-out sequences at the training setting. "
+                "Gates and the share of the key's circuit among the active nodes are at the keys' "
+                "presentations; see the script's docstring.", ""]
+        args.out.write_text("\n".join(head + lines) + "\n")
         print(f"wrote {args.out}")
     return 0
 

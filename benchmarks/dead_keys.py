@@ -76,15 +76,11 @@ def dead_key_stats(run: Path, n_seq: int) -> dict:
     used = torch.arange(circuit.shape[-1]) < k.unsqueeze(-1)
     share = (in_active & used).sum(-1) / k                          # [B, P]
 
-    def mean_over(tokens: set[int], values: torch.Tensor) -> float:
-        sel = torch.tensor([[t in tokens for t in row] for row in keys.tolist()])
-        return float(values[sel].float().mean()) if sel.any() else float("nan")
-
+    groups = [torch.isin(keys, torch.tensor(sorted(tokens), dtype=keys.dtype)) for tokens in (dead, live)]
+    means = lambda values: tuple(float(values[sel].float().mean()) if sel.any() else float("nan") for sel in groups)
     return {"run": run_label(run), "N": layers[0].cfg.n_nodes,
             "step": ckpt.step, "accuracy": float(right.float().mean()), "dead": len(dead), "asked": n_asked,
-            "g_in": (mean_over(dead, gates[..., 0]), mean_over(live, gates[..., 0])),
-            "g_as": (mean_over(dead, gates[..., 1]), mean_over(live, gates[..., 1])),
-            "active": (mean_over(dead, share), mean_over(live, share))}
+            "g_in": means(gates[..., 0]), "g_as": means(gates[..., 1]), "active": means(share)}
 
 
 def row(s: dict) -> str:

@@ -4,10 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onebigstate.config import build_config
-from onebigstate.training.config import RunConfig
-from onebigstate.training.trainer import train
-from training_helpers import load_benchmark, tiny_tree
+from training_helpers import load_benchmark, train_tiny_mqar
 
 
 def test_sequence_load_counts_tokens_per_node_and_tokens_without_an_own_node():
@@ -24,11 +21,7 @@ def test_sequence_load_counts_tokens_per_node_and_tokens_without_an_own_node():
 
 
 def test_circuit_load_page_for_a_trained_mqar_run(tmp_path, one_thread):
-    tree = tiny_tree(steps=2, ckpt_every=2, eval_every=0)
-    tree["task"] = {"name": "mqar", "seed": 0, "test_size": 4,
-                    "params": {"vocab_size": 64, "seq_len": 16, "num_kv_pairs": 4}}
-    run = tmp_path / "run"
-    train(build_config(RunConfig, tree), run, log=lambda m: None)
+    run = train_tiny_mqar(tmp_path / "run", vocab_size=64, seq_len=16, num_kv_pairs=4, test_size=4)
     out = tmp_path / "load.md"
     assert load_benchmark("circuit_load").main([str(run), "--n", "2", "--settings", "16:4,32:8", "--out", str(out)]) == 0
     page = out.read_text()

@@ -60,6 +60,8 @@ def test_obs_eval_at_a_longer_task_setting_reads_in_windows_and_writes_its_own_f
     from onebigstate.training.trainer import model_from_checkpoint
     args = ["task.params.seq_len=24", "task.params.num_kv_pairs=4", "task.test_size=8"]
     with single_thread():
+        assert main(["eval", str(finished_run)]) == 0           # the plain evaluation's eval.json
+        capsys.readouterr()
         assert main(["eval", str(finished_run), *args]) == 0
     out = capsys.readouterr().out
     assert "task.params.num_kv_pairs" in out and "test accuracy" in out
@@ -67,8 +69,7 @@ def test_obs_eval_at_a_longer_task_setting_reads_in_windows_and_writes_its_own_f
     assert ev["overrides"] == args and ev["test_size"] == 8
     assert ev["command"] == " ".join(["obs eval", str(finished_run), *args])
     assert ev["task_params"]["seq_len"] == 24 and ev["task_params"]["num_kv_pairs"] == 4
-    plain = finished_run / "eval.json"      # the plain evaluation's file is not overwritten
-    assert not plain.exists() or json.loads(plain.read_text())["overrides"] == []
+    assert json.loads((finished_run / "eval.json").read_text())["overrides"] == []   # not overwritten
     # The same number as reading each 24-token sequence in one pass (windows of 16 + 8 carry the state).
     ckpt = read_checkpoint(finished_run)
     task = build_task(ckpt.config.task.model_copy(update={

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import math
 
-from onebigstate.config import build_config
-from onebigstate.training.config import RunConfig
-from onebigstate.training.trainer import train
-from training_helpers import load_benchmark, tiny_tree
+from training_helpers import load_benchmark, train_tiny_mqar
 
 
 def test_dead_keys_are_those_asked_twice_and_always_wrong():
@@ -16,11 +13,7 @@ def test_dead_keys_are_those_asked_twice_and_always_wrong():
 
 
 def test_dead_keys_table_for_a_trained_mqar_run(tmp_path, one_thread):
-    tree = tiny_tree(steps=2, ckpt_every=2, eval_every=0)
-    tree["task"] = {"name": "mqar", "seed": 0, "test_size": 16,
-                    "params": {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 4}}
-    run = tmp_path / "run"
-    train(build_config(RunConfig, tree), run, log=lambda m: None)
+    run = train_tiny_mqar(tmp_path / "run", vocab_size=32, seq_len=16, num_kv_pairs=4, test_size=16)
     dk = load_benchmark("dead_keys")
     s = dk.dead_key_stats(run, 16)
     assert s["N"] == 32 and s["step"] == 2 and 0 <= s["dead"] <= s["asked"] > 0

@@ -31,6 +31,18 @@ def tiny_tree(**train) -> dict:
     return tree
 
 
+def train_tiny_mqar(run: Path, vocab_size: int, seq_len: int, num_kv_pairs: int, test_size: int) -> Path:
+    """The TINY OBS trained 2 steps on MQAR at this setting, into ``run`` (for analysis scripts)."""
+    from onebigstate.config import build_config
+    from onebigstate.training.config import RunConfig
+    from onebigstate.training.trainer import train
+    tree = tiny_tree(steps=2, ckpt_every=2, eval_every=0)
+    tree["task"] = {"name": "mqar", "seed": 0, "test_size": test_size,
+                    "params": {"vocab_size": vocab_size, "seq_len": seq_len, "num_kv_pairs": num_kv_pairs}}
+    train(build_config(RunConfig, tree), run, log=lambda m: None)
+    return run
+
+
 def load_benchmark(name: str):
     """A script of ``benchmarks/`` as a module (they are scripts, not a package)."""
     import importlib.util

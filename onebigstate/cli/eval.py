@@ -20,8 +20,8 @@ metrics. CHECKPOINT is a checkpoint folder or a run folder (its checkpoints/last
 to eval.json in the run folder (or --out).
 
 task.* overrides evaluate the trained model zero-shot at another setting of its task, e.g.
-`obs eval RUN task.params.seq_len=16384 task.params.num_kv_pairs=4096 task.test_size=64` (MQAR
-at 4096 pairs); token sequences longer than training are read in windows of the training length
+`obs eval RUN task.params.seq_len=2048 task.params.num_kv_pairs=512 task.test_size=64` (MQAR
+at 512 pairs); token sequences longer than training are read in windows of the training length
 with the state carried, and report accuracy only. The metrics then go to
 RUN/eval_<overrides>.json."""
 
@@ -63,10 +63,17 @@ def results_rows(res: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _split(overrides: list[str]) -> list[tuple[str, str]]:
+    """``key=value`` strings -> (key, value) pairs (a string without ``=`` is a config error)."""
+    if any("=" not in o for o in overrides):
+        raise ConfigError(f"overrides must be key=value; got {[o for o in overrides if '=' not in o]}")
+    return [(k.strip(), v.strip()) for k, v in (o.split("=", 1) for o in overrides)]
+
+
 def _task_overrides(ckpt, overrides: list[str]):
     """The checkpoint's task config with ``task.*`` overrides applied (others refused)."""
-    key = lambda o: o.split("=", 1)[0].strip()
-    bad = [o for o in overrides if not (key(o).startswith("task.params.") or key(o) in ("task.test_size", "task.seed"))]
+    bad = [f"{k}={v}" for k, v in _split(overrides)
+           if not (k.startswith("task.params.") or k in ("task.test_size", "task.seed"))]
     if bad:
         raise ConfigError(f"obs eval takes only task.params.*, task.test_size and task.seed overrides "
                           f"(the model and its task are the checkpoint's); got {bad}")
@@ -78,12 +85,13 @@ def _default_out(ckpt, overrides: list[str]) -> Path:
     folder = ckpt.run_dir or ckpt.path
     if not overrides:
         return folder / "eval.json"
-    slug = "_".join(o.split("=", 1)[0].strip().split(".")[-1] + o.split("=", 1)[1].strip() for o in overrides)
+    slug = "_".join(k.split(".")[-1] + v for k, v in _split(overrides))
     return folder / f"eval_{slug.replace('/', '-')}.json"
 
 
 def run(args: argparse.Namespace) -> int:
     from onebigstate.bench.evaluate import heldout_metrics
+    from onebigstate.cli.bench import git_commit
     ckpt = read_checkpoint(args.checkpoint)
     overrides = list(args.overrides or [])
     task_cfg = _task_overrides(ckpt, overrides)
@@ -96,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
                               progress=bool(overrides))
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in (("device", args.device), ("batch_size", args.batch_size))
              if v is not None]
-    from onebigstate.cli.bench import git_commit
     out = {"command": " ".join(["obs eval", args.checkpoint, *flags, *overrides]), "commit": git_commit(),
            "checkpoint": str(ckpt.path), "step": ckpt.step, "task": task_cfg.name, "model": cfg.model.name,
            "d_model": cfg.model.d_model,
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         cell = json.loads(bench.read_text())
         out["bench"] = {k: cell.get(k) for k in ("cell", "model", "seed", "lr", "setting", "commit")}
     rows = [(f"test {k}", format_value(v)) for k, v in metrics.items()]
-    rows += [(o.split("=", 1)[0], o.split("=", 1)[1]) for o in overrides]
+    rows += _split(overrides)
     rows += [("step", format_value(ckpt.step)), ("test sequences", format_value(task_cfg.test_size)),
              ("parameters", format_value(out["n_params"]))]
     rows += [(f"state size: {k}", format_value(v)) for k, v in out["state_size"].items()]

@@ -85,7 +85,8 @@ def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: t
               ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The shared S_0 table for these settings and its rows' squared norms ([N, N], [N]), or None
     when the table would exceed S0_TABLE_MAX_BYTES."""
-    if n_nodes * n_nodes * torch.finfo(dtype).bits // 8 > S0_TABLE_MAX_BYTES:
+    size = n_nodes * n_nodes * torch.finfo(dtype).bits // 8
+    if size > S0_TABLE_MAX_BYTES:
         return None
     key = (n_nodes, float(std), int(seed), dtype, str(device))
     if key in _S0_TABLES:
@@ -93,7 +94,6 @@ def _s0_table(n_nodes: int, std: float, seed: int, dtype: torch.dtype, device: t
     else:
         # Tables of other settings (another N, dtype or device) go, oldest first, while all
         # together would exceed the limit: it bounds what this cache holds, not each table.
-        size = n_nodes * n_nodes * torch.finfo(dtype).bits // 8
         while _S0_TABLES and size + sum(t.numel() * t.element_size() for t, _ in _S0_TABLES.values()) \
                 > S0_TABLE_MAX_BYTES:
             del _S0_TABLES[next(iter(_S0_TABLES))]

@@ -25,6 +25,7 @@ CASES = {
     "carried_state": dict(T=8, carried=True),
     "reverse_assoc": dict(T=12, continuous="mixed", carried=True, cfg=dict(reverse_assoc=True)),
     "row_norm": dict(T=14, continuous="mixed", carried=True, cfg=dict(row_norm=True)),
+    "circuit_direct": dict(T=12, continuous="mixed", carried=True, cfg=dict(row_norm=True, circuit_direct=2.0)),
 }
 
 

@@ -205,3 +205,36 @@ def test_row_norm_config_reaches_the_recurrence_and_changes_the_read():
     # same weights, same writes; only the read's row weighting differs
     assert torch.isfinite(normed.last_stats.read).all()
     assert not torch.allclose(plain.last_stats.read, normed.last_stats.read)
+
+
+def _dead_key_layer(circuit_direct: float) -> OBSLayer:
+    """A layer whose intra-circuit gate sits at about -1 (how a dead key looks, docs/results/dead_keys.md)."""
+    torch.manual_seed(0)
+    layer = OBSLayer(OBSConfig(d_model=16, n_nodes=256, k_min=4, k_max=12, m_active=16, row_norm=True,
+                               circuit_direct=circuit_direct)).double()
+    with torch.no_grad():
+        layer.write.w_out[1].zero_()
+        layer.write.b_out[1] = -3.0                     # g_in = tanh(-3) = -0.995
+    return layer
+
+
+def _circuit_share_in_active(layer: OBSLayer) -> float:
+    st = layer.last_stats
+    hit = (st.circuit_idx.unsqueeze(-1) == st.active_idx.unsqueeze(-2)).any(-1)     # [B, T, K]
+    used = torch.arange(st.circuit_idx.shape[-1]) < st.k_hard.unsqueeze(-1)
+    return ((hit & used).sum() / used.sum()).item()
+
+
+@pytest.mark.parametrize("direct", [0.0, 4.0])
+def test_circuit_direct_keeps_a_negatively_gated_circuit_active_and_its_gate_learnable(direct):
+    layer = _dead_key_layer(direct)
+    x = torch.randn(3, 1, 16, dtype=torch.float64)
+    y, _ = layer(x)
+    share = _circuit_share_in_active(layer)
+    (y ** 2).sum().backward()
+    g_gate = layer.write.b_out.grad[1].abs().item()
+    if direct == 0.0:
+        # the circuit inhibits itself out of A_t, and top-m passes no gradient back to its gate
+        assert share == 0.0 and g_gate == 0.0
+    else:
+        assert share == 1.0 and g_gate > 0.0

@@ -18,7 +18,7 @@ from onebigstate.training.checkpoint import states_from_tensors, states_to_tenso
 from tests.helpers import rel_err
 from tests.test_obs_kernels import CASES, run
 
-SPARSE_CASES = ["odd_T", "continuous_mixed", "carried_state", "reverse_assoc", "row_norm",
+SPARSE_CASES = ["odd_T", "continuous_mixed", "carried_state", "reverse_assoc", "row_norm", "circuit_direct",
                 "gaussian_reg_and_k_cost"]
 
 

@@ -36,7 +36,11 @@ VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": T
             # the sparse state backend (hashed S_0): at N = 1024 a check that it trains like the
             # dense one; dense, 16384 nodes would be 1 GiB per stream
             "obs_balanced_rownorm_sparse": {**_BR, "state_backend": "sparse"},
-            "obs_balanced_rownorm_n16384": {**_BR, "n_nodes": 16384, "state_backend": "sparse"}}
+            "obs_balanced_rownorm_n16384": {**_BR, "n_nodes": 16384, "state_backend": "sparse"},
+            # the new circuit counted as active directly (circuit_direct): at lr 1e-2 the plain
+            # n16384 cell loses 5-6% of its keys to a negative intra gate (docs/results/dead_keys.md)
+            "obs_balanced_rownorm_n16384_direct": {**_BR, "n_nodes": 16384, "state_backend": "sparse",
+                                                   "circuit_direct": 4.0}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.

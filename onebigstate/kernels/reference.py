@@ -9,7 +9,7 @@ import torch
 
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
-                                      choose_active, flat_positions, plan_writes,
+                                      add_direct, choose_active, flat_positions, plan_writes,
                                       read_rows_and_coeffs, row_scale, spread, take)
 
 
@@ -35,6 +35,7 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
         if cfg.row_norm:
             coeff = coeff * row_scale(row_values)
         activation = spread(coeff, row_values)                              # [B, N]
+        activation = add_direct(activation, inputs.circuit_idx[:, t], plan.alpha, cfg)
         active_idx = choose_active(activation.detach(), cfg)
         w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
         carry = Carry(active_idx, w, inputs.circuit_idx[:, t], plan.alpha)

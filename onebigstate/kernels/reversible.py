@@ -24,8 +24,8 @@ import torch
 
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
-                                      choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, spread)
+                                      add_direct, choose_active, direct_at, flat_positions,
+                                      plan_writes, read_rows_and_coeffs, spread)
 
 
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
@@ -81,6 +81,7 @@ class _ReversibleScan(torch.autograd.Function):
             activation, scale = store.spread(rows, coeff, cfg.row_norm)        # [B, N], [B, R]
             if cfg.row_norm and for_backward:
                 logs.put("scale", t, scale)
+            activation = add_direct(activation, circuit_idx[:, t], plan.alpha, cfg)
             active_idx = choose_active(activation, cfg)
             w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
             carry = Carry(active_idx, w, circuit_idx[:, t], plan.alpha)
@@ -171,7 +172,7 @@ class _ReversibleScan(torch.autograd.Function):
                 read_pos = flat_positions(rows.unsqueeze(2).expand(B, R, M), a_t.unsqueeze(1).expand(B, R, M), N)
                 base = state.values_at(read_pos).requires_grad_(True)                              # [B, R, M]
                 grid = base + _local_writes(rows, a_t, plan)
-                activation = spread(coeff, grid)                                        # [B, M]
+                activation = spread(coeff, grid) + direct_at(a_t, circuit_idx[:, t], plan.alpha, cfg)  # [B, M]
                 w, r = active_weights_and_read(params, cfg, activation, a_t)
                 surrogate = ((g_read[:, t] * r).sum() + (g_w_next * w).sum()
                              + (g_alpha_next * plan.alpha).sum() + (g_k_soft[:, t] * plan.k_soft).sum()

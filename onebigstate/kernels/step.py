@@ -18,8 +18,9 @@ One step, given the state ``S_{t-1}`` and the carry ``(A_{t-1}, w_{t-1}, I_{t-1}
    ``S[I_{t-1}, I_t] += c_t g_ch alpha_{t-1} alpha^T`` (only for continuous inputs);
 4. read after the writes, by spreading activation from the circuit's rows and (gated by
    ``beta``) the previously active rows (with ``row_norm``, each row divided by 1 + its L2
-   norm, so a row worn by heavy traffic weighs about as much as a fresh one); ``A_t`` =
-   top-``m``; ``w_t`` = ReLU(act) normalised to sum to K; the read vector ``r_t`` is the
+   norm, so a row worn by heavy traffic weighs about as much as a fresh one) plus, with
+   ``circuit_direct``, the circuit's own weights (the circuit counts as active directly);
+   ``A_t`` = top-``m``; ``w_t`` = ReLU(act) normalised to sum to K; the read vector ``r_t`` is the
    ``w_t``-weighted mean of the value embeddings.
 
 Every function here is pure: tensors in, tensors out. The backends differ only in how they
@@ -53,6 +54,7 @@ class StepConfig:
     spread_from_active: bool = True
     reverse_assoc: bool = False
     row_norm: bool = False
+    circuit_direct: float = 0.0
     eps: float = 1e-6
 
 
@@ -226,6 +228,32 @@ def row_scale(row_values: torch.Tensor) -> torch.Tensor:
 def spread(coeff: torch.Tensor, row_values: torch.Tensor) -> torch.Tensor:
     """Spreading activation: coeff [B, R] times row values [B, R, C] -> activation [B, C]."""
     return torch.bmm(coeff.unsqueeze(1), row_values).squeeze(1)
+
+
+def add_direct(activation: torch.Tensor, circuit_idx: torch.Tensor, alpha: torch.Tensor,
+               cfg: StepConfig) -> torch.Tensor:
+    """The circuit counted as active directly: node ``I_t[k]`` gains ``circuit_direct * alpha_k / K``.
+
+    activation [B, N], circuit_idx [B, K] long, alpha [B, K] -> [B, N]. Without it a circuit is
+    active only through its own fresh intra-circuit writes, and a write module that learns a
+    negative intra gate for a key (``g_in`` -> -1) pushes that key's circuit out of ``A_t``: the
+    value after it is wired to unrelated rows, and the top-m choice passes no gradient back to
+    the gate, so the key stays dead (``docs/results/dead_keys.md``). The direct term keeps the
+    circuit's nodes in the running whatever ``g_in`` is, and is differentiable in ``alpha``.
+    """
+    if cfg.circuit_direct == 0.0:
+        return activation
+    return activation.scatter_add(1, circuit_idx, alpha * (cfg.circuit_direct / cfg.k_max))
+
+
+def direct_at(active_idx: torch.Tensor, circuit_idx: torch.Tensor, alpha: torch.Tensor,
+              cfg: StepConfig) -> torch.Tensor:
+    """:func:`add_direct`'s term read at the chosen nodes only: [B, M] (for backward passes that
+    rebuild the activation at ``A_t`` alone, never over all N nodes)."""
+    if cfg.circuit_direct == 0.0:
+        return alpha.new_zeros(active_idx.shape)
+    hit = (circuit_idx.unsqueeze(2) == active_idx.unsqueeze(1)).to(alpha.dtype)      # [B, K, M]
+    return (alpha.unsqueeze(2) * hit).sum(1) * (cfg.circuit_direct / cfg.k_max)
 
 
 def choose_active(activation: torch.Tensor, cfg: StepConfig) -> torch.Tensor:

@@ -41,6 +41,9 @@ class OBSCoreConfig(StrictModel):
                                                    "(S[I_t, A_{t-1}]), so a later cue recalls what preceded it")
     row_norm: bool = Field(False, description="read each row divided by 1 + its L2 norm (detached), so nodes "
                                               "worn by heavy traffic do not drown a cue seen once")
+    circuit_direct: float = Field(0.0, ge=0.0, description="the new circuit counts as active directly: each of its "
+                                  "nodes adds circuit_direct x alpha / k_max to its activation, so a negative "
+                                  "intra-circuit gate cannot push it out of A_t (0: only through its writes)")
     beta_init: float = Field(0.02, gt=0.0, lt=1.0, description="initial gate of that spread")
     gate_scale: float = Field(1.0, gt=0.0, description="largest |change| of a write gate")
     gate_init: float = Field(0.5, gt=-1.0, lt=1.0, description="initial value of the write gates (x gate_scale)")

@@ -51,7 +51,8 @@ class OBSLayer(nn.Module):
                                    m_active=cfg.m_active, gate_scale=cfg.gate_scale,
                                    k_mask_temperature=cfg.k_mask_temperature,
                                    spread_from_active=cfg.spread_from_active,
-                                   reverse_assoc=cfg.reverse_assoc, row_norm=cfg.row_norm)
+                                   reverse_assoc=cfg.reverse_assoc, row_norm=cfg.row_norm,
+                                   circuit_direct=cfg.circuit_direct)
         self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
         self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init, cfg.reverse_assoc)
         self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value) * (0.1 if cfg.value_from_key else 1.0))

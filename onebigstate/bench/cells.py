@@ -38,7 +38,9 @@ VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": T
             "obs_balanced_rownorm_sparse": {**_BR, "state_backend": "sparse"},
             "obs_balanced_rownorm_n16384": {**_BR, "n_nodes": 16384, "state_backend": "sparse"},
             # the new circuit counted as active directly (circuit_direct): at lr 1e-2 the plain
-            # n16384 cell loses 5-6% of its keys to a negative intra gate (docs/results/dead_keys.md)
+            # n16384 cell loses 5-6% of its keys to a negative intra gate (docs/results/dead_keys.md);
+            # the N = 1024 one checks what the direct term costs where no key dies
+            "obs_balanced_rownorm_direct": {**_BR, "circuit_direct": 4.0},
             "obs_balanced_rownorm_n16384_direct": {**_BR, "n_nodes": 16384, "state_backend": "sparse",
                                                    "circuit_direct": 4.0}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;

@@ -1,6 +1,8 @@
 """The MQAR capacity curve: accuracy against the number of key-value pairs (sequence length 4x pairs).
 
     python benchmarks/capacity_curve.py                      # -> docs/results/capacity_curve.md + .png
+    python benchmarks/capacity_curve.py --extrapolation docs/results/extrapolation_cpu.json \
+        docs/results/n16384/extrapolation_cpu.json          # the N = 16384 page's lr beside the main page's
 
 Two sources, both results pages of ``obs bench`` (their ``.json`` rows), put on one axis:
 
@@ -8,7 +10,10 @@ Two sources, both results pages of ``obs bench`` (their ``.json`` rows), put on 
   number of pairs (vocabulary 32768);
 - ``docs/results/extrapolation_cpu.json`` (``obs bench extrapolation --cpu``): OBS trained at
   (128 tokens, 32 pairs) and tested *zero-shot* at (4P tokens, P pairs) for P = 64 .. 1024
-  (vocabulary 8192); its test columns ``T=4P`` are exactly the capacity grid's settings.
+  (vocabulary 8192); its test columns ``T=4P`` are exactly the capacity grid's settings. Several
+  such pages may be given (a page of its own for one model, e.g. ``docs/results/n16384/``): a
+  (model, lr) row of a later page replaces the same row of an earlier one, and a model shown at
+  more than one lr has its curves labelled with the lr.
 
 - ``docs/results/capacity_probes/*.json`` (``obs eval RUN task.params.seq_len=T
   task.params.num_kv_pairs=P task.test_size=64 --out ...``): the same OBS cells at settings the
@@ -43,17 +48,22 @@ def trained_points(rows: list[dict]) -> list[dict]:
 
 
 def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
-    """Extrapolation rows of ``models`` -> curves over the test columns ``T=4P`` with P >= 64."""
+    """Extrapolation rows of ``models`` -> curves over the test columns ``T=4P`` with P >= 64.
+
+    A (model, lr) seen twice keeps its last row; a model at several lrs is labelled with each."""
+    last = {(r["model"], r["lr"]): r for r in rows if r["model"] in models}
+    lrs_of: dict[str, int] = {}
+    for model, _ in last:
+        lrs_of[model] = lrs_of.get(model, 0) + 1
     curves = []
-    for r in rows:
-        if r["model"] not in models:
-            continue
+    for r in last.values():
         points = {}
         for label, accs in r["evals"].items():
             T = int(label.split("=")[1])
             if T >= 256:
                 points[T // 4] = sum(accs) / len(accs)
-        curves.append({"model": r["model"], "lr": r["lr"], "width": int(r["x"]["width"]), "protocol": "zero-shot from P=32",
+        label = r["model"] + (f" (lr {r['lr']:g})" if lrs_of[r["model"]] > 1 else "")
+        curves.append({"model": label, "name": r["model"], "lr": r["lr"], "width": int(r["x"]["width"]), "protocol": "zero-shot from P=32",
                        "n_params": {p: r["n_params"] for p in points}, "points": points,
                        "seeds": {p: r["n_seeds"] for p in points}})
     return curves
@@ -68,7 +78,7 @@ def add_probes(curves: list[dict], records: list[dict], models: list[str]) -> li
     show (the bench page keeps each model's best, and a cell may not have finished its bench
     evaluation) gets a curve of its own, labelled with it.
     """
-    zero = {(c["model"], c.get("lr")): c for c in curves if c["protocol"].startswith("zero")}
+    zero = {(c.get("name", c["model"]), c.get("lr")): c for c in curves if c["protocol"].startswith("zero")}
     found: dict[tuple[str, float, int], list[dict]] = {}
     for r in records:
         cell = r.get("bench") or {}
@@ -128,17 +138,19 @@ def plot(curves: list[dict], out_png: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--capacity", default="docs/results/capacity.json")
-    ap.add_argument("--extrapolation", default="docs/results/extrapolation_cpu.json")
+    ap.add_argument("--extrapolation", nargs="+", default=["docs/results/extrapolation_cpu.json"],
+                    help="extrapolation pages' .json (later pages' (model, lr) rows replace earlier ones)")
     ap.add_argument("--obs-models", default=",".join(DEFAULT_OBS_MODELS))
     ap.add_argument("--probes", default="docs/results/capacity_probes",
                     help="folder of obs eval records of the OBS cells at other settings (may be absent)")
     ap.add_argument("--out", default="docs/results/capacity_curve.md")
     args = ap.parse_args(argv)
-    for path in (args.capacity, args.extrapolation):
+    for path in (args.capacity, *args.extrapolation):
         if not Path(path).exists():
             raise SystemExit(f"{path} not found: write it with obs bench first (see this script's docstring)")
     trained = trained_points(json.loads(Path(args.capacity).read_text()))
-    zero = zero_shot_points(json.loads(Path(args.extrapolation).read_text()), args.obs_models.split(","))
+    zero = zero_shot_points([r for path in args.extrapolation for r in json.loads(Path(path).read_text())],
+                            args.obs_models.split(","))
     probe_files = sorted(Path(args.probes).glob("*.json")) if Path(args.probes).is_dir() else []
     probes = add_probes(zero, [json.loads(f.read_text()) for f in probe_files], args.obs_models.split(","))
     settings = sorted({(r["task_params"]["num_kv_pairs"], r["task_params"]["seq_len"]) for r in probes})
@@ -151,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/capacity_curve.py" + (" " + " ".join(argv) if argv else "")
     out.write_text("\n".join([
         "# MQAR capacity curve: accuracy against key-value pairs", "",
-        f"Produced by `{command}` from `{args.capacity}` and `{args.extrapolation}` (each page states "
+        f"Produced by `{command}` from `{args.capacity}` and " + ", ".join(f"`{e}`" for e in args.extrapolation)
+        + " (each page states "
         "the command, commit and device of its cells).", "",
         "OBS rows: trained at (128 tokens, 32 pairs), vocabulary 8192, tested zero-shot at (4P tokens, "
         "P pairs), on CPU. Baseline rows: trained at each P, vocabulary 32768, 2000 steps, on an H100 "

@@ -66,3 +66,24 @@ def test_obs_eval_probes_extend_the_zero_shot_curves(tmp_path):
                     "--probes", str(probes), "--out", str(out)]) == 0
     text = out.read_text()
     assert "P=512 (T=2048)" in text and "| 0.500 |" in text
+
+
+def test_several_extrapolation_pages_a_later_row_replaces_and_lrs_label_the_curves(tmp_path):
+    cc = load_benchmark("capacity_curve")
+    main_page = [_row("obs", "train T=128 P=32 d=64", {"width": 64}, [0.9], {"T=256": [0.9]}),
+                 {**_row("big", "train T=128 P=32 d=64", {"width": 64}, [0.5], {"T=256": [0.5]}), "lr": 0.01}]
+    own_page = [_row("big", "train T=128 P=32 d=64", {"width": 64}, [1.0], {"T=256": [0.99]}),
+                {**_row("big", "train T=128 P=32 d=64", {"width": 64}, [0.6], {"T=256": [0.6]}), "lr": 0.01}]
+    zero = cc.zero_shot_points(main_page + own_page, ["obs", "big"])
+    assert {c["model"]: c["points"][64] for c in zero} == {"obs": 0.9, "big (lr 0.01)": 0.6, "big (lr 0.003)": 0.99}
+    cc.add_probes(zero, [_probe("big", 512, 0.4, lr=0.01)], ["big"])      # joins its lr's curve
+    assert next(c for c in zero if c["model"] == "big (lr 0.01)")["points"][512] == 0.4
+
+    (tmp_path / "c.json").write_text(json.dumps([_row("s4d", "P=64 T=256 d=64", {"pairs": 64, "width": 64}, [0.5])]))
+    (tmp_path / "e.json").write_text(json.dumps(main_page))
+    (tmp_path / "own.json").write_text(json.dumps(own_page))
+    out = tmp_path / "curve.md"
+    assert cc.main(["--capacity", str(tmp_path / "c.json"), "--extrapolation", str(tmp_path / "e.json"),
+                    str(tmp_path / "own.json"), "--obs-models", "obs,big", "--probes", str(tmp_path / "none"),
+                    "--out", str(out)]) == 0
+    assert "| big (lr 0.003) | 64 | zero-shot from P=32 | 1,000 | 0.990 | 1 |" in out.read_text()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", default="docs/results/capacity_probes",
                     help="folder of obs eval records of the OBS cells at other settings (may be absent)")
     ap.add_argument("--out", default="docs/results/capacity_curve.md")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     for path in (args.capacity, *args.extrapolation):
         if not Path(path).exists():

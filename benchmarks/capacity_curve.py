@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
@@ -53,9 +54,7 @@ def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
 
     A (model, lr) seen twice keeps its last row; a model at several lrs is labelled with each."""
     last = {(r["model"], r["lr"]): r for r in rows if r["model"] in models}
-    lrs_of: dict[str, int] = {}
-    for model, _ in last:
-        lrs_of[model] = lrs_of.get(model, 0) + 1
+    lrs_of = Counter(model for model, _ in last)
     curves = []
     for r in last.values():
         points = {}
@@ -79,7 +78,7 @@ def add_probes(curves: list[dict], records: list[dict], models: list[str]) -> li
     show (the bench page keeps each model's best, and a cell may not have finished its bench
     evaluation) gets a curve of its own, labelled with it.
     """
-    zero = {(c.get("name", c["model"]), c.get("lr")): c for c in curves if c["protocol"].startswith("zero")}
+    zero = {(c["name"], c["lr"]): c for c in curves if c["protocol"].startswith("zero")}
     found: dict[tuple[str, float, int], list[dict]] = {}
     for r in records:
         cell = r.get("bench") or {}
@@ -89,7 +88,7 @@ def add_probes(curves: list[dict], records: list[dict], models: list[str]) -> li
     for (model, lr, pairs), recs in sorted(found.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
         c = zero.get((model, lr))
         if c is None:
-            c = zero[(model, lr)] = {"model": f"{model} (lr {lr:g})", "lr": lr, "width": recs[0].get("d_model", 0),
+            c = zero[(model, lr)] = {"model": f"{model} (lr {lr:g})", "name": model, "lr": lr, "width": recs[0].get("d_model", 0),
                                      "protocol": "zero-shot from P=32 (obs eval)", "n_params": {}, "points": {},
                                      "seeds": {}}
             curves.append(c)

@@ -39,10 +39,14 @@ VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": T
             "obs_balanced_rownorm_n16384": {**_BR, "n_nodes": 16384, "state_backend": "sparse"},
             # the new circuit counted as active directly (circuit_direct): at lr 1e-2 the plain
             # n16384 cell loses 5-6% of its keys to a negative intra gate (docs/results/dead_keys.md);
-            # the N = 1024 one checks what the direct term costs where no key dies
+            # the N = 1024 one checks what the direct term costs where no key dies; the _direct1
+            # ones a quarter of the term (1.0: about half what a +1 intra gate gives the circuit)
             "obs_balanced_rownorm_direct": {**_BR, "circuit_direct": 4.0},
             "obs_balanced_rownorm_n16384_direct": {**_BR, "n_nodes": 16384, "state_backend": "sparse",
-                                                   "circuit_direct": 4.0}}
+                                                   "circuit_direct": 4.0},
+            "obs_balanced_rownorm_direct1": {**_BR, "circuit_direct": 1.0},
+            "obs_balanced_rownorm_n16384_direct1": {**_BR, "n_nodes": 16384, "state_backend": "sparse",
+                                                    "circuit_direct": 1.0}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.

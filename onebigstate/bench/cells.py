@@ -26,6 +26,7 @@ MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "
 # The _k2 / _k1 ones lower only k_min (the write module trains k_t down to its floor of 4, and
 # accuracy follows tokens per node = k * distinct tokens / nodes in use: docs/results/circuit_load.md).
 _BR = {"balance_cost": 0.1, "row_norm": True}
+_N16K = {**_BR, "n_nodes": 16384, "state_backend": "sparse"}   # 16384 nodes need the sparse backend
 VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
             "obs_balanced_rownorm": _BR,
             "obs_balanced_rownorm_n2048": {**_BR, "n_nodes": 2048},
@@ -36,17 +37,16 @@ VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": T
             # the sparse state backend (hashed S_0): at N = 1024 a check that it trains like the
             # dense one; dense, 16384 nodes would be 1 GiB per stream
             "obs_balanced_rownorm_sparse": {**_BR, "state_backend": "sparse"},
-            "obs_balanced_rownorm_n16384": {**_BR, "n_nodes": 16384, "state_backend": "sparse"},
+            "obs_balanced_rownorm_n16384": _N16K,
             # the new circuit counted as active directly (circuit_direct): at lr 1e-2 the plain
             # n16384 cell loses 5-6% of its keys to a negative intra gate (docs/results/dead_keys.md);
-            # the N = 1024 one checks what the direct term costs where no key dies; the _direct1
-            # ones a quarter of the term (1.0: about half what a +1 intra gate gives the circuit)
+            # the N = 1024 one checks what the direct term costs where hardly a key dies; the
+            # _direct1 ones a quarter of the term (1.0: about half what a +1 intra gate gives the
+            # circuit). What each gives and costs: docs/results/circuit_direct.md
             "obs_balanced_rownorm_direct": {**_BR, "circuit_direct": 4.0},
-            "obs_balanced_rownorm_n16384_direct": {**_BR, "n_nodes": 16384, "state_backend": "sparse",
-                                                   "circuit_direct": 4.0},
+            "obs_balanced_rownorm_n16384_direct": {**_N16K, "circuit_direct": 4.0},
             "obs_balanced_rownorm_direct1": {**_BR, "circuit_direct": 1.0},
-            "obs_balanced_rownorm_n16384_direct1": {**_BR, "n_nodes": 16384, "state_backend": "sparse",
-                                                    "circuit_direct": 1.0}}
+            "obs_balanced_rownorm_n16384_direct1": {**_N16K, "circuit_direct": 1.0}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.

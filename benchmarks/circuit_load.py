@@ -15,6 +15,12 @@ A token's circuit in a sequence is the union of its nodes over its occurrences. 
   token's rows are also written by other tokens, so its associations are mixed with theirs.
 
 Writes a markdown table (``--out``) with the cell's accuracy (from ``bench.json``) beside it.
+
+``--by-key-load T:P`` adds a second table for one setting: the runs' own accuracy on the ``--n``
+sequences, split by how crowded the queried key's circuit is (the load of its least loaded node,
+counted as above, at the key's presentation). Two cells with the same load can differ here: how
+much sharing a node the readout tolerates is learned, and MQAR at the training setting (about one
+token per node) never asks for it.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import torch
 from onebigstate.bench.cells import Options
 from onebigstate.bench.suites import build_suite
 from onebigstate.model.layer import obs_layers
+from onebigstate.tasks.common import IGNORE
 from onebigstate.tasks.registry import build_task
 from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.trainer import model_from_checkpoint
@@ -82,12 +89,67 @@ def run_loads(run: Path, n_seq: int, settings: list[tuple[int, int]]) -> list[di
     return rows
 
 
+LOAD_BINS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, None))
+
+
+def key_min_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch.Tensor, n_nodes: int,
+                 key_pos: torch.Tensor) -> torch.Tensor:
+    """One sequence: for each position in key_pos, the load of the least loaded node of its circuit."""
+    K = circuit_idx.shape[1]
+    used = torch.arange(K).unsqueeze(0) < k_hard.unsqueeze(1)
+    pairs = torch.unique((tokens.unsqueeze(1).expand(-1, K) * n_nodes + circuit_idx)[used])
+    load = torch.bincount(pairs % n_nodes, minlength=n_nodes).float()
+    per_node = load[circuit_idx[key_pos]].masked_fill(~used[key_pos], float("inf"))
+    return per_node.min(1).values
+
+
+@torch.no_grad()
+def recall_by_key_load(run: Path, n_seq: int, T: int, P: int) -> dict:
+    """Accuracy of the run's answers at (T, P), split by the queried key's least loaded node."""
+    task, model = model_from_checkpoint(read_checkpoint(run))
+    model.eval()
+    layer = obs_layers(model)[0]
+    cfg = task.cfg.model_copy(update={"params": {**task.cfg.params, "seq_len": T, "num_kv_pairs": P}})
+    x, y = build_task(cfg).test_set()
+    x, y = x[:n_seq], y[:n_seq]
+    h, _ = model.hidden(x, None)
+    st = layer.last_stats
+    mask = y != IGNORE
+    right = (model.head(h[mask]).argmax(-1) == y[mask]).float()
+    b_idx, t_idx = mask.nonzero(as_tuple=True)
+    loads = torch.empty(right.shape)
+    for b in range(x.shape[0]):
+        sel = b_idx == b
+        keys = x[b, 0:2 * P:2]                                            # MQAR's key presentations
+        key_pos = (keys.unsqueeze(0) == x[b, t_idx[sel]].unsqueeze(1)).float().argmax(1) * 2
+        loads[sel] = key_min_load(x[b], st.circuit_idx[b], st.k_hard[b], layer.cfg.n_nodes, key_pos)
+    bins = {}
+    for lo, hi in LOAD_BINS:
+        sel = (loads >= lo) & (loads < (hi or float("inf")))
+        bins[(lo, hi)] = (float(right[sel].mean()) if sel.any() else None, int(sel.sum()))
+    return {"run": run.name, "N": layer.cfg.n_nodes, "accuracy": float(right.mean()), "bins": bins}
+
+
+def key_load_table(rows: list[dict], T: int, P: int, n_seq: int) -> list[str]:
+    head = " | ".join(f"{lo}-{hi - 1}" if hi and hi - 1 > lo else (f"{lo}" if hi else f">= {lo}") for lo, hi in LOAD_BINS)
+    lines = ["", f"## Accuracy by the queried key's least loaded node (T = {T}, {P} pairs)", "",
+             f"The runs' answers on {n_seq} held-out sequences; each cell: accuracy (queries). A key's load "
+             "is the number of distinct tokens on the least crowded node of its circuit.", "",
+             f"| run | N | all | {head} |", "|---|---:|---:|" + "---:|" * len(LOAD_BINS)]
+    for r in rows:
+        cells = " | ".join("" if acc is None else f"{acc:.3f} ({n})" for acc, n in r["bins"].values())
+        lines.append(f"| {r['run']} | {r['N']} | {r['accuracy']:.3f} | {cells} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="trained OBS extrapolation run folders")
     p.add_argument("--n", type=int, default=8, help="held-out sequences read per setting")
     p.add_argument("--settings", default=default_settings(),
                    help="test settings T:P, comma-separated (default: the extrapolation --cpu columns)")
+    p.add_argument("--by-key-load", metavar="T:P", default=None,
+                   help="also split the runs' accuracy at this setting by the queried key's least loaded node")
     p.add_argument("--out", default="docs/results/circuit_load.md")
     args = p.parse_args(argv)
     if args.n < 1:
@@ -97,11 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         assert all(len(s) == 2 and s[0] > 0 and s[1] > 0 for s in settings)
     except (ValueError, AssertionError):
         p.error(f"--settings must be T:P pairs of positive integers, comma-separated; got '{args.settings}'")
+    by_key = None
+    if args.by_key_load is not None:
+        try:
+            by_key = tuple(int(v) for v in args.by_key_load.split(":"))
+            assert len(by_key) == 2 and by_key[0] > 0 and by_key[1] > 0
+        except (ValueError, AssertionError):
+            p.error(f"--by-key-load must be one T:P pair of positive integers; got '{args.by_key_load}'")
     torch.set_num_threads(1)
     rows = [r for run in args.runs for r in run_loads(run, args.n, settings)]
     lines = ["# Circuit load: how crowded the nodes get as MQAR sequences grow", "",
              f"Produced by `python benchmarks/circuit_load.py {' '.join(str(r) for r in args.runs)}"
-             f"{'' if args.n == 8 else f' --n {args.n}'}{'' if args.settings == default_settings() else f' --settings {args.settings}'}` (CPU, one thread), {args.n} held-out sequences per "
+             f"{'' if args.n == 8 else f' --n {args.n}'}{'' if args.settings == default_settings() else f' --settings {args.settings}'}"
+             f"{'' if by_key is None else f' --by-key-load {args.by_key_load}'}` (CPU, one thread), {args.n} held-out sequences per "
              "setting. Accuracy is the cell's own held-out accuracy at that setting (`bench.json`, 500 "
              "sequences). See the script's docstring for the columns.", "",
              "| run | N | T | pairs | mean k | distinct tokens | nodes in use | tokens per node | "
@@ -115,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     plot = out.with_suffix(".png")
     _plot(rows, plot)
     lines += ["", f"![accuracy against tokens per node]({plot.name})"]
+    if by_key is not None:
+        lines += key_load_table([recall_by_key_load(run, args.n, *by_key) for run in args.runs], *by_key, args.n)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {plot}")
     return 0

@@ -46,15 +46,21 @@ def default_settings() -> str:
     return ",".join(f"{ev.params['seq_len']}:{ev.params['num_kv_pairs']}" for ev in cell.evals)
 
 
+def _distinct_pairs(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch.Tensor,
+                    n_nodes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sequence -> (distinct (token, node) pairs as token * n_nodes + node, tokens per node,
+    the [T, K] mask of circuit slots in use, the first k_hard of each step)."""
+    K = circuit_idx.shape[1]
+    used = torch.arange(K).unsqueeze(0) < k_hard.unsqueeze(1)                      # [T, K]
+    pairs = torch.unique((tokens.unsqueeze(1).expand(-1, K) * n_nodes + circuit_idx)[used])
+    return pairs, torch.bincount(pairs % n_nodes, minlength=n_nodes), used
+
+
 def sequence_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch.Tensor,
                   n_nodes: int) -> dict[str, float]:
     """One sequence: tokens [T], circuit_idx [T, K], k_hard [T] -> its load statistics."""
-    K = circuit_idx.shape[1]
-    used = torch.arange(K).unsqueeze(0) < k_hard.unsqueeze(1)                      # [T, K]
-    pairs = (tokens.unsqueeze(1).expand(-1, K) * n_nodes + circuit_idx)[used]
-    pairs = torch.unique(pairs)                                                   # distinct (token, node)
+    pairs, load, _ = _distinct_pairs(tokens, circuit_idx, k_hard, n_nodes)
     tok, node = pairs // n_nodes, pairs % n_nodes
-    load = torch.bincount(node, minlength=n_nodes)                                # tokens per node
     tok_ids = torch.unique(tok)
     # a token has a node of its own when the least loaded of its nodes serves it alone
     own = torch.full((int(tok.max()) + 1,), 10 ** 9, dtype=torch.long).scatter_reduce(
@@ -63,28 +69,46 @@ def sequence_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch
             "no_own": float((own[tok_ids] > 1).float().mean())}
 
 
-@torch.no_grad()
-def run_loads(run: Path, n_seq: int, settings: list[tuple[int, int]]) -> list[dict]:
-    ckpt = read_checkpoint(run)
-    task, model = model_from_checkpoint(ckpt)
-    model.eval()
-    layers = obs_layers(model)
-    if not layers:
-        raise SystemExit(f"{run}: not an OBS model")
-    layer = layers[0]
-    bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {}
-    n_nodes = layer.cfg.n_nodes
+def key_min_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch.Tensor, n_nodes: int,
+                 key_pos: torch.Tensor) -> torch.Tensor:
+    """One sequence: for each position in key_pos, the load of the least loaded node of its circuit."""
+    _, load, used = _distinct_pairs(tokens, circuit_idx, k_hard, n_nodes)
+    per_node = load[circuit_idx[key_pos]].float().masked_fill(~used[key_pos], float("inf"))
+    return per_node.min(1).values
+
+
+class TrainedRun:
+    """A trained OBS MQAR cell, loaded once, read at any (T, P)."""
+
+    def __init__(self, run: Path):
+        self.run = run
+        self.task, self.model = model_from_checkpoint(read_checkpoint(run))
+        self.model.eval()
+        layers = obs_layers(self.model)
+        if not layers:
+            raise SystemExit(f"{run}: not an OBS model")
+        self.layer = layers[0]
+        self.n_nodes = self.layer.cfg.n_nodes
+        self.bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {}
+
+    @torch.no_grad()
+    def read(self, T: int, P: int, n_seq: int):
+        """The first n_seq held-out sequences at (T, P): inputs, labels, hidden states, first layer's stats."""
+        cfg = self.task.cfg.model_copy(update={"params": {**self.task.cfg.params, "seq_len": T, "num_kv_pairs": P}})
+        x, y = build_task(cfg).test_set()
+        x, y = x[:n_seq], y[:n_seq]
+        h, _ = self.model.hidden(x, None)
+        return x, y, h, self.layer.last_stats
+
+
+def run_loads(cell: TrainedRun, n_seq: int, settings: list[tuple[int, int]]) -> list[dict]:
     rows = []
     for T, P in settings:
-        cfg = task.cfg.model_copy(update={"params": {**task.cfg.params, "seq_len": T, "num_kv_pairs": P}})
-        inputs, _ = build_task(cfg).test_set()
-        x = inputs[:n_seq]
-        model.hidden(x, None)
-        st = layer.last_stats
-        per_seq = [sequence_load(x[b], st.circuit_idx[b], st.k_hard[b], n_nodes) for b in range(x.shape[0])]
+        x, _, _, st = cell.read(T, P, n_seq)
+        per_seq = [sequence_load(x[b], st.circuit_idx[b], st.k_hard[b], cell.n_nodes) for b in range(x.shape[0])]
         mean = {k: sum(s[k] for s in per_seq) / len(per_seq) for k in per_seq[0]}
-        rows.append({"run": run.name, "N": n_nodes, "T": T, "P": P, **mean,
-                     "k": float(st.k_hard.float().mean()), "accuracy": bench.get("evals", {}).get(f"T={T}")})
+        rows.append({"run": cell.run.name, "N": cell.n_nodes, "T": T, "P": P, **mean,
+                     "k": float(st.k_hard.float().mean()), "accuracy": cell.bench.get("evals", {}).get(f"T={T}")})
         print(rows[-1], flush=True)
     return rows
 
@@ -92,42 +116,24 @@ def run_loads(run: Path, n_seq: int, settings: list[tuple[int, int]]) -> list[di
 LOAD_BINS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, None))
 
 
-def key_min_load(tokens: torch.Tensor, circuit_idx: torch.Tensor, k_hard: torch.Tensor, n_nodes: int,
-                 key_pos: torch.Tensor) -> torch.Tensor:
-    """One sequence: for each position in key_pos, the load of the least loaded node of its circuit."""
-    K = circuit_idx.shape[1]
-    used = torch.arange(K).unsqueeze(0) < k_hard.unsqueeze(1)
-    pairs = torch.unique((tokens.unsqueeze(1).expand(-1, K) * n_nodes + circuit_idx)[used])
-    load = torch.bincount(pairs % n_nodes, minlength=n_nodes).float()
-    per_node = load[circuit_idx[key_pos]].masked_fill(~used[key_pos], float("inf"))
-    return per_node.min(1).values
-
-
 @torch.no_grad()
-def recall_by_key_load(run: Path, n_seq: int, T: int, P: int) -> dict:
+def recall_by_key_load(cell: TrainedRun, n_seq: int, T: int, P: int) -> dict:
     """Accuracy of the run's answers at (T, P), split by the queried key's least loaded node."""
-    task, model = model_from_checkpoint(read_checkpoint(run))
-    model.eval()
-    layer = obs_layers(model)[0]
-    cfg = task.cfg.model_copy(update={"params": {**task.cfg.params, "seq_len": T, "num_kv_pairs": P}})
-    x, y = build_task(cfg).test_set()
-    x, y = x[:n_seq], y[:n_seq]
-    h, _ = model.hidden(x, None)
-    st = layer.last_stats
+    x, y, h, st = cell.read(T, P, n_seq)
     mask = y != IGNORE
-    right = (model.head(h[mask]).argmax(-1) == y[mask]).float()
+    right = (cell.model.head(h[mask]).argmax(-1) == y[mask]).float()
     b_idx, t_idx = mask.nonzero(as_tuple=True)
     loads = torch.empty(right.shape)
     for b in range(x.shape[0]):
         sel = b_idx == b
         keys = x[b, 0:2 * P:2]                                            # MQAR's key presentations
         key_pos = (keys.unsqueeze(0) == x[b, t_idx[sel]].unsqueeze(1)).float().argmax(1) * 2
-        loads[sel] = key_min_load(x[b], st.circuit_idx[b], st.k_hard[b], layer.cfg.n_nodes, key_pos)
+        loads[sel] = key_min_load(x[b], st.circuit_idx[b], st.k_hard[b], cell.n_nodes, key_pos)
     bins = {}
     for lo, hi in LOAD_BINS:
         sel = (loads >= lo) & (loads < (hi or float("inf")))
         bins[(lo, hi)] = (float(right[sel].mean()) if sel.any() else None, int(sel.sum()))
-    return {"run": run.name, "N": layer.cfg.n_nodes, "accuracy": float(right.mean()), "bins": bins}
+    return {"run": cell.run.name, "N": cell.n_nodes, "accuracy": float(right.mean()), "bins": bins}
 
 
 def key_load_table(rows: list[dict], T: int, P: int, n_seq: int) -> list[str]:
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, AssertionError):
             p.error(f"--by-key-load must be one T:P pair of positive integers; got '{args.by_key_load}'")
     torch.set_num_threads(1)
-    rows = [r for run in args.runs for r in run_loads(run, args.n, settings)]
+    cells = [TrainedRun(run) for run in args.runs]
+    rows = [r for cell in cells for r in run_loads(cell, args.n, settings)]
     lines = ["# Circuit load: how crowded the nodes get as MQAR sequences grow", "",
              f"Produced by `python benchmarks/circuit_load.py {' '.join(str(r) for r in args.runs)}"
              f"{'' if args.n == 8 else f' --n {args.n}'}{'' if args.settings == default_settings() else f' --settings {args.settings}'}"
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     _plot(rows, plot)
     lines += ["", f"![accuracy against tokens per node]({plot.name})"]
     if by_key is not None:
-        lines += key_load_table([recall_by_key_load(run, args.n, *by_key) for run in args.runs], *by_key, args.n)
+        lines += key_load_table([recall_by_key_load(cell, args.n, *by_key) for cell in cells], *by_key, args.n)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {plot}")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from onebigstate.tasks.common import IGNORE
+
 from training_helpers import load_benchmark, train_tiny_mqar
 
 
@@ -52,3 +54,10 @@ def test_circuit_load_by_key_load_table(tmp_path, one_thread):
     assert row and row[0].endswith("| 1 | 2-3 | 4-7 | 8-15 | >= 16 |")
     with pytest.raises(SystemExit):
         bench.main([str(run), "--by-key-load", "32"])
+    # every query lands in one bin, and the bins' accuracies add up to the overall one
+    cell = bench.TrainedRun(run)
+    _, y, _, _ = cell.read(32, 8, 2)
+    out = bench.recall_by_key_load(cell, 2, 32, 8)
+    n_queries = int((y != IGNORE).sum())
+    assert sum(n for _, n in out["bins"].values()) == n_queries > 0
+    assert sum((acc or 0.0) * n for acc, n in out["bins"].values()) / n_queries == pytest.approx(out["accuracy"])

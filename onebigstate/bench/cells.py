@@ -46,7 +46,11 @@ VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": T
             "obs_balanced_rownorm_direct": {**_BR, "circuit_direct": 4.0},
             "obs_balanced_rownorm_n16384_direct": {**_N16K, "circuit_direct": 4.0},
             "obs_balanced_rownorm_direct1": {**_BR, "circuit_direct": 1.0},
-            "obs_balanced_rownorm_n16384_direct1": {**_N16K, "circuit_direct": 1.0}}
+            "obs_balanced_rownorm_n16384_direct1": {**_N16K, "circuit_direct": 1.0},
+            # 1.0 at N = 16384 gains at 1024 and 2047 pairs without extra writes; between N = 1024
+            # (seeds spread at 1024 pairs) and 16384: is it a default candidate at every N?
+            "obs_balanced_rownorm_n2048_direct1": {**_BR, "n_nodes": 2048, "circuit_direct": 1.0},
+            "obs_balanced_rownorm_n4096_direct1": {**_BR, "n_nodes": 4096, "circuit_direct": 1.0}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.

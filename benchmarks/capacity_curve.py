@@ -118,10 +118,14 @@ def plot(curves: list[dict], out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(10, 4.5))
+    # one colour per model (its widths share it, told apart by the marker): tab10 repeats after
+    # ten curves, and the page has more
+    models = list(dict.fromkeys(c["model"] for c in curves))
+    colour = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(models)}
     for c in curves:
         ps = sorted(c["points"])
         zero_shot = c["protocol"].startswith("zero")
-        ax.plot(ps, [c["points"][p] for p in ps], "--" if zero_shot else "-",
+        ax.plot(ps, [c["points"][p] for p in ps], "--" if zero_shot else "-", color=colour[c["model"]],
                 marker="o" if c["width"] == 64 else "s",
                 label=f"{c['model']} d={c['width']} ({'zero-shot' if zero_shot else 'trained'})")
     ax.set_xscale("log", base=2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from onebigstate.bench.cells import Cell, Eval, Options, Plot, Suite, make_cells
-from onebigstate.bench.report import markdown_table, summarise, write_report
+from onebigstate.bench.report import markdown_table, redraw_plots, rows_from_json, summarise, write_report
 from onebigstate.bench.suites import SUITES, build_suite
 from onebigstate.cli.main import main
 from onebigstate.tasks.base import TaskConfig
@@ -233,6 +233,18 @@ def test_table_picks_the_best_lr_and_gives_mean_and_spread(tmp_path):
     assert (tmp_path / "docs" / "fake_seq_len.png").exists()
     assert json.loads(md.with_suffix(".json").read_text())[0]["model"] == "obs"
 
+    # the page's rows read back equal the rows it was written from, and redraw its plots alone
+    written = write_report(suite, results, md, "obs bench fake --quick", "abc123", "CPU")
+    assert rows_from_json(md.with_suffix(".json")) == written
+    for png in ("fake_T.png", "fake_seq_len.png"):
+        (tmp_path / "docs" / png).unlink()
+    page = md.read_text()
+    assert sorted(p.name for p in redraw_plots(suite, md.with_suffix(".json"))) == ["fake_T.png", "fake_seq_len.png"]
+    assert (tmp_path / "docs" / "fake_T.png").stat().st_size > 1000 and md.read_text() == page
+    (tmp_path / "bad.json").write_text('{"not": "rows"}')
+    with pytest.raises(ValueError, match="bad.json: not a bench page's rows"):
+        rows_from_json(tmp_path / "bad.json")
+
 
 def test_a_diverged_lr_loses_and_is_reported():
     suite = _fake_suite()
@@ -284,6 +296,9 @@ def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert main(["bench", "capacity", "--full", "--cells", "nothing-like-this", "--list"]) == 2
     assert main(["bench", "capacity", "--full", "--cells", "(", "--list"]) == 2
     assert main(["bench", "capacity", "--quick", "--jobs", "0", "--list"]) == 2
+    capsys.readouterr()
+    assert main(["bench", "mqar", "--replot", "--docs", "/nonexistent/docs"]) == 2
+    assert "--replot: no page rows at /nonexistent/docs/mqar_quick.json" in capsys.readouterr().err
 
 
 def test_params_eval_longer_than_training_reads_in_windows_of_the_training_length(monkeypatch):

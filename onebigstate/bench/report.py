@@ -130,11 +130,13 @@ def plot(rows: list[Row], spec: Plot, path: Path, title: str) -> bool:
                                                         float(np.std(vals))))
     if not lines:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, pts in sorted(lines.items()):
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
+    # one colour per curve: the default cycle repeats after ten, and a page may have more
+    cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    for i, (label, pts) in enumerate(sorted(lines.items())):
         pts.sort()
         xs, ys, es = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label, color=cmap(i % cmap.N))
     if spec.log_x:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(spec.xlabel)
@@ -142,7 +144,7 @@ def plot(rows: list[Row], spec: Plot, path: Path, title: str) -> bool:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the axes, off the curves
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -196,3 +198,24 @@ def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: 
              "lrs_tried": {f"{k:g}": v for k, v in r.lrs_tried.items()}} for r in rows]
     out_md.with_suffix(".json").write_text(json.dumps(dump, indent=1) + "\n")
     return rows
+
+
+def rows_from_json(path: Path) -> list[Row]:
+    """The rows a page wrote beside itself (``SUITE[_MODE].json``), read back."""
+    try:
+        dump = json.loads(Path(path).read_text())
+        return [Row(**{**d, "lrs_tried": {float(k): v for k, v in d.get("lrs_tried", {}).items()}}) for d in dump]
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not a bench page's rows ({e})") from e
+
+
+def redraw_plots(suite: Suite, page_json: Path) -> list[Path]:
+    """Draw a page's plots again from its rows alone (no cell records needed), as ``write_report``
+    names them beside the page; returns the files drawn."""
+    page_json = Path(page_json)
+    rows, stem, drawn = rows_from_json(page_json), page_json.stem, []
+    for spec in suite.plots:
+        path = page_json.parent / (spec.file or f"{stem}_{spec.key}.png")
+        if plot(rows, spec, path, f"{stem}: accuracy vs {spec.xlabel}"):
+            drawn.append(path)
+    return drawn

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--docs", default="docs/results", help="folder of the results pages (default: docs/results)")
     p.add_argument("--list", action="store_true", help="print the cells and exit")
     p.add_argument("--report-only", action="store_true", help="write the page from the finished cells, train nothing")
+    p.add_argument("--replot", action="store_true",
+                   help="draw the page's plots again from its rows (DOCS/SUITE[_MODE].json), nothing else: no "
+                        "cells needed, the page and its table untouched")
     p.set_defaults(func=run)
 
 
@@ -106,7 +109,7 @@ def select_cells(suite, pattern: str):
 
 def run(args: argparse.Namespace) -> int:
     from onebigstate.bench.cells import Options
-    from onebigstate.bench.report import write_report
+    from onebigstate.bench.report import redraw_plots, write_report
     from onebigstate.bench.runner import device_label, load_cell, run_suite
     from onebigstate.bench.suites import build_suite
     from onebigstate.config import ConfigError
@@ -124,6 +127,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from None
     stem = args.suite if args.mode == "full" else f"{args.suite}_{args.mode}"
     root = Path(args.out) / stem
+    if args.replot:
+        page_json = Path(args.docs) / f"{stem}.json"
+        if not page_json.exists():
+            raise ConfigError(f"--replot: no page rows at {page_json} (write the page first)")
+        for path in redraw_plots(suite, page_json):
+            print(f"drew {path}")
+        return 0
     if args.list:
         for c in to_run.cells:
             print(c.name)

@@ -176,7 +176,6 @@ def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: 
     trained = _provenance(results, "commit")
     ran_on = _provenance(results, "device")
     commands = _provenance(results, "command")
-    stem = out_md.stem
     parts = [f"# {suite.title}", "",
              f"Produced by `{command}` at commit `{commit}`" + (f" on {device}." if device else "."), "",
              f"{done} of {len(suite.cells)} cells finished; cells trained and evaluated at commit: "
@@ -188,10 +187,8 @@ def write_report(suite: Suite, results: dict[str, dict], out_md: Path, command: 
              "way at the training length (attention: its KV cache); for OBS, the dense N^2 and the "
              "entries actually written while reading held-out sequences. Wall time is one run, training "
              "and evaluation.", "", markdown_table(rows)]
-    for i, spec in enumerate(suite.plots):
-        name = spec.file or f"{stem}_{spec.key}.png"
-        if plot(rows, spec, out_md.parent / name, f"{stem}: accuracy vs {spec.xlabel}"):
-            parts += [f"![accuracy vs {spec.xlabel}]({name})", ""]
+    for spec, path in _draw_plots(suite, rows, out_md):
+        parts += [f"![accuracy vs {spec.xlabel}]({path.name})", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(parts))
     dump = [{**{k: v for k, v in r.__dict__.items() if k != "lrs_tried"},
@@ -209,13 +206,18 @@ def rows_from_json(path: Path) -> list[Row]:
         raise ValueError(f"{path}: not a bench page's rows ({e})") from e
 
 
-def redraw_plots(suite: Suite, page_json: Path) -> list[Path]:
-    """Draw a page's plots again from its rows alone (no cell records needed), as ``write_report``
-    names them beside the page; returns the files drawn."""
-    page_json = Path(page_json)
-    rows, stem, drawn = rows_from_json(page_json), page_json.stem, []
+def _draw_plots(suite: Suite, rows: list[Row], page: Path) -> list[tuple[Plot, Path]]:
+    """The suite's plots of ``rows``, beside ``page`` (``STEM_KEY.png`` unless a plot names its
+    file); the (plot, file) pairs drawn, a plot with nothing to draw left out."""
+    drawn = []
     for spec in suite.plots:
-        path = page_json.parent / (spec.file or f"{stem}_{spec.key}.png")
-        if plot(rows, spec, path, f"{stem}: accuracy vs {spec.xlabel}"):
-            drawn.append(path)
+        path = page.parent / (spec.file or f"{page.stem}_{spec.key}.png")
+        if plot(rows, spec, path, f"{page.stem}: accuracy vs {spec.xlabel}"):
+            drawn.append((spec, path))
     return drawn
+
+
+def redraw_plots(suite: Suite, page_json: Path) -> list[Path]:
+    """Draw a page's plots again from its rows alone (no cell records needed), under the names
+    ``write_report`` gave them; returns the files drawn."""
+    return [path for _, path in _draw_plots(suite, rows_from_json(page_json), Path(page_json))]

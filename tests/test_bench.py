@@ -109,6 +109,28 @@ def test_run_suite_skips_finished_cells_and_resumes_a_half_trained_one(tmp_path)
     assert run_suite(suite, root, log=lambda m: None) == {"skipped": 3}
 
 
+def test_obs_eval_names_the_bench_cell_before_its_evaluation_is_written(tmp_path, capsys):
+    """``cell.json`` is written before training, so an ``obs eval`` probe of a cell still training
+    or awaiting evaluation records which cell it is (capacity_curve.py files probes by it)."""
+    from onebigstate.bench.runner import cell_identity, run_suite
+    cell = _tiny_cells(bodies=(10,))[0]
+    root = tmp_path / "runs"
+    run_suite(Suite("tiny", "tiny", "", [cell]), root, log=lambda m: None, commit="abc123")
+    cell_dir = root / cell.name
+    identity = cell_identity(cell_dir)
+    assert identity == {"cell": cell.name, "model": "s4d", "seed": 0, "lr": cell.lr, "setting": "L=10",
+                        "commit": "abc123"}
+    (cell_dir / "bench.json").unlink()
+    assert cell_identity(cell_dir) == identity
+    out = tmp_path / "probe.json"
+    assert main(["eval", str(cell_dir), "task.test_size=4", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["bench"] == identity
+    (cell_dir / "cell.json").unlink()          # a plain run folder: no cell to name
+    assert cell_identity(cell_dir) is None
+    assert main(["eval", str(cell_dir), "task.test_size=4", "--out", str(out)]) == 0
+    assert "bench" not in json.loads(out.read_text())
+
+
 def _tiny_cells(bodies=(10, 11, 12)) -> list:
     opts = Options(mode="quick", models=["s4d"], seeds=[0])
     cells = []

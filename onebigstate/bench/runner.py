@@ -1,7 +1,8 @@
 """Run a suite's cells, resumably: train (or resume) each cell, then evaluate it.
 
-A cell folder ``ROOT/<cell>/`` holds the trainer's run folder (``results.json`` when training
-finished) and ``bench.json`` (the cell's evaluations) or ``diverged.json`` (training stopped on a
+A cell folder ``ROOT/<cell>/`` holds ``cell.json`` (which cell it is, written before training
+starts), the trainer's run folder (``results.json`` when training finished) and ``bench.json``
+(the cell's evaluations) or ``diverged.json`` (training stopped on a
 NaN: the cell scores 0, as a failed run does in Zoology's sweeps). A cell with ``results.json``
 is not trained again; one with ``bench.json`` or ``diverged.json`` is skipped entirely; a cell
 with checkpoints but no ``results.json`` resumes from its last checkpoint.
@@ -27,7 +28,9 @@ from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.trainer import RESULTS_FILE, TrainingDiverged, model_from_checkpoint, train
 
 BENCH_FILE = "bench.json"
+CELL_FILE = "cell.json"
 DIVERGED_FILE = "diverged.json"
+IDENTITY_KEYS = ("cell", "model", "seed", "lr", "setting", "commit")
 
 
 def _write_json(path: Path, obj) -> None:
@@ -38,6 +41,16 @@ def _write_json(path: Path, obj) -> None:
 
 def cell_done(cell_dir: Path) -> bool:
     return (cell_dir / BENCH_FILE).exists() or (cell_dir / DIVERGED_FILE).exists()
+
+
+def cell_identity(cell_dir: Path) -> dict | None:
+    """Which bench cell a run folder is (``IDENTITY_KEYS``), from its ``bench.json`` or, while it
+    trains or awaits evaluation, its ``cell.json``; None for a run folder that is not a cell."""
+    for name in (BENCH_FILE, CELL_FILE):
+        if (cell_dir / name).exists():
+            record = json.loads((cell_dir / name).read_text())
+            return {k: record.get(k) for k in IDENTITY_KEYS}
+    return None
 
 
 def device_label(device: str) -> str:
@@ -57,6 +70,11 @@ def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str
     if cell_done(cell_dir):
         return "skipped"
     what = "evaluated"
+    if not (cell_dir / CELL_FILE).exists():
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(cell_dir / CELL_FILE, {"cell": cell.name, "setting": cell.setting, "model": cell.model,
+                                           "lr": cell.lr, "seed": cell.seed, "x": cell.x, "commit": commit,
+                                           "command": command})
     if not (cell_dir / RESULTS_FILE).exists():
         resume = None
         if (cell_dir / "checkpoints" / "last").exists():

@@ -91,6 +91,7 @@ def _default_out(ckpt, overrides: list[str]) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from onebigstate.bench.evaluate import heldout_metrics
+    from onebigstate.bench.runner import cell_identity
     from onebigstate.cli.bench import git_commit
     ckpt = read_checkpoint(args.checkpoint)
     overrides = list(args.overrides or [])
@@ -109,10 +110,9 @@ def run(args: argparse.Namespace) -> int:
            "d_model": cfg.model.d_model,
            "overrides": overrides, "task_params": task_cfg.params, "test_size": task_cfg.test_size,
            "metrics": metrics, "n_params": count_params(model), "state_size": state_size_of(model, task)}
-    bench = (ckpt.run_dir / "bench.json") if ckpt.run_dir else None
-    if bench is not None and bench.exists():   # a cell of `obs bench`: say which
-        cell = json.loads(bench.read_text())
-        out["bench"] = {k: cell.get(k) for k in ("cell", "model", "seed", "lr", "setting", "commit")}
+    cell = cell_identity(ckpt.run_dir) if ckpt.run_dir else None
+    if cell is not None:   # a cell of `obs bench`: say which
+        out["bench"] = cell
     rows = [(f"test {k}", format_value(v)) for k, v in metrics.items()]
     rows += _split(overrides)
     rows += [("step", format_value(ckpt.step)), ("test sequences", format_value(task_cfg.test_size)),

@@ -129,6 +129,9 @@ def test_obs_eval_names_the_bench_cell_before_its_evaluation_is_written(tmp_path
     assert cell_identity(cell_dir) is None
     assert main(["eval", str(cell_dir), "task.test_size=4", "--out", str(out)]) == 0
     assert "bench" not in json.loads(out.read_text())
+    (cell_dir / "cell.json").write_text('{"cell": "trunc')
+    with pytest.raises(ValueError, match="cell.json: not a readable cell record"):
+        cell_identity(cell_dir)
 
 
 def _tiny_cells(bodies=(10, 11, 12)) -> list:

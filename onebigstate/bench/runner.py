@@ -47,8 +47,12 @@ def cell_identity(cell_dir: Path) -> dict | None:
     """Which bench cell a run folder is (``IDENTITY_KEYS``), from its ``bench.json`` or, while it
     trains or awaits evaluation, its ``cell.json``; None for a run folder that is not a cell."""
     for name in (BENCH_FILE, CELL_FILE):
-        if (cell_dir / name).exists():
-            record = json.loads((cell_dir / name).read_text())
+        path = cell_dir / name
+        if path.exists():
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: not a readable cell record ({err})") from err
             return {k: record.get(k) for k in IDENTITY_KEYS}
     return None
 

@@ -74,11 +74,11 @@ def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str
     if cell_done(cell_dir):
         return "skipped"
     what = "evaluated"
+    who = {"cell": cell.name, "setting": cell.setting, "model": cell.model, "lr": cell.lr, "seed": cell.seed,
+           "x": cell.x}
     if not (cell_dir / CELL_FILE).exists():
         cell_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(cell_dir / CELL_FILE, {"cell": cell.name, "setting": cell.setting, "model": cell.model,
-                                           "lr": cell.lr, "seed": cell.seed, "x": cell.x, "commit": commit,
-                                           "command": command})
+        _write_json(cell_dir / CELL_FILE, {**who, "commit": commit, "command": command})
     if not (cell_dir / RESULTS_FILE).exists():
         resume = None
         if (cell_dir / "checkpoints" / "last").exists():
@@ -96,8 +96,7 @@ def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str
     columns: dict[str, float] = {}
     for ev in cell.evals:
         columns.update(run_eval(ev, model, task, cell.config))
-    bench = {"cell": cell.name, "setting": cell.setting, "model": cell.model, "lr": cell.lr, "seed": cell.seed,
-             "x": cell.x, "evals": columns, "written_entries": written_entries(model, task),
+    bench = {**who, "evals": columns, "written_entries": written_entries(model, task),
              "eval_time_s": round(time.perf_counter() - t0, 3), "commit": commit, "command": command,
              "device": device_label(cell.config.train.device)}
     _write_json(cell_dir / BENCH_FILE, bench)

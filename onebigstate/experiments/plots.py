@@ -113,19 +113,24 @@ def _curve_axes(results: dict[str, RecallResult], kind: str, xs: list[int], poin
     return fig, ax
 
 
-def plot_recall_vs_delay(results: dict[str, RecallResult], kind: str, exposures: int, delays: list[int],
-                         path: Path, chance: float | None = None) -> Path:
-    fig, ax = _curve_axes(results, kind, delays, lambda r, d: r.accuracy(kind, exposures, d)[0])
-    ax.set_xscale("log")
-    ax.set_xlabel("delay since the pairing (steps, streamed with carried state)")
+def _finish_curve(fig, ax, title: str, chance: float | None, path: Path) -> Path:
+    """Chance line, title and legend of a recall curve, then write it to ``path``."""
     if chance is not None:
         ax.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
-    ax.set_title(f"{kind} recall after {exposures} exposure{'s' * (exposures > 1)}", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return Path(path)
+
+
+def plot_recall_vs_delay(results: dict[str, RecallResult], kind: str, exposures: int, delays: list[int],
+                         path: Path, chance: float | None = None) -> Path:
+    fig, ax = _curve_axes(results, kind, delays, lambda r, d: r.accuracy(kind, exposures, d)[0])
+    ax.set_xscale("log")
+    ax.set_xlabel("delay since the pairing (steps, streamed with carried state)")
+    return _finish_curve(fig, ax, f"{kind} recall after {exposures} exposure{'s' * (exposures > 1)}", chance, path)
 
 
 def plot_recall_vs_exposures(results: dict[str, RecallResult], kind: str, delay: int, exposures: list[int],
@@ -133,11 +138,4 @@ def plot_recall_vs_exposures(results: dict[str, RecallResult], kind: str, delay:
     fig, ax = _curve_axes(results, kind, exposures, lambda r, e: r.accuracy(kind, e, delay)[0])
     ax.set_xticks(exposures)
     ax.set_xlabel("exposures to the pairing")
-    if chance is not None:
-        ax.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
-    ax.set_title(f"{kind} recall {delay} steps after the last exposure", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    return _finish_curve(fig, ax, f"{kind} recall {delay} steps after the last exposure", chance, path)

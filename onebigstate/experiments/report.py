@@ -67,22 +67,22 @@ def markdown_tables(exp, rows: list[dict], recalls: dict[str, dict[str, RecallRe
         res = recalls.get(kind, {})
         if not res:
             continue
-        lines += ["", f"**{kind}**, 1 exposure, against delay (accuracy, queries):", "",
-                  "| model | " + " | ".join(f"d={d}" for d in g.delays) + " |",
-                  "|---|" + "---|" * len(g.delays)]
-        for r in rows:
-            cells = []
-            for d in g.delays:
-                acc, n = res[r["label"]].accuracy(kind, 1, d) if r["label"] in res else (float("nan"), 0)
-                cells.append("-" if math.isnan(acc) else f"{acc:.3f} ({n})")
-            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-        lines += ["", f"**{kind}** at delay {g.exposure_delay}, against exposures:", "",
-                  "| model | " + " | ".join(f"e={e}" for e in g.exposures) + " |",
-                  "|---|" + "---|" * len(g.exposures)]
-        for r in rows:
-            cells = []
-            for e in g.exposures:
-                acc, n = res[r["label"]].accuracy(kind, e, g.exposure_delay) if r["label"] in res else (float("nan"), 0)
-                cells.append("-" if math.isnan(acc) else f"{acc:.3f} ({n})")
-            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        lines += _recall_table(f"**{kind}**, 1 exposure, against delay (accuracy, queries):", rows, res,
+                               [(f"d={d}", lambda r, d=d: r.accuracy(kind, 1, d)) for d in g.delays])
+        lines += _recall_table(f"**{kind}** at delay {g.exposure_delay}, against exposures:", rows, res,
+                               [(f"e={e}", lambda r, e=e: r.accuracy(kind, e, g.exposure_delay))
+                                for e in g.exposures])
     return "\n".join(lines) + "\n"
+
+
+def _recall_table(caption: str, rows: list[dict], res: dict[str, RecallResult], columns: list) -> list[str]:
+    """Markdown lines of one recall table: a row per model, a column per ``(head, accuracy_of_result)``."""
+    lines = ["", caption, "", "| model | " + " | ".join(head for head, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for r in rows:
+        cells = []
+        for _, accuracy in columns:
+            acc, n = accuracy(res[r["label"]]) if r["label"] in res else (float("nan"), 0)
+            cells.append("-" if math.isnan(acc) else f"{acc:.3f} ({n})")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines

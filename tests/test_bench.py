@@ -326,6 +326,25 @@ def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert "--replot: no page rows at /nonexistent/docs/mqar_quick.json" in capsys.readouterr().err
 
 
+def test_extrapolation_trains_at_another_setting_with_the_same_tokens_per_step(capsys):
+    """--train T:P: the readout meets more pairs in training; the test columns and token budget stay."""
+    own = build_suite("extrapolation", Options(mode="cpu", models=["obs"]))
+    more = build_suite("extrapolation", Options(mode="cpu", models=["obs"], train=(512, 128)))
+    (a,), (b,) = own.cells, more.cells
+    assert b.name == "train_T_512_P_128_d_64__obs__lr0.01__s0"
+    assert (b.config.task.params["seq_len"], b.config.task.params["num_kv_pairs"]) == (512, 128)
+    assert b.config.train.batch_size * 512 == a.config.train.batch_size * 128 and b.config.train.steps == 1000
+    assert b.evals == a.evals
+    with pytest.raises(ValueError, match="4 tokens per pair"):
+        build_suite("extrapolation", Options(mode="cpu", train=(500, 128)))
+    with pytest.raises(ValueError, match="suite 'retention' has none to set"):
+        build_suite("retention", Options(mode="cpu", train=(512, 128)))
+    assert main(["bench", "extrapolation", "--cpu", "--models", "obs", "--train", "512:128", "--list"]) == 0
+    assert "1 cells under runs/bench/extrapolation_cpu_train_T512_P128" in capsys.readouterr().out
+    assert main(["bench", "extrapolation", "--cpu", "--train", "512", "--list"]) == 2
+    assert "--train: expected T:P" in capsys.readouterr().err
+
+
 def test_params_eval_longer_than_training_reads_in_windows_of_the_training_length(monkeypatch):
     import torch
 

@@ -118,6 +118,9 @@ class Options:
     seeds: list[int] | None = None           # None: the mode's default (quick, cpu: [0]; full: [0, 1, 2])
     device: str = "cpu"
     lrs: list[float] | None = None           # None: each model's own grid (lr_grid)
+    # extrapolation only: train at (seq_len, pairs) instead of the mode's setting, the batch scaled
+    # so that a step sees as many tokens (None: the mode's own training setting)
+    train: tuple[int, int] | None = None
 
     def model_list(self) -> list[str]:
         return list(self.models) if self.models else list(MODELS)

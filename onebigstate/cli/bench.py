@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", help="comma-separated models (default: all of them)")
     p.add_argument("--seeds", help="comma-separated seeds (default: quick 0, full 0,1,2)")
     p.add_argument("--lrs", help="comma-separated learning rates for every model (default: each model's own grid)")
+    p.add_argument("--train", metavar="T:P",
+                   help="extrapolation only: train at T tokens / P pairs (the mode's ratio of tokens to pairs), "
+                        "the batch scaled to the same tokens per step, e.g. 512:128 under --cpu; its cells and page go "
+                        "to SUITE_cpu_train_TT_PP")
     p.add_argument("--cells", metavar="REGEX",
                    help="run only the cells whose folder name matches REGEX (re.search), e.g. 'P_(64|256)_' "
                         "or '__s4d__'; the page still covers every finished cell")
@@ -82,6 +86,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--seeds {args.seeds}")
     if args.lrs:
         parts.append(f"--lrs {args.lrs}")
+    if getattr(args, "train", None):
+        parts.append(f"--train {args.train}")
     if getattr(args, "cells", None):
         parts.append(f"--cells '{args.cells}'")
     if getattr(args, "jobs", 1) != 1:
@@ -91,6 +97,14 @@ def command_line(args: argparse.Namespace) -> str:
     if args.docs != "docs/results":
         parts.append(f"--docs {args.docs}")
     return " ".join(parts)
+
+
+def _train_setting(text: str) -> tuple[int, int]:
+    try:
+        T, P = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--train: expected T:P (two integers, e.g. 512:128), got '{text}'") from None
+    return T, P
 
 
 def select_cells(suite, pattern: str):
@@ -118,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
-        opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device, lrs=lrs)
+        opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device, lrs=lrs,
+                       train=_train_setting(args.train) if args.train else None)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         suite = build_suite(args.suite, opts)
@@ -126,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     stem = args.suite if args.mode == "full" else f"{args.suite}_{args.mode}"
+    if opts.train is not None:   # its own run folder and page: never mixed with the mode's own cells
+        stem += f"_train_T{opts.train[0]}_P{opts.train[1]}"
     root = Path(args.out) / stem
     if args.replot:
         page_json = Path(args.docs) / f"{stem}.json"

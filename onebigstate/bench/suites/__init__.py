@@ -19,5 +19,7 @@ def build_suite(name: str, opts: Options) -> Suite:
     if opts.mode == "cpu" and name not in CPU_SUITES:
         raise ValueError(f"suite '{name}' has no --cpu grid (suites with one: {', '.join(CPU_SUITES)}); "
                          f"use --quick or --full")
+    if opts.train is not None and name != "extrapolation":
+        raise ValueError(f"--train sets the extrapolation suite's training setting; suite '{name}' has none to set")
     return importlib.import_module(f"onebigstate.bench.suites.{name}").build(opts)
 

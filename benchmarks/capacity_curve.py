@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
@@ -49,12 +49,20 @@ def trained_points(rows: list[dict]) -> list[dict]:
     return list(curves.values())
 
 
+def _train_pairs(setting: str | None) -> str:
+    """The pairs a cell was trained at, from its setting ``train T=128 P=32 d=64`` (``?`` if absent)."""
+    m = re.search(r"\bP=(\d+)", setting or "")
+    return m.group(1) if m else "?"
+
+
 def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
     """Extrapolation rows of ``models`` -> curves over the test columns ``T=4P`` with P >= 64.
 
-    A (model, lr) seen twice keeps its last row; a model at several lrs is labelled with each."""
-    last = {(r["model"], r["lr"]): r for r in rows if r["model"] in models}
-    lrs_of = Counter(model for model, _ in last)
+    A (model, lr, training setting) seen twice keeps its last row; a model at several lrs is
+    labelled with each, and at several training settings with the pairs it was trained at."""
+    last = {(r["model"], r["lr"], r["setting"]): r for r in rows if r["model"] in models}
+    lrs_of = {m: {lr for mm, lr, _ in last if mm == m} for m, _, _ in last}
+    settings_of = {m: {st for mm, _, st in last if mm == m} for m, _, _ in last}
     curves = []
     for r in last.values():
         points = {}
@@ -62,8 +70,11 @@ def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
             T = int(label.split("=")[1])
             if T >= 256:
                 points[T // 4] = sum(accs) / len(accs)
-        label = r["model"] + (f" (lr {r['lr']:g})" if lrs_of[r["model"]] > 1 else "")
-        curves.append({"model": label, "name": r["model"], "lr": r["lr"], "width": int(r["x"]["width"]), "protocol": "zero-shot from P=32",
+        trained_at = _train_pairs(r["setting"])
+        label = (r["model"] + (f" (lr {r['lr']:g})" if len(lrs_of[r["model"]]) > 1 else "")
+                 + (f" (trained at P={trained_at})" if len(settings_of[r["model"]]) > 1 else ""))
+        curves.append({"model": label, "name": r["model"], "lr": r["lr"], "setting": r["setting"],
+                       "width": int(r["x"]["width"]), "protocol": f"zero-shot from P={trained_at}",
                        "n_params": {p: r["n_params"] for p in points}, "points": points,
                        "seeds": {p: r["n_seeds"] for p in points}})
     return curves
@@ -73,24 +84,29 @@ def add_probes(curves: list[dict], records: list[dict], models: list[str]) -> li
     """Add ``obs eval`` records of bench cells of ``models`` to the zero-shot curves, as (pairs ->
     mean accuracy over the records); returns the records used.
 
-    A record joins the curve of its cell's model and learning rate (``record["bench"]``); a
+    A record joins the curve of its cell's model, learning rate and training setting
+    (``record["bench"]``: a cell trained at more pairs is another curve); a
     setting the bench itself measured keeps the bench's number. A learning rate the page does not
     show (the bench page keeps each model's best, and a cell may not have finished its bench
     evaluation) gets a curve of its own, labelled with it.
     """
-    zero = {(c["name"], c["lr"]): c for c in curves if c["protocol"].startswith("zero")}
-    found: dict[tuple[str, float, int], list[dict]] = {}
+    zero = {(c["name"], c["lr"], c["setting"]): c for c in curves if c["protocol"].startswith("zero")}
+    found: dict[tuple[str, float, str, int], list[dict]] = {}
     for r in records:
         cell = r.get("bench") or {}
         if cell.get("model") in models:
-            found.setdefault((cell["model"], cell.get("lr"), int(r["task_params"]["num_kv_pairs"])), []).append(r)
+            key = (cell["model"], cell.get("lr"), cell.get("setting"), int(r["task_params"]["num_kv_pairs"]))
+            found.setdefault(key, []).append(r)
     used = []
-    for (model, lr, pairs), recs in sorted(found.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
-        c = zero.get((model, lr))
+    for (model, lr, setting, pairs), recs in sorted(found.items(),
+                                                    key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2] or "", kv[0][3])):
+        c = zero.get((model, lr, setting))
         if c is None:
-            c = zero[(model, lr)] = {"model": f"{model} (lr {lr:g})", "name": model, "lr": lr, "width": recs[0].get("d_model", 0),
-                                     "protocol": "zero-shot from P=32 (obs eval)", "n_params": {}, "points": {},
-                                     "seeds": {}}
+            trained_at = _train_pairs(setting)
+            c = zero[(model, lr, setting)] = {
+                "model": f"{model} (lr {lr:g}, trained at P={trained_at})", "name": model, "lr": lr, "setting": setting,
+                "width": recs[0].get("d_model", 0), "protocol": f"zero-shot from P={trained_at} (obs eval)",
+                "n_params": {}, "points": {}, "seeds": {}}
             curves.append(c)
         if pairs in c["points"]:
             continue
@@ -171,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Produced by `{command}` from `{args.capacity}` and " + ", ".join(f"`{e}`" for e in args.extrapolation)
         + " (each page states "
         "the command, commit and device of its cells).", "",
-        "OBS rows: trained at (128 tokens, 32 pairs), vocabulary 8192, tested zero-shot at (4P tokens, "
-        "P pairs), on CPU. Baseline rows: trained at each P, vocabulary 32768, 2000 steps, on an H100 "
+        "OBS rows: trained at (128 tokens, 32 pairs) unless the protocol says another P (then 4P "
+        "tokens, the same tokens per step), vocabulary 8192, tested zero-shot at (4P tokens, P pairs), on CPU. Baseline rows: trained at each P, vocabulary 32768, 2000 steps, on an H100 "
         "(see the capacity page for the learning rates and the cells that did not finish). A dash: "
         "not measured. Accuracy is the mean over the seeds given.", "",
         *([f"OBS at " + ", ".join(f"P={p} (T={t})" for p, t in settings) + ": `obs eval` of the same "

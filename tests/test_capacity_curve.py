@@ -38,8 +38,8 @@ def test_zero_shot_columns_map_to_pairs_and_both_protocols_share_a_table(tmp_pat
         cc.main(["--capacity", str(tmp_path / "missing.json")])
 
 
-def _probe(model, pairs, acc, seed=0, lr=0.003):
-    return {"bench": {"model": model, "seed": seed, "lr": lr}, "d_model": 64,
+def _probe(model, pairs, acc, seed=0, lr=0.003, setting="train T=128 P=32 d=64"):
+    return {"bench": {"model": model, "seed": seed, "lr": lr, "setting": setting}, "d_model": 64,
             "task_params": {"num_kv_pairs": pairs, "seq_len": 4 * pairs},
             "metrics": {"accuracy": acc}, "n_params": 1000, "test_size": 64}
 
@@ -54,7 +54,8 @@ def test_obs_eval_probes_extend_the_zero_shot_curves(tmp_path):
                                 _probe("obs", 1024, 0.3, lr=0.01)], ["obs"])   # another lr: its own curve
     assert len(used) == 3
     assert zero[0]["points"] == {64: 0.9, 256: 0.8, 512: pytest.approx(0.6)} and zero[0]["seeds"][512] == 2
-    assert zero[1]["model"] == "obs (lr 0.01)" and zero[1]["points"] == {1024: 0.3} and zero[1]["width"] == 64
+    assert zero[1]["model"] == "obs (lr 0.01, trained at P=32)" and zero[1]["points"] == {1024: 0.3}
+    assert zero[1]["width"] == 64 and zero[1]["protocol"] == "zero-shot from P=32 (obs eval)"
 
     (tmp_path / "c.json").write_text(json.dumps([_row("s4d", "P=64 T=256 d=64", {"pairs": 64, "width": 64}, [0.5])]))
     (tmp_path / "e.json").write_text(json.dumps(extrap))
@@ -87,3 +88,16 @@ def test_several_extrapolation_pages_a_later_row_replaces_and_lrs_label_the_curv
                     str(tmp_path / "own.json"), "--obs-models", "obs,big", "--probes", str(tmp_path / "none"),
                     "--out", str(out)]) == 0
     assert "| big (lr 0.003) | 64 | zero-shot from P=32 | 1,000 | 0.990 | 1 |" in out.read_text()
+
+
+def test_cells_trained_at_more_pairs_are_curves_of_their_own(tmp_path):
+    """obs bench extrapolation --train 512:128: same model and lr, another training setting."""
+    cc = load_benchmark("capacity_curve")
+    rows = [_row("obs", "train T=128 P=32 d=64", {"width": 64}, [1.0], {"T=256": [0.9], "T=4096": [0.5]}),
+            _row("obs", "train T=512 P=128 d=64", {"width": 64}, [1.0], {"T=256": [0.95], "T=4096": [0.8]})]
+    zero = cc.zero_shot_points(rows, ["obs"])
+    assert [(c["model"], c["protocol"], c["points"][1024]) for c in zero] == [
+        ("obs (trained at P=32)", "zero-shot from P=32", 0.5), ("obs (trained at P=128)", "zero-shot from P=128", 0.8)]
+    used = cc.add_probes(zero, [_probe("obs", 2047, 0.3), _probe("obs", 2047, 0.6, setting="train T=512 P=128 d=64")],
+                         ["obs"])
+    assert len(used) == 2 and [c["points"][2047] for c in zero] == [0.3, 0.6]

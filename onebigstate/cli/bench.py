@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", metavar="T:P",
                    help="extrapolation only: train at T tokens / P pairs (the mode's ratio of tokens to pairs), "
                         "the batch scaled to the same tokens per step, e.g. 512:128 under --cpu; its cells and page go "
-                        "to SUITE_cpu_train_TT_PP")
+                        "to extrapolation_cpu_train_T512_P128 (its own folder and page)")
     p.add_argument("--cells", metavar="REGEX",
                    help="run only the cells whose folder name matches REGEX (re.search), e.g. 'P_(64|256)_' "
                         "or '__s4d__'; the page still covers every finished cell")

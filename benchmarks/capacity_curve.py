@@ -30,6 +30,7 @@ import argparse
 import json
 import re
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
@@ -50,9 +51,11 @@ def trained_points(rows: list[dict]) -> list[dict]:
 
 
 def _train_pairs(setting: str | None) -> str:
-    """The pairs a cell was trained at, from its setting ``train T=128 P=32 d=64`` (``?`` if absent)."""
+    """The pairs a cell was trained at, from its setting ``train T=128 P=32 d=64``."""
     m = re.search(r"\bP=(\d+)", setting or "")
-    return m.group(1) if m else "?"
+    if m is None:
+        raise ValueError(f"no training pairs (P=...) in the cell setting {setting!r}")
+    return m.group(1)
 
 
 def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
@@ -61,8 +64,10 @@ def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
     A (model, lr, training setting) seen twice keeps its last row; a model at several lrs is
     labelled with each, and at several training settings with the pairs it was trained at."""
     last = {(r["model"], r["lr"], r["setting"]): r for r in rows if r["model"] in models}
-    lrs_of = {m: {lr for mm, lr, _ in last if mm == m} for m, _, _ in last}
-    settings_of = {m: {st for mm, _, st in last if mm == m} for m, _, _ in last}
+    lrs_of, settings_of = defaultdict(set), defaultdict(set)
+    for model, lr, setting in last:
+        lrs_of[model].add(lr)
+        settings_of[model].add(setting)
     curves = []
     for r in last.values():
         points = {}

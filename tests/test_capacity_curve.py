@@ -101,3 +101,5 @@ def test_cells_trained_at_more_pairs_are_curves_of_their_own(tmp_path):
     used = cc.add_probes(zero, [_probe("obs", 2047, 0.3), _probe("obs", 2047, 0.6, setting="train T=512 P=128 d=64")],
                          ["obs"])
     assert len(used) == 2 and [c["points"][2047] for c in zero] == [0.3, 0.6]
+    with pytest.raises(ValueError, match="no training pairs"):     # a record that does not say its setting
+        cc.add_probes(zero, [_probe("obs", 2047, 0.3, setting=None)], ["obs"])

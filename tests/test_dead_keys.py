@@ -23,3 +23,13 @@ def test_dead_keys_table_for_a_trained_mqar_run(tmp_path, one_thread):
     out = tmp_path / "dead.md"
     assert dk.main([str(run / "checkpoints" / "last"), "--n", "8", "--out", str(out)]) == 0
     assert "| run (last) | 32 | 2 |" in out.read_text()
+
+
+def test_written_entries_of_a_trained_run_at_another_setting(tmp_path, one_thread, capsys):
+    """benchmarks/written_entries.py: more pairs, more entries, counted on the same run."""
+    run = train_tiny_mqar(tmp_path / "run", vocab_size=32, seq_len=16, num_kv_pairs=4, test_size=16)
+    we = load_benchmark("written_entries")
+    short, long = we.entries_at(str(run), 16, 4, 8), we.entries_at(str(run), 24, 6, 8)
+    assert 0 < short["mean"] <= short["max"] <= 32 * 32 and long["mean"] > short["mean"]
+    assert we.main(["24:6", str(run), "--n", "8"]) == 0
+    assert f"T=24 P=6: {long['mean']:,.0f} entries written" in capsys.readouterr().out

@@ -134,26 +134,54 @@ def table(curves: list[dict], pairs: list[int]) -> str:
     return "\n".join(lines)
 
 
+_N_COLOURS = {1024: "tab:blue", 2048: "tab:orange", 4096: "tab:green", 16384: "tab:red"}
+
+
+def obs_style(curve: dict) -> dict:
+    """Line style of an OBS curve: colour by nodes N (``_n<N>`` in the name, else the bench's
+    1024), line by the ``circuit_direct`` variant (plain solid, ``_direct1`` dashed, ``_direct``
+    dotted; the unbalanced ``obs`` recipe dash-dot), marker by the pairs it was trained at
+    (circle 32, triangle 128), filled at lr 3e-3 and open at lr 1e-2."""
+    name = curve.get("name", curve["model"])
+    m = re.search(r"_n(\d+)", name)
+    n = int(m.group(1)) if m else 1024
+    line = ("--" if name.endswith("_direct1") else ":" if name.endswith("_direct")
+            else "-." if name == "obs" else "-")
+    trained_at = curve["protocol"].split("P=")[1].split()[0] if "P=" in curve["protocol"] else "32"
+    colour = _N_COLOURS.get(n, "tab:purple")
+    return {"color": colour, "linestyle": line, "marker": "o" if trained_at == "32" else "^",
+            "markerfacecolor": colour if curve.get("lr") == 3e-3 else "none"}
+
+
 def plot(curves: list[dict], out_png: Path) -> None:
+    """Two panels on one y axis: OBS (zero-shot, styled by :func:`obs_style`) and the baselines
+    (trained at each P; colour by model, circle width 64, square width 128)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    # one colour per model (its widths share it, told apart by the marker): tab10 repeats after
-    # ten curves, and the page has more
-    models = list(dict.fromkeys(c["model"] for c in curves))
-    colour = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(models)}
-    for c in curves:
+    fig, (ax_obs, ax_base) = plt.subplots(1, 2, figsize=(13, 6.5), sharex=True, sharey=True)
+    zero = [c for c in curves if c["protocol"].startswith("zero")]
+    trained = [c for c in curves if not c["protocol"].startswith("zero")]
+    for c in zero:
         ps = sorted(c["points"])
-        zero_shot = c["protocol"].startswith("zero")
-        ax.plot(ps, [c["points"][p] for p in ps], "--" if zero_shot else "-", color=colour[c["model"]],
-                marker="o" if c["width"] == 64 else "s",
-                label=f"{c['model']} d={c['width']} ({'zero-shot' if zero_shot else 'trained'})")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("key-value pairs (sequence length = 4 x pairs)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax_obs.plot(ps, [c["points"][p] for p in ps], label=c["model"], **obs_style(c))
+    models = list(dict.fromkeys(c["model"] for c in trained))
+    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    for c in trained:
+        ps = sorted(c["points"])
+        ax_base.plot(ps, [c["points"][p] for p in ps], "-", color=colour[c["model"]],
+                     marker="o" if c["width"] == 64 else "s", label=f"{c['model']} d={c['width']}")
+    ax_obs.set_title("OBS, d=64, tested zero-shot (CPU). Colour: N (blue 1024, orange 2048, green 4096, red 16384);\n"
+                     "line: plain solid, _direct1 dashed, _direct dotted, obs dash-dot; filled: lr 3e-3, "
+                     "open: lr 1e-2;\ncircle: trained at 32 pairs, triangle: at 128", fontsize=8)
+    ax_base.set_title("baselines, trained at each number of pairs (H100)", fontsize=9)
+    for ax in (ax_obs, ax_base):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("key-value pairs (sequence length = 4 x pairs)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    ax_obs.set_ylabel("held-out accuracy")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)

@@ -103,3 +103,19 @@ def test_cells_trained_at_more_pairs_are_curves_of_their_own(tmp_path):
     assert len(used) == 2 and [c["points"][2047] for c in zero] == [0.3, 0.6]
     with pytest.raises(ValueError, match="no training pairs"):     # a record that does not say its setting
         cc.add_probes(zero, [_probe("obs", 2047, 0.3, setting=None)], ["obs"])
+
+
+def test_obs_curves_are_styled_by_nodes_variant_lr_and_training_pairs():
+    cc = load_benchmark("capacity_curve")
+
+    def style(name, lr, protocol="zero-shot from P=32"):
+        return cc.obs_style({"model": name, "name": name, "lr": lr, "protocol": protocol})
+
+    plain = style("obs_balanced_rownorm", 0.01)
+    assert (plain["color"], plain["linestyle"], plain["marker"], plain["markerfacecolor"]) == \
+        ("tab:blue", "-", "o", "none")                        # N = 1024, plain, 32 pairs, lr 1e-2: open
+    big = style("obs_balanced_rownorm_n16384_direct1", 0.003)
+    assert (big["color"], big["linestyle"], big["markerfacecolor"]) == ("tab:red", "--", "tab:red")
+    assert style("obs_balanced_rownorm_n4096_direct", 0.003)["linestyle"] == ":"
+    assert style("obs_balanced_rownorm", 0.01, "zero-shot from P=128")["marker"] == "^"
+    assert style("obs_balanced_rownorm_n2048", 0.01, "zero-shot from P=32 (obs eval)")["color"] == "tab:orange"

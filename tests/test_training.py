@@ -277,3 +277,28 @@ def test_init_from_loads_weights_of_another_run(tmp_path):
     _, m_b = model_from_checkpoint(read_checkpoint(tmp_path / "b"))
     for (n, pa), (_, pb) in zip(m_a.named_parameters(), m_b.named_parameters()):
         assert torch.allclose(pa, pb, atol=1e-6), n
+
+
+def test_training_and_evaluation_drop_each_batchs_states_before_the_next_forward(tmp_path, monkeypatch):
+    # At large N the states are the biggest tensors (a dense N^2 per sequence): one batch's final
+    # states kept alive into the next forward doubled the memory of evaluation and training.
+    import weakref
+
+    from onebigstate.training.trainer import build_run, evaluate
+    refs, alive_at_call = [], []
+    forward = MQARTask.forward
+
+    def spy(self, model, x, y, states=None):
+        alive_at_call.append(sum(r() is not None for r in refs))
+        out = forward(self, model, x, y, states)
+        refs.extend(weakref.ref(s) for s in out[2])
+        return out
+
+    monkeypatch.setattr(MQARTask, "forward", spy)
+    cfg = build_config(RunConfig, tiny_tree(steps=3, eval_every=0, ckpt_every=3))
+    task, model = build_run(cfg)
+    evaluate(model, task, batch_size=8, test_set=task.test_set())      # 32 sequences: 4 batches
+    assert alive_at_call == [0, 0, 0, 0]
+    refs.clear(), alive_at_call.clear()
+    train(cfg, tmp_path / "run", log=lambda m: None)                    # 3 steps, then the final evaluation
+    assert len(alive_at_call) >= 4 and alive_at_call == [0] * len(alive_at_call)

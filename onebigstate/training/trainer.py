@@ -97,7 +97,9 @@ def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | Non
     try:
         for start in range(0, inputs.shape[0], batch_size):
             x = _to_device(inputs[start:start + batch_size], device, dtype)
-            out, y, _ = task.forward(model, x, labels[start:start + batch_size].to(device))
+            # [:2] drops the final states at once: kept until the next batch's forward had
+            # returned, they doubled the peak (OBS at large N: a dense N^2 per sequence)
+            out, y = task.forward(model, x, labels[start:start + batch_size].to(device))[:2]
             for k, (s, n) in task.metric_counts(out, y).items():
                 acc = sums.setdefault(k, [0.0, 0.0])
                 acc[0] += s
@@ -261,6 +263,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
             scheduler.step()
             if tc.carry_state:
                 states = detach_states(new_states)
+            # not kept into the next step's forward: at large N a dense N^2 per sequence
+            del new_states
             step += 1
             with torch.no_grad():
                 batch_metrics = task.metrics(out.detach(), y)

@@ -94,8 +94,12 @@ NO_GRAD_CASES = {"odd_T": CASES["odd_T"], "reg": CASES["gaussian_reg_and_k_cost"
 
 
 @pytest.mark.parametrize("name", list(NO_GRAD_CASES))
-def test_reversible_without_gradients_gives_the_same_outputs_and_state(name):
+def test_reversible_without_gradients_gives_the_same_outputs_and_state(name, monkeypatch):
     """Evaluation (no_grad) skips the backward's logs and state copy; nothing else may change."""
+    from onebigstate.model.state import DenseState
+    copies = []
+    snapshot = DenseState.snapshot
+    monkeypatch.setattr(DenseState, "snapshot", lambda self: copies.append(1) or snapshot(self))
     case = NO_GRAD_CASES[name]
     y_ref, _, _, s_ref, st_ref = run("reference", case)
     cfg = OBSConfig(**{**BASE, **case.get("cfg", {}), "backend": "reversible"})
@@ -107,6 +111,8 @@ def test_reversible_without_gradients_gives_the_same_outputs_and_state(name):
         cont = torch.rand(3, case["T"], generator=torch.Generator().manual_seed(1)) > 0.5
     with torch.no_grad():
         y, state = layer(x, None, continuous=cont)
+    # the parameters require grad, so only the grad mode tells the scan that no backward follows
+    assert copies == []
     assert torch.equal(layer.last_stats.active_idx, st_ref.active_idx)
     assert rel_err(y, y_ref) < 1e-12 and rel_err(state.S, s_ref.S) < 1e-12
     assert torch.equal(state.touched, s_ref.touched)

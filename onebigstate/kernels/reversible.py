@@ -58,15 +58,17 @@ class _StepLogs(dict):
 
 class _ReversibleScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, store, cfg: StepConfig, n_reg_samples: int, circuit_idx, continuous,
+    def forward(ctx, store, cfg: StepConfig, n_reg_samples: int, grad_enabled: bool, circuit_idx, continuous,
                 carry_idx, carry_cidx, carry_w, carry_alpha, scores, features, *param_tensors):
         params = StepParams.from_tensors(list(param_tensors))
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
         carry = Carry(carry_idx, carry_w, carry_cidx, carry_alpha)
         with_chain = bool(continuous.any())
-        # Nothing to differentiate (evaluation): keep no deltas and no final-state copy.
-        for_backward = any(ctx.needs_input_grad)
+        # Nothing to differentiate (evaluation): keep no deltas and no final-state copy. Grad mode
+        # is off inside forward, and needs_input_grad holds under no_grad too (the parameters
+        # require grad), so the caller says whether a graph is being built.
+        for_backward = grad_enabled and any(ctx.needs_input_grad)
         # Per-step results go into [B, T, ...] buffers made at the first step, not into lists of
         # small tensors: thousands of small survivors between the large per-step row reads pin
         # the C heap (numbers in kernels/README.md, from benchmarks/eval_memory.py).
@@ -192,8 +194,8 @@ class _ReversibleScan(torch.autograd.Function):
             g_alpha_next = d_a if d_a is not None else zeros(B, K)
             if d_base is not None:
                 G.add_(read_pos, d_base)
-        # (store, cfg, n_reg, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha)
-        return (None, None, None, None, None, None, None, None, None, d_scores, d_features, *p_grads)
+        # (store, cfg, n_reg, grad_enabled, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha)
+        return (None, None, None, None, None, None, None, None, None, None, d_scores, d_features, *p_grads)
 
 
 def scan_reversible(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
@@ -202,7 +204,8 @@ def scan_reversible(store, inputs: ScanInputs, params: StepParams, cfg: StepConf
     dtype, device = inputs.scores.dtype, inputs.scores.device
     carry = store.carry if store.carry is not None else Carry.empty(B, cfg, dtype, device)
     carry = carry.detach()
-    outs = _ReversibleScan.apply(store, cfg, n_reg_samples, inputs.circuit_idx, inputs.continuous,
+    outs = _ReversibleScan.apply(store, cfg, n_reg_samples, torch.is_grad_enabled(),
+                                 inputs.circuit_idx, inputs.continuous,
                                  carry.active_idx, carry.circuit_idx, carry.active_w, carry.alpha,
                                  inputs.scores, inputs.features, *params.tensors())
     # The carry left in the store holds graph-free tensors from inside forward.

@@ -299,6 +299,7 @@ def test_training_and_evaluation_drop_each_batchs_states_before_the_next_forward
     task, model = build_run(cfg)
     evaluate(model, task, batch_size=8, test_set=task.test_set())      # 32 sequences: 4 batches
     assert alive_at_call == [0, 0, 0, 0]
-    refs.clear(), alive_at_call.clear()
+    refs.clear()
+    alive_at_call.clear()
     train(cfg, tmp_path / "run", log=lambda m: None)                    # 3 steps, then the final evaluation
     assert len(alive_at_call) >= 4 and alive_at_call == [0] * len(alive_at_call)

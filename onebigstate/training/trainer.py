@@ -97,8 +97,8 @@ def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | Non
     try:
         for start in range(0, inputs.shape[0], batch_size):
             x = _to_device(inputs[start:start + batch_size], device, dtype)
-            # [:2] drops the final states at once: kept until the next batch's forward had
-            # returned, they doubled the peak (OBS at large N: a dense N^2 per sequence)
+            # [:2] drops the final states at once; kept in a name they stayed alive through the
+            # next batch's forward (OBS at large N: a dense N^2 per sequence)
             out, y = task.forward(model, x, labels[start:start + batch_size].to(device))[:2]
             for k, (s, n) in task.metric_counts(out, y).items():
                 acc = sums.setdefault(k, [0.0, 0.0])

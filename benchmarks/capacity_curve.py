@@ -138,18 +138,18 @@ _N_COLOURS = {1024: "tab:blue", 2048: "tab:orange", 4096: "tab:green", 16384: "t
 
 
 def obs_style(curve: dict) -> dict:
-    """Line style of an OBS curve: colour by nodes N (``_n<N>`` in the name, else the bench's
-    1024), line by the ``circuit_direct`` variant (plain solid, ``_direct1`` dashed, ``_direct``
-    dotted; the unbalanced ``obs`` recipe dash-dot), marker by the pairs it was trained at
-    (circle 32, triangle 128), filled at lr 3e-3 and open at lr 1e-2."""
-    name = curve.get("name", curve["model"])
-    m = re.search(r"_n(\d+)", name)
-    n = int(m.group(1)) if m else 1024
-    line = ("--" if name.endswith("_direct1") else ":" if name.endswith("_direct")
-            else "-." if name == "obs" else "-")
-    trained_at = curve["protocol"].split("P=")[1].split()[0] if "P=" in curve["protocol"] else "32"
-    colour = _N_COLOURS.get(n, "tab:purple")
-    return {"color": colour, "linestyle": line, "marker": "o" if trained_at == "32" else "^",
+    """Line style of an OBS curve, from the bench's configuration of its model
+    (``onebigstate.bench.cells.model_config``): colour by nodes N, line by ``circuit_direct``
+    (0 solid, 1.0 dashed, 4.0 dotted; the ``obs`` recipe without row_norm dash-dot), marker by the
+    pairs it was trained at (circle 32, triangle more), filled at lr 3e-3 and open otherwise."""
+    from onebigstate.bench.cells import model_config
+    mixer = model_config(curve["name"], 64, "cpu").mixer
+    if "n_nodes" not in mixer:
+        raise ValueError(f"'{curve['name']}' is not an OBS model of the bench (onebigstate/bench/cells.py)")
+    direct = mixer.get("circuit_direct", 0.0)
+    line = ("--" if direct == 1.0 else ":" if direct else "-" if mixer.get("row_norm") else "-.")
+    colour = _N_COLOURS.get(mixer["n_nodes"], "tab:purple")
+    return {"color": colour, "linestyle": line, "marker": "o" if _train_pairs(curve["setting"]) == "32" else "^",
             "markerfacecolor": colour if curve.get("lr") == 3e-3 else "none"}
 
 

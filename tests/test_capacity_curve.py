@@ -71,23 +71,24 @@ def test_obs_eval_probes_extend_the_zero_shot_curves(tmp_path):
 
 def test_several_extrapolation_pages_a_later_row_replaces_and_lrs_label_the_curves(tmp_path):
     cc = load_benchmark("capacity_curve")
+    big = "obs_balanced_rownorm_n4096"
     main_page = [_row("obs", "train T=128 P=32 d=64", {"width": 64}, [0.9], {"T=256": [0.9]}),
-                 {**_row("big", "train T=128 P=32 d=64", {"width": 64}, [0.5], {"T=256": [0.5]}), "lr": 0.01}]
-    own_page = [_row("big", "train T=128 P=32 d=64", {"width": 64}, [1.0], {"T=256": [0.99]}),
-                {**_row("big", "train T=128 P=32 d=64", {"width": 64}, [0.6], {"T=256": [0.6]}), "lr": 0.01}]
-    zero = cc.zero_shot_points(main_page + own_page, ["obs", "big"])
-    assert {c["model"]: c["points"][64] for c in zero} == {"obs": 0.9, "big (lr 0.01)": 0.6, "big (lr 0.003)": 0.99}
-    cc.add_probes(zero, [_probe("big", 512, 0.4, lr=0.01)], ["big"])      # joins its lr's curve
-    assert next(c for c in zero if c["model"] == "big (lr 0.01)")["points"][512] == 0.4
+                 {**_row(big, "train T=128 P=32 d=64", {"width": 64}, [0.5], {"T=256": [0.5]}), "lr": 0.01}]
+    own_page = [_row(big, "train T=128 P=32 d=64", {"width": 64}, [1.0], {"T=256": [0.99]}),
+                {**_row(big, "train T=128 P=32 d=64", {"width": 64}, [0.6], {"T=256": [0.6]}), "lr": 0.01}]
+    zero = cc.zero_shot_points(main_page + own_page, ["obs", big])
+    assert {c["model"]: c["points"][64] for c in zero} == {"obs": 0.9, f"{big} (lr 0.01)": 0.6, f"{big} (lr 0.003)": 0.99}
+    cc.add_probes(zero, [_probe(big, 512, 0.4, lr=0.01)], [big])      # joins its lr's curve
+    assert next(c for c in zero if c["model"] == f"{big} (lr 0.01)")["points"][512] == 0.4
 
     (tmp_path / "c.json").write_text(json.dumps([_row("s4d", "P=64 T=256 d=64", {"pairs": 64, "width": 64}, [0.5])]))
     (tmp_path / "e.json").write_text(json.dumps(main_page))
     (tmp_path / "own.json").write_text(json.dumps(own_page))
     out = tmp_path / "curve.md"
     assert cc.main(["--capacity", str(tmp_path / "c.json"), "--extrapolation", str(tmp_path / "e.json"),
-                    str(tmp_path / "own.json"), "--obs-models", "obs,big", "--probes", str(tmp_path / "none"),
+                    str(tmp_path / "own.json"), "--obs-models", f"obs,{big}", "--probes", str(tmp_path / "none"),
                     "--out", str(out)]) == 0
-    assert "| big (lr 0.003) | 64 | zero-shot from P=32 | 1,000 | 0.990 | 1 |" in out.read_text()
+    assert f"| {big} (lr 0.003) | 64 | zero-shot from P=32 | 1,000 | 0.990 | 1 |" in out.read_text()
 
 
 def test_cells_trained_at_more_pairs_are_curves_of_their_own(tmp_path):
@@ -108,14 +109,19 @@ def test_cells_trained_at_more_pairs_are_curves_of_their_own(tmp_path):
 def test_obs_curves_are_styled_by_nodes_variant_lr_and_training_pairs():
     cc = load_benchmark("capacity_curve")
 
-    def style(name, lr, protocol="zero-shot from P=32"):
-        return cc.obs_style({"model": name, "name": name, "lr": lr, "protocol": protocol})
+    def style(name, lr, pairs=32):
+        return cc.obs_style({"model": name, "name": name, "lr": lr, "setting": f"train T={4 * pairs} P={pairs} d=64"})
 
     plain = style("obs_balanced_rownorm", 0.01)
     assert (plain["color"], plain["linestyle"], plain["marker"], plain["markerfacecolor"]) == \
         ("tab:blue", "-", "o", "none")                        # N = 1024, plain, 32 pairs, lr 1e-2: open
     big = style("obs_balanced_rownorm_n16384_direct1", 0.003)
     assert (big["color"], big["linestyle"], big["markerfacecolor"]) == ("tab:red", "--", "tab:red")
-    assert style("obs_balanced_rownorm_n4096_direct", 0.003)["linestyle"] == ":"
-    assert style("obs_balanced_rownorm", 0.01, "zero-shot from P=128")["marker"] == "^"
-    assert style("obs_balanced_rownorm_n2048", 0.01, "zero-shot from P=32 (obs eval)")["color"] == "tab:orange"
+    assert style("obs_balanced_rownorm_n16384_direct", 0.003)["linestyle"] == ":"
+    assert style("obs", 0.01)["linestyle"] == "-."
+    assert style("obs_balanced_rownorm", 0.01, pairs=128)["marker"] == "^"
+    assert style("obs_balanced_rownorm_n2048", 0.01)["color"] == "tab:orange"
+    with pytest.raises(ValueError, match="not an OBS model"):
+        style("lstm", 0.01)
+    with pytest.raises(ValueError, match="no training pairs"):
+        cc.obs_style({"model": "obs", "name": "obs", "lr": 0.01, "setting": "T=128"})

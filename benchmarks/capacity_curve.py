@@ -33,7 +33,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-DEFAULT_OBS_MODELS = ["obs", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
+DEFAULT_OBS_MODELS = ["obs", "obs_plain", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
                       "obs_balanced_rownorm_n16384"]
 
 
@@ -140,7 +140,7 @@ _N_COLOURS = {1024: "tab:blue", 2048: "tab:orange", 4096: "tab:green", 16384: "t
 def obs_style(curve: dict) -> dict:
     """Line style of an OBS curve, from the bench's configuration of its model
     (``onebigstate.bench.cells.model_config``): colour by nodes N, line by ``circuit_direct``
-    (0 solid, 1.0 dashed, 4.0 dotted; the ``obs`` recipe without row_norm dash-dot), marker by the
+    (0 solid, 1.0 dashed, 4.0 dotted; the plain layer, without row_norm, dash-dot), marker by the
     pairs it was trained at (circle 32, triangle more), filled at lr 3e-3 and open otherwise."""
     from onebigstate.bench.cells import model_config
     mixer = model_config(curve["name"], 64, "cpu").mixer

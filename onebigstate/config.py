@@ -20,6 +20,23 @@ class ConfigError(ValueError):
     """A config file or override is wrong (unknown key, wrong type, bad value)."""
 
 
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a.b.c": leaf}``."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_diff(old: dict, new: dict, old_name: str = "old", new_name: str = "new") -> list[str]:
+    """The dotted keys on which two nested config dicts differ, as ``key: <old_name> a vs <new_name> b``."""
+    a, b = flat_keys(old), flat_keys(new)
+    return [f"{k}: {old_name} {a.get(k)!r} vs {new_name} {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, assignment is validated."""
 

@@ -109,6 +109,30 @@ def test_run_suite_skips_finished_cells_and_resumes_a_half_trained_one(tmp_path)
     assert run_suite(suite, root, log=lambda m: None) == {"skipped": 3}
 
 
+def test_a_cell_folder_of_another_recipe_is_an_error_not_a_skipped_cell(tmp_path):
+    """A finished or half-trained cell whose saved config differs from the cell the suite builds
+    now (a default model or budget changed since) must not be skipped or resumed under its name."""
+    from onebigstate.bench.runner import run_suite
+    cell = _tiny_cells(bodies=(10,))[0]
+    root = tmp_path / "runs"
+    run_suite(Suite("tiny", "tiny", "", [cell]), root, log=lambda m: None)
+    assert run_suite(Suite("tiny", "tiny", "", [cell]), root, log=lambda m: None) == {"skipped": 1}
+    for changed in (cell.config.model_copy(update={"model": cell.config.model.model_copy(update={"d_model": 8})}),
+                    cell.config.model_copy(update={"train": cell.config.train.model_copy(update={"steps": 9})})):
+        other = Cell(cell.name, cell.setting, cell.model, cell.lr, cell.seed, changed, cell.x, cell.evals)
+        for jobs in (1, 2):
+            with pytest.raises(ValueError, match=rf"(?s)1 cell folder\(s\) under .*\n{cell.name}: (model.d_model: saved 16 vs now 8"
+                                                 r"|train.steps: saved 6 vs now 9)"):
+                run_suite(Suite("tiny", "tiny", "", [other]), root, log=lambda m: None, jobs=jobs)
+    # what does not define the measurement (device, progress bars) may differ
+    quiet = cell.config.model_copy(update={"train": cell.config.train.model_copy(update={"progress": True})})
+    same = Cell(cell.name, cell.setting, cell.model, cell.lr, cell.seed, quiet, cell.x, cell.evals)
+    assert run_suite(Suite("tiny", "tiny", "", [same]), root, log=lambda m: None) == {"skipped": 1}
+    (root / cell.name / "config.yaml").write_text("model: [unclosed")
+    with pytest.raises(ValueError, match="saved run config is unreadable"):
+        run_suite(Suite("tiny", "tiny", "", [cell]), root, log=lambda m: None)
+
+
 def test_obs_eval_names_the_bench_cell_before_its_evaluation_is_written(tmp_path, capsys):
     """``cell.json`` is written before training, so an ``obs eval`` probe of a cell still training
     or awaiting evaluation records which cell it is (capacity_curve.py files probes by it)."""
@@ -307,7 +331,7 @@ def test_capacity_full_grid_has_pairs_up_to_4096_at_4x_length():
 def test_cli_lists_cells_and_rejects_unknown_names(capsys):
     assert main(["bench", "sequential", "--quick", "--models", "obs,lstm", "--list"]) == 0
     out = capsys.readouterr().out
-    assert "selcopy_L32_K4__obs__lr0.01__s0" in out and "4 cells under runs/bench/sequential_quick" in out
+    assert "selcopy_L32_K4__obs__lr0.003__s0" in out and "4 cells under runs/bench/sequential_quick" in out
     assert main(["bench", "mqar", "--models", "lstm", "--lrs", "1e-3,1e-2", "--seeds", "0,1", "--list"]) == 0
     assert "8 cells" in capsys.readouterr().out
     assert main(["bench", "nope", "--list"]) == 2
@@ -331,7 +355,7 @@ def test_extrapolation_trains_at_another_setting_with_the_same_tokens_per_step(c
     own = build_suite("extrapolation", Options(mode="cpu", models=["obs"]))
     more = build_suite("extrapolation", Options(mode="cpu", models=["obs"], train=(512, 128)))
     (a,), (b,) = own.cells, more.cells
-    assert b.name == "train_T_512_P_128_d_64__obs__lr0.01__s0"
+    assert b.name == "train_T_512_P_128_d_64__obs__lr0.003__s0"
     assert (b.config.task.params["seq_len"], b.config.task.params["num_kv_pairs"]) == (512, 128)
     assert b.config.train.batch_size * 512 == a.config.train.batch_size * 128 and b.config.train.steps == 1000
     assert b.evals == a.evals
@@ -402,14 +426,21 @@ def test_cpu_mode_gives_every_model_one_budget_and_the_baselines_an_lr_sweep():
         suite = build_suite(name, Options(mode="cpu", models=["obs", "obs_balanced", "deltanet"]))
         assert {(c.config.train.steps, c.config.train.batch_size) for c in suite.cells} == {(1000, 32)}
         lrs = {m: sorted({c.lr for c in suite.cells if c.model == m}) for m in ("obs", "obs_balanced", "deltanet")}
-        assert lrs == {"obs": [1e-2], "obs_balanced": [1e-2], "deltanet": [3e-3, 1e-2]}
+        assert lrs == {"obs": [3e-3], "obs_balanced": [3e-3], "deltanet": [3e-3, 1e-2]}
         assert {c.seed for c in suite.cells} == {0}
         balanced = next(c for c in suite.cells if c.model == "obs_balanced").config.model.mixer
         assert balanced["balance_cost"] > 0 and balanced["n_nodes"] == 1024
+        # the bench's obs is its measured recipe, the variant obs_balanced_rownorm_direct1 by another name
+        from onebigstate.bench.cells import model_config
+        recipe = next(c for c in suite.cells if c.model == "obs").config.model
+        assert recipe == model_config("obs_balanced_rownorm_direct1", 64, "cpu")
+        assert recipe.mixer["circuit_direct"] == 1.0 and recipe.mixer["row_norm"]
     variants = build_suite("retention", Options(mode="cpu", models=["obs_rownorm", "obs_balanced_rownorm",
                                                                     "obs_balanced_rownorm_n4096"])).cells
     mixers = {c.model: c.config.model.mixer for c in variants}
     assert mixers["obs_rownorm"]["row_norm"] and "balance_cost" not in mixers["obs_rownorm"]
+    plain = build_suite("retention", Options(mode="quick", models=["obs_plain"])).cells[0].config.model.mixer
+    assert plain == {"n_nodes": 256, "k_min": 4, "k_max": 12, "m_active": 16}   # the layer's own defaults
     assert mixers["obs_balanced_rownorm"]["row_norm"] and mixers["obs_balanced_rownorm"]["balance_cost"] > 0
     assert mixers["obs_balanced_rownorm"]["n_nodes"] == 1024
     assert {**mixers["obs_balanced_rownorm"], "n_nodes": 4096} == mixers["obs_balanced_rownorm_n4096"]

@@ -118,7 +118,8 @@ def test_obs_curves_are_styled_by_nodes_variant_lr_and_training_pairs():
     big = style("obs_balanced_rownorm_n16384_direct1", 0.003)
     assert (big["color"], big["linestyle"], big["markerfacecolor"]) == ("tab:red", "--", "tab:red")
     assert style("obs_balanced_rownorm_n16384_direct", 0.003)["linestyle"] == ":"
-    assert style("obs", 0.01)["linestyle"] == "-."
+    assert style("obs_plain", 0.01)["linestyle"] == "-."
+    assert style("obs", 0.003) == style("obs_balanced_rownorm_direct1", 0.003)     # the bench's recipe
     assert style("obs_balanced_rownorm", 0.01, pairs=128)["marker"] == "^"
     assert style("obs_balanced_rownorm_n2048", 0.01)["color"] == "tab:orange"
     with pytest.raises(ValueError, match="not an OBS model"):

@@ -21,13 +21,21 @@ Mode = Literal["quick", "cpu", "full"]
 # Every registered model the suites run by default; `obs bench --models` picks among them and
 # the opt-in variants.
 MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans", "s4d"]
-# OBS variants (name -> mixer settings over OBS's bench recipe), run only when named.
+# OBS's bench recipe, the model `obs` of every suite: row_norm and balance_cost (recall after
+# 100,000 distractor tokens: docs/results/retention_cpu.md) and the new circuit counted as active
+# at a quarter strength, circuit_direct 1.0 (capacity at N = 1024 to 16384 and retention at lr 3e-3,
+# 3 seeds each: docs/results/circuit_direct.md), trained at lr 3e-3. It is the variant
+# obs_balanced_rownorm_direct1 under another name. Until 2026-11-24 `obs` was the plain layer at
+# lr 1e-2, now `obs_plain` (pages produced before then: docs/bench.md, "The bench's obs").
+# OBS variants (name -> mixer settings over the plain layer), run only when named.
 # The _n2048 / _n4096 ones change only the number of nodes: is capacity an addressing limit?
 # The _k2 / _k1 ones lower only k_min (the write module trains k_t down to its floor of 4, and
 # accuracy follows tokens per node = k * distinct tokens / nodes in use: docs/results/circuit_load.md).
 _BR = {"balance_cost": 0.1, "row_norm": True}
 _N16K = {**_BR, "n_nodes": 16384, "state_backend": "sparse"}   # 16384 nodes need the sparse backend
-VARIANTS = {"obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
+OBS_RECIPE = {**_BR, "circuit_direct": 1.0}
+VARIANTS = {"obs_plain": {},     # the layer's own defaults: no balance cost, no row norm, no direct term
+            "obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
             "obs_balanced_rownorm": _BR,
             "obs_balanced_rownorm_n2048": {**_BR, "n_nodes": 2048},
             "obs_balanced_rownorm_n4096": {**_BR, "n_nodes": 4096},
@@ -136,12 +144,13 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
     """The benchmark's configuration of model ``name`` at width ``d_model``.
 
     Baselines: 2 layers, as in Zoology's MQAR sweeps. OBS: 1 layer with N = 1024 nodes (quick:
-    256), its tuned MQAR recipe (configs/mqar_64_8.yaml).
+    256), the sizes of its MQAR recipe (configs/mqar_64_8.yaml), plus ``OBS_RECIPE`` for ``obs``
+    and the variant's own settings for a variant.
     """
     if name == "obs" or name in VARIANTS:
         return ModelConfig(name="obs", d_model=d_model, n_layers=1,
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
-                                  "m_active": 16, **VARIANTS.get(name, {})})
+                                  "m_active": 16, **(OBS_RECIPE if name == "obs" else VARIANTS[name])})
     mixer: dict[str, Any] = {}
     if name in FLA_BASELINES:
         name, fla_settings = FLA_BASELINES[name]
@@ -158,11 +167,12 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
 def lr_grid(name: str, mode: Mode) -> list[float]:
     """Learning rates swept per model.
 
-    quick: the middle one only. cpu: OBS at its tuned 1e-2 (the MQAR sweeps of issue 2), the
-    baselines at 3e-3 and 1e-2 (the baselines get the sweep OBS already had). full: all three.
+    One grid for every model, 1e-3, 3e-3, 1e-2. quick: the middle one only. cpu: OBS at 3e-3
+    (where its recipe was measured: docs/results/circuit_direct.md), the baselines at 3e-3 and
+    1e-2 (a sweep OBS does not get). full: all three.
     """
     obs = name == "obs" or name in VARIANTS
-    grid = [3e-3, 1e-2, 3e-2] if obs else [1e-3, 3e-3, 1e-2]
+    grid = [1e-3, 3e-3, 1e-2]
     if mode == "quick":
         return [grid[1]]
     if mode == "cpu":

@@ -7,6 +7,11 @@ NaN: the cell scores 0, as a failed run does in Zoology's sweeps). A cell with `
 is not trained again; one with ``bench.json`` or ``diverged.json`` is skipped entirely; a cell
 with checkpoints but no ``results.json`` resumes from its last checkpoint.
 
+Before anything runs, every cell folder that already holds a run is checked against the cell
+the suite builds now (task, model and training budget, :func:`check_cell_configs`): a recipe
+changed since (another default model, lr, step count) is an error naming the keys, never old
+results under a new name.
+
 ``jobs > 1`` runs cells in that many worker processes, the most expensive first (steps x batch x
 sequence length), so one GPU or several CPU cores stay busy: small models on a GPU are bound by
 kernel launches, not by the device. Cells are independent folders, so results do not depend on
@@ -24,13 +29,17 @@ from typing import Callable
 
 from onebigstate.bench.cells import Cell, Suite
 from onebigstate.bench.evaluate import run_eval, written_entries
+from onebigstate.config import ConfigError, config_diff, load_config
 from onebigstate.training.checkpoint import read_checkpoint
-from onebigstate.training.trainer import RESULTS_FILE, TrainingDiverged, model_from_checkpoint, train
+from onebigstate.training.config import RunConfig
+from onebigstate.training.trainer import CONFIG_FILE, RESULTS_FILE, TrainingDiverged, model_from_checkpoint, train
 
 BENCH_FILE = "bench.json"
 CELL_FILE = "cell.json"
 DIVERGED_FILE = "diverged.json"
 IDENTITY_KEYS = ("cell", "model", "seed", "lr", "setting", "commit")
+# what a cell's training budget must agree on besides its task and model (RunConfig.identity)
+BUDGET_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "seed")
 
 
 def _write_json(path: Path, obj) -> None:
@@ -55,6 +64,36 @@ def cell_identity(cell_dir: Path) -> dict | None:
                 raise ValueError(f"{path}: not a readable cell record ({err})") from err
             return {k: record.get(k) for k in IDENTITY_KEYS}
     return None
+
+
+def _measured(cfg: RunConfig) -> dict:
+    """What defines a cell's measurement: task, model and training budget, defaults written out."""
+    train = cfg.train.model_dump(mode="json")
+    return {**cfg.identity(), "train": {k: train[k] for k in BUDGET_KEYS}}
+
+
+def check_cell_configs(suite: Suite, root: Path) -> None:
+    """Raise if a cell folder under ``root`` holds a run of another config than its cell now has.
+
+    Skipping or resuming such a folder would report the old recipe under the cell's name (the
+    bench's ``obs`` was the plain layer at lr 1e-2 before it became the measured recipe)."""
+    stale = []
+    for cell in suite.cells:
+        path = root / cell.name / CONFIG_FILE
+        if not path.exists():
+            continue
+        try:
+            saved = load_config(RunConfig, path)
+        except ConfigError as err:
+            raise ValueError(f"{path}: the cell's saved run config is unreadable ({err}); "
+                             "move the cell folder away to train it again") from None
+        diff = config_diff(_measured(saved), _measured(cell.config), "saved", "now")
+        if diff:
+            stale.append(f"{cell.name}: " + "; ".join(diff[:6]))
+    if stale:
+        raise ValueError(f"{len(stale)} cell folder(s) under {root} hold runs of another config than the "
+                         "suite builds now (move them away, or pass --out for a fresh folder):\n"
+                         + "\n".join(stale[:10]))
 
 
 def device_label(device: str) -> str:
@@ -131,6 +170,7 @@ def run_suite(suite: Suite, root: Path, log: Callable[[str], None] = print,
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    check_cell_configs(suite, root)
     root.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     n = len(suite.cells)

@@ -36,7 +36,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from onebigstate.config import ConfigError
+from onebigstate.config import ConfigError, config_diff
 from onebigstate.files import sha256_of
 from onebigstate.model.state import StateStore
 from onebigstate.training.config import RunConfig
@@ -341,7 +341,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     cfg_f = ckpt_dir / CONFIG_FILE
     try:
         tree = yaml.safe_load(cfg_f.read_text())
-        from onebigstate.config import build_config
+        from onebigstate.config import config_diff, build_config
         config = build_config(RunConfig, tree, source=str(cfg_f))
     except (yaml.YAMLError, ConfigError) as err:
         raise CheckpointError(f"{cfg_f} is not a valid run config: {err}") from None
@@ -371,18 +371,7 @@ def load_model_weights(ckpt: Checkpoint, model: torch.nn.Module) -> None:
 
 def check_same_run(ckpt: Checkpoint, cfg: RunConfig) -> None:
     """A run can continue from ``ckpt`` only if the task and model configs agree."""
-    mine, theirs = _flat(cfg.identity()), _flat(ckpt.config.identity())
-    diff = [f"{k}: checkpoint {theirs.get(k)!r} vs config {mine.get(k)!r}"
-            for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    diff = config_diff(ckpt.config.identity(), cfg.identity(), "checkpoint", "config")
     if diff:
         raise CheckpointError(f"checkpoint {ckpt.path} belongs to another run (its {CONFIG_FILE} differs): "
                               + "; ".join(diff[:10]))
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}

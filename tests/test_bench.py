@@ -133,6 +133,22 @@ def test_a_cell_folder_of_another_recipe_is_an_error_not_a_skipped_cell(tmp_path
         run_suite(Suite("tiny", "tiny", "", [cell]), root, log=lambda m: None)
 
 
+def test_report_only_refuses_cells_of_another_recipe(tmp_path, capsys):
+    """A page is never written from kept cell records whose config is not the cell the suite
+    builds now (the bench's obs became the recipe; a kept plain cell must not become its row)."""
+    cell = build_suite("state_tracking", Options(mode="quick", models=["obs"])).cells[0]
+    old = cell.config.model_copy(update={"model": build_suite(
+        "state_tracking", Options(mode="quick", models=["obs_plain"])).cells[0].config.model})
+    folder = tmp_path / "state_tracking_quick" / cell.name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(old.resolved().to_yaml())
+    args = ["bench", "state_tracking", "--quick", "--models", "obs", "--out", str(tmp_path), "--docs", str(tmp_path)]
+    assert main(args + ["--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert cell.name in err and "model.mixer.circuit_direct: saved 0.0 vs now 1.0" in err
+    assert not (tmp_path / "state_tracking_quick.md").exists()
+
+
 def test_obs_eval_names_the_bench_cell_before_its_evaluation_is_written(tmp_path, capsys):
     """``cell.json`` is written before training, so an ``obs eval`` probe of a cell still training
     or awaiting evaluation records which cell it is (capacity_curve.py files probes by it)."""

@@ -124,7 +124,7 @@ def select_cells(suite, pattern: str):
 def run(args: argparse.Namespace) -> int:
     from onebigstate.bench.cells import Options
     from onebigstate.bench.report import redraw_plots, write_report
-    from onebigstate.bench.runner import device_label, load_cell, run_suite
+    from onebigstate.bench.runner import check_cell_configs, device_label, load_cell, run_suite
     from onebigstate.bench.suites import build_suite
     from onebigstate.config import ConfigError
 
@@ -156,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
             print(c.name)
         print(f"{len(to_run.cells)} cells under {root}")
         return 0
+    try:   # a page is never written from cells of another config than the suite builds now
+        check_cell_configs(suite, root)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if not args.report_only:
         t0 = time.perf_counter()
         counts = run_suite(to_run, root, commit=git_commit(), jobs=args.jobs, command=command_line(args))

@@ -341,7 +341,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     cfg_f = ckpt_dir / CONFIG_FILE
     try:
         tree = yaml.safe_load(cfg_f.read_text())
-        from onebigstate.config import config_diff, build_config
+        from onebigstate.config import build_config
         config = build_config(RunConfig, tree, source=str(cfg_f))
     except (yaml.YAMLError, ConfigError) as err:
         raise CheckpointError(f"{cfg_f} is not a valid run config: {err}") from None

@@ -172,7 +172,8 @@ def plot(curves: list[dict], out_png: Path) -> None:
         ax_base.plot(ps, [c["points"][p] for p in ps], "-", color=colour[c["model"]],
                      marker="o" if c["width"] == 64 else "s", label=f"{c['model']} d={c['width']}")
     ax_obs.set_title("OBS, d=64, tested zero-shot (CPU). Colour: N (blue 1024, orange 2048, green 4096, red 16384);\n"
-                     "line: plain solid, _direct1 dashed, _direct dotted, obs dash-dot; filled: lr 3e-3, "
+                     "line: _balanced_rownorm solid, _direct1 and obs dashed, _direct dotted, obs_plain dash-dot; "
+                     "filled: lr 3e-3, "
                      "open: lr 1e-2;\ncircle: trained at 32 pairs, triangle: at 128", fontsize=8)
     ax_base.set_title("baselines, trained at each number of pairs (H100)", fontsize=9)
     for ax in (ax_obs, ax_base):

@@ -120,9 +120,10 @@ def test_a_cell_folder_of_another_recipe_is_an_error_not_a_skipped_cell(tmp_path
     for changed in (cell.config.model_copy(update={"model": cell.config.model.model_copy(update={"d_model": 8})}),
                     cell.config.model_copy(update={"train": cell.config.train.model_copy(update={"steps": 9})})):
         other = Cell(cell.name, cell.setting, cell.model, cell.lr, cell.seed, changed, cell.x, cell.evals)
+        stale = (rf"(?s)1 cell folder\(s\) under .*\n{cell.name}: "
+                 r"(model.d_model: saved 16 vs now 8|train.steps: saved 6 vs now 9)")
         for jobs in (1, 2):
-            with pytest.raises(ValueError, match=rf"(?s)1 cell folder\(s\) under .*\n{cell.name}: (model.d_model: saved 16 vs now 8"
-                                                 r"|train.steps: saved 6 vs now 9)"):
+            with pytest.raises(ValueError, match=stale):
                 run_suite(Suite("tiny", "tiny", "", [other]), root, log=lambda m: None, jobs=jobs)
     # what does not define the measurement (device, progress bars) may differ
     quiet = cell.config.model_copy(update={"train": cell.config.train.model_copy(update={"progress": True})})
@@ -455,11 +456,11 @@ def test_cpu_mode_gives_every_model_one_budget_and_the_baselines_an_lr_sweep():
                                                                     "obs_balanced_rownorm_n4096"])).cells
     mixers = {c.model: c.config.model.mixer for c in variants}
     assert mixers["obs_rownorm"]["row_norm"] and "balance_cost" not in mixers["obs_rownorm"]
-    plain = build_suite("retention", Options(mode="quick", models=["obs_plain"])).cells[0].config.model.mixer
-    assert plain == {"n_nodes": 256, "k_min": 4, "k_max": 12, "m_active": 16}   # the layer's own defaults
     assert mixers["obs_balanced_rownorm"]["row_norm"] and mixers["obs_balanced_rownorm"]["balance_cost"] > 0
     assert mixers["obs_balanced_rownorm"]["n_nodes"] == 1024
     assert {**mixers["obs_balanced_rownorm"], "n_nodes": 4096} == mixers["obs_balanced_rownorm_n4096"]
+    plain = build_suite("retention", Options(mode="quick", models=["obs_plain"])).cells[0].config.model.mixer
+    assert plain == {"n_nodes": 256, "k_min": 4, "k_max": 12, "m_active": 16}   # the layer's own defaults
     # every variant is a valid OBS layer config
     from onebigstate.bench.cells import VARIANTS, model_config
     from onebigstate.model.config import OBSConfig

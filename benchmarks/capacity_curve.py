@@ -33,8 +33,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-DEFAULT_OBS_MODELS = ["obs", "obs_plain", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048", "obs_balanced_rownorm_n4096",
-                      "obs_balanced_rownorm_n16384"]
+DEFAULT_OBS_MODELS = ["obs", "obs_plain", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048",
+                      "obs_balanced_rownorm_n4096", "obs_balanced_rownorm_n16384"]
 
 
 def trained_points(rows: list[dict]) -> list[dict]:

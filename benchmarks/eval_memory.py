@@ -3,7 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/eval_memory.py --nodes 2048 --seq-lens 256 1024 --batch 64
     OMP_NUM_THREADS=1 python benchmarks/eval_memory.py --trainer --nodes 4096 --batch 32 --eval-batch 64
 
-The bench's OBS at width 64 (1 layer, k 4..12, m 16, row_norm) from random weights, vocabulary 8192.
+OBS at the bench's sizes, width 64 (1 layer, k 4..12, m 16), with row_norm only (the config the
+numbers in docs/bench.md and onebigstate/kernels/README.md were measured with; the bench's `obs` adds
+balance_cost and circuit_direct), from random weights, vocabulary 8192.
 Default: one forward pass under no_grad on random tokens, per sequence length. ``--trainer``:
 what a bench cell runs, ``trainer.train`` for ``--steps`` steps of batch ``--batch`` (MQAR at 128
 tokens / 32 pairs) and ``trainer.evaluate`` over ``--eval-batches`` batches of ``--eval-batch``

@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/step_time.py --nodes 1024 2048 4096
     OMP_NUM_THREADS=1 python benchmarks/step_time.py --nodes 4096 16384 --backends dense sparse
 
-The model is the bench's OBS at width 64 (1 layer, k 4..12, m 16, balance_cost 0.1, row_norm),
+The model is the bench's obs_balanced_rownorm at width 64 (1 layer, k 4..12, m 16, balance_cost 0.1,
+row_norm; the bench's `obs` adds circuit_direct 1.0),
 trained as the trainer does on MQAR batches of vocabulary 8192, batch 32, 128 tokens with
 --seq-len / 4 pairs (the extrapolation --cpu recipe; the output head runs at the answers only).
 Each (backend, N) runs in its own process; prints the median wall and CPU seconds of the steps

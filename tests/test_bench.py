@@ -386,6 +386,32 @@ def test_extrapolation_trains_at_another_setting_with_the_same_tokens_per_step(c
     assert "--train: expected T:P" in capsys.readouterr().err
 
 
+def test_widths_run_other_widths_in_their_own_folder(capsys):
+    """--widths: the same settings and budget at other widths (heads follow the width); a suite without
+    a width grid says so; the cells and page go to their own folder, never the mode's."""
+    own = build_suite("extrapolation", Options(mode="cpu", models=["obs", "transformer"]))
+    wide = build_suite("extrapolation", Options(mode="cpu", models=["obs", "transformer"], widths=(128,)))
+    assert [c.name.replace("d_128", "d_64") for c in wide.cells] == [c.name for c in own.cells]
+    for a, b in zip(own.cells, wide.cells):
+        assert b.config.model.d_model == 128 and a.config.model.d_model == 64
+        assert (b.config.task, b.config.train, b.evals) == (a.config.task, a.config.train, a.evals)
+    assert wide.cells[-1].config.model.mixer["n_heads"] == 4
+    both = build_suite("capacity", Options(mode="quick", models=["lstm"], widths=(64, 128)))
+    assert {(c.x["pairs"], c.x["width"]) for c in both.cells} == {(P, d) for P in (8, 16, 32) for d in (64, 128)}
+    full = build_suite("mqar", Options(mode="full", models=["lstm"], seeds=[0], lrs=[1e-3])).cells
+    assert build_suite("mqar", Options(mode="full", models=["lstm"], seeds=[0], lrs=[1e-3], widths=(128,))).cells \
+        == full[len(full) // 2:]   # the full grid's width-128 half, in its order
+    with pytest.raises(ValueError, match="suite 'retention' runs at width 64 only"):
+        build_suite("retention", Options(mode="cpu", widths=(128,)))
+    with pytest.raises(ValueError, match="positive multiples of 4"):
+        build_suite("mqar", Options(widths=(66,)))
+    assert main(["bench", "extrapolation", "--cpu", "--models", "obs", "--widths", "128", "--train", "512:128",
+                 "--list"]) == 0
+    assert "1 cells under runs/bench/extrapolation_cpu_train_T512_P128_d128" in capsys.readouterr().out
+    assert main(["bench", "capacity", "--widths", "64,x", "--list"]) == 2
+    assert "--widths: expected comma-separated integers" in capsys.readouterr().err
+
+
 def test_params_eval_longer_than_training_reads_in_windows_of_the_training_length(monkeypatch):
     import torch
 

@@ -129,6 +129,11 @@ class Options:
     # extrapolation only: train at (seq_len, pairs) instead of the mode's setting, the batch scaled
     # so that a step sees as many tokens (None: the mode's own training setting)
     train: tuple[int, int] | None = None
+    # mqar, capacity, extrapolation: the model widths to run instead of the mode's own (None: the mode's)
+    widths: tuple[int, ...] | None = None
+
+    def width_list(self, mode_widths: tuple[int, ...]) -> list[int]:
+        return list(self.widths) if self.widths else list(mode_widths)
 
     def model_list(self) -> list[str]:
         return list(self.models) if self.models else list(MODELS)

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extrapolation only: train at T tokens / P pairs (the mode's ratio of tokens to pairs), "
                         "the batch scaled to the same tokens per step, e.g. 512:128 under --cpu; its cells and page go "
                         "to extrapolation_cpu_train_T512_P128 (its own folder and page)")
+    p.add_argument("--widths", metavar="D,D",
+                   help="mqar, capacity, extrapolation: comma-separated model widths instead of the mode's own, "
+                        "e.g. 128; its cells and page go to SUITE[_MODE]_d128 (its own folder and page)")
     p.add_argument("--cells", metavar="REGEX",
                    help="run only the cells whose folder name matches REGEX (re.search), e.g. 'P_(64|256)_' "
                         "or '__s4d__'; the page still covers every finished cell")
@@ -88,6 +91,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--lrs {args.lrs}")
     if getattr(args, "train", None):
         parts.append(f"--train {args.train}")
+    if getattr(args, "widths", None):
+        parts.append(f"--widths {args.widths}")
     if getattr(args, "cells", None):
         parts.append(f"--cells '{args.cells}'")
     if getattr(args, "jobs", 1) != 1:
@@ -105,6 +110,13 @@ def _train_setting(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"--train: expected T:P (two integers, e.g. 512:128), got '{text}'") from None
     return T, P
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--widths: expected comma-separated integers (e.g. 128 or 64,128), got '{text}'") from None
 
 
 def select_cells(suite, pattern: str):
@@ -132,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
+        widths = _widths(args.widths) if getattr(args, "widths", None) else None
         opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device, lrs=lrs,
-                       train=_train_setting(args.train) if args.train else None)
+                       train=_train_setting(args.train) if args.train else None, widths=widths)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         suite = build_suite(args.suite, opts)
@@ -143,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     stem = args.suite if args.mode == "full" else f"{args.suite}_{args.mode}"
     if opts.train is not None:   # its own run folder and page: never mixed with the mode's own cells
         stem += f"_train_T{opts.train[0]}_P{opts.train[1]}"
+    if opts.widths is not None:  # likewise: a page of other widths never replaces the mode's own
+        stem += "_d" + "_".join(str(d) for d in opts.widths)
     root = Path(args.out) / stem
     if args.replot:
         page_json = Path(args.docs) / f"{stem}.json"

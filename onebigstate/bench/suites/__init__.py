@@ -10,6 +10,7 @@ import importlib
 from onebigstate.bench.cells import Options, Suite
 
 CPU_SUITES = ["extrapolation", "retention"]
+WIDTH_SUITES = ["mqar", "capacity", "extrapolation"]   # suites with a grid over model widths (--widths)
 SUITES = ["mqar", "capacity", "extrapolation", "retention", "sequential", "state_tracking", "continual"]
 
 
@@ -21,5 +22,12 @@ def build_suite(name: str, opts: Options) -> Suite:
                          f"use --quick or --full")
     if opts.train is not None and name != "extrapolation":
         raise ValueError(f"--train sets the extrapolation suite's training setting; suite '{name}' has none to set")
+    if opts.widths is not None:
+        if name not in WIDTH_SUITES:
+            raise ValueError(f"--widths sets the model widths of a suite with a width grid ({', '.join(WIDTH_SUITES)}); "
+                             f"suite '{name}' runs at width 64 only")
+        if not opts.widths or any(d <= 0 or d % 4 for d in opts.widths):
+            raise ValueError(f"--widths: expected positive multiples of 4 (the heads divide the width), "
+                             f"got {list(opts.widths)}")
     return importlib.import_module(f"onebigstate.bench.suites.{name}").build(opts)
 

@@ -2,7 +2,7 @@
 
 A fixed-size state must saturate; a big one need not. full: pairs 64, 256, 1024, 4096 (seq_len
 256 .. 16384, vocabulary 32768), 2000 steps of batch 32 (batch 8 at 4096 pairs). quick: pairs 8,
-16, 32 at width 64, vocabulary 512, 150 steps of batch 16.
+16, 32 at width 64, vocabulary 512, 150 steps of batch 16. ``--widths`` runs other widths.
 """
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from onebigstate.bench.suites.mqar import mqar_task
 
 def build(opts: Options) -> Suite:
     if opts.mode == "full":
-        grid = [(P, d) for d in (64, 128) for P in (64, 256, 1024, 4096)]
-        vocab, steps, test = 32768, 2000, 256
+        pairs, widths, vocab, steps, test = (64, 256, 1024, 4096), (64, 128), 32768, 2000, 256
     else:
-        grid = [(P, 64) for P in (8, 16, 32)]
-        vocab, steps, test = 512, 150, 128
+        pairs, widths, vocab, steps, test = (8, 16, 32), (64,), 512, 150, 128
+    grid = [(P, d) for d in opts.width_list(widths) for P in pairs]
     cells = []
     for P, d in grid:
         batch = (8 if P >= 4096 else 32) if opts.mode == "full" else 16

@@ -7,6 +7,7 @@ and 128; vocabulary 8192; 2000 steps of batch 64. quick: train at (64, 16), test
 test at (128, 32), (256, 64), (512, 128), (1024, 256) and (4096, 1024); width 64; vocabulary
 8192; 1000 steps of batch 32.
 
+``Options.widths`` (``obs bench extrapolation --widths 128``) runs other widths than the mode's.
 ``Options.train`` (``obs bench extrapolation --train T:P``) trains at another setting of the same
 tokens-to-pairs ratio, e.g. (512, 128), so that the readout meets crowded nodes in training; the
 batch shrinks so that a step sees as many tokens (and queries) as at the mode's own setting, and
@@ -33,7 +34,7 @@ def build(opts: Options) -> Suite:
         train, batch = opts.train, _same_tokens(train, batch, opts.train)
     evals = [Eval("params", f"T={T}", {"seq_len": T, "num_kv_pairs": P}) for T, P in tests]
     cells = []
-    for d in widths:
+    for d in opts.width_list(widths):
         cells += make_cells(f"train T={train[0]} P={train[1]} d={d}", mqar_task(*train, vocab, n_test), opts, d,
                             steps, batch, x={"width": d}, evals=evals)
     cols = ", ".join(f"T={T} (P={P})" for T, P in tests)

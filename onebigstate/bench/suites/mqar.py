@@ -2,7 +2,7 @@
 
 full: seq_len 64..1024 x pairs {4, 16, 64, 256} (pairs <= seq_len / 4) x width {64, 128},
 vocab 8192, 2000 steps of batch 64. quick: (64, 4) and (128, 16) at width 64, vocab 512,
-150 steps of batch 16.
+150 steps of batch 16. ``--widths`` runs other widths.
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ def mqar_task(seq_len: int, pairs: int, vocab: int, test_size: int) -> TaskConfi
 
 def build(opts: Options) -> Suite:
     if opts.mode == "full":
-        grid = [(T, P, d) for d in (64, 128) for T in (64, 128, 256, 512, 1024) for P in (4, 16, 64, 256)
-                if 4 * P <= T]
-        vocab, steps, batch, test = 8192, 2000, 64, 1000
+        settings = [(T, P) for T in (64, 128, 256, 512, 1024) for P in (4, 16, 64, 256) if 4 * P <= T]
+        widths, vocab, steps, batch, test = (64, 128), 8192, 2000, 64, 1000
     else:
-        grid = [(64, 4, 64), (128, 16, 64)]
-        vocab, steps, batch, test = 512, 150, 16, 256
+        settings, widths, vocab, steps, batch, test = [(64, 4), (128, 16)], (64,), 512, 150, 16, 256
+    grid = [(T, P, d) for d in opts.width_list(widths) for T, P in settings]
     cells = []
     for T, P, d in grid:
         cells += make_cells(f"T={T} P={P} d={d}", mqar_task(T, P, vocab, test), opts, d, steps, batch,

@@ -35,6 +35,8 @@ from pathlib import Path
 
 DEFAULT_OBS_MODELS = ["obs", "obs_plain", "obs_balanced_rownorm", "obs_balanced_rownorm_n2048",
                       "obs_balanced_rownorm_n4096", "obs_balanced_rownorm_n16384"]
+# baselines of the extrapolation pages, drawn zero-shot beside their curves trained at each P
+DEFAULT_BASELINES = ["transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "s4d"]
 
 
 def trained_points(rows: list[dict]) -> list[dict]:
@@ -42,8 +44,8 @@ def trained_points(rows: list[dict]) -> list[dict]:
     curves: dict[tuple[str, int], dict] = {}
     for r in rows:
         key = (r["model"], int(r["x"]["width"]))
-        c = curves.setdefault(key, {"model": r["model"], "width": key[1], "protocol": "trained at each P",
-                                    "n_params": {}, "points": {}, "seeds": {}})
+        c = curves.setdefault(key, {"model": r["model"], "name": r["model"], "width": key[1],
+                                    "protocol": "trained at each P", "obs": False, "n_params": {}, "points": {}, "seeds": {}})
         pairs = int(r["x"]["pairs"])
         c["points"][pairs] = sum(r["accuracy"]) / len(r["accuracy"])
         c["seeds"][pairs], c["n_params"][pairs] = r["n_seeds"], r["n_params"]
@@ -58,11 +60,13 @@ def _train_pairs(setting: str | None) -> str:
     return m.group(1)
 
 
-def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
-    """Extrapolation rows of ``models`` -> curves over the test columns ``T=4P`` with P >= 64.
+def zero_shot_points(rows: list[dict], models: list[str], obs: bool = True) -> list[dict]:
+    """Extrapolation rows of ``models`` (OBS models, or baselines with ``obs=False``) -> curves over
+    the test columns ``T=4P`` with P >= 64.
 
     A (model, lr, training setting) seen twice keeps its last row; a model at several lrs is
-    labelled with each, and at several training settings with the pairs it was trained at."""
+    labelled with each, and at several training settings with the pairs it was trained at (a
+    setting names its width too: the table's width column tells those apart)."""
     last = {(r["model"], r["lr"], r["setting"]): r for r in rows if r["model"] in models}
     lrs_of, settings_of = defaultdict(set), defaultdict(set)
     for model, lr, setting in last:
@@ -78,7 +82,7 @@ def zero_shot_points(rows: list[dict], models: list[str]) -> list[dict]:
         trained_at = _train_pairs(r["setting"])
         label = (r["model"] + (f" (lr {r['lr']:g})" if len(lrs_of[r["model"]]) > 1 else "")
                  + (f" (trained at P={trained_at})" if len(settings_of[r["model"]]) > 1 else ""))
-        curves.append({"model": label, "name": r["model"], "lr": r["lr"], "setting": r["setting"],
+        curves.append({"model": label, "name": r["model"], "lr": r["lr"], "setting": r["setting"], "obs": obs,
                        "width": int(r["x"]["width"]), "protocol": f"zero-shot from P={trained_at}",
                        "n_params": {p: r["n_params"] for p in points}, "points": points,
                        "seeds": {p: r["n_seeds"] for p in points}})
@@ -95,7 +99,7 @@ def add_probes(curves: list[dict], records: list[dict], models: list[str]) -> li
     show (the bench page keeps each model's best, and a cell may not have finished its bench
     evaluation) gets a curve of its own, labelled with it.
     """
-    zero = {(c["name"], c["lr"], c["setting"]): c for c in curves if c["protocol"].startswith("zero")}
+    zero = {(c["name"], c["lr"], c["setting"]): c for c in curves if c["obs"]}
     found: dict[tuple[str, float, str, int], list[dict]] = {}
     for r in records:
         cell = r.get("bench") or {}
@@ -110,6 +114,7 @@ def add_probes(curves: list[dict], records: list[dict], models: list[str]) -> li
             trained_at = _train_pairs(setting)
             c = zero[(model, lr, setting)] = {
                 "model": f"{model} (lr {lr:g}, trained at P={trained_at})", "name": model, "lr": lr, "setting": setting,
+                "obs": True,
                 "width": recs[0].get("d_model", 0), "protocol": f"zero-shot from P={trained_at} (obs eval)",
                 "n_params": {}, "points": {}, "seeds": {}}
             curves.append(c)
@@ -141,7 +146,8 @@ def obs_style(curve: dict) -> dict:
     """Line style of an OBS curve, from the bench's configuration of its model
     (``onebigstate.bench.cells.model_config``): colour by nodes N, line by ``circuit_direct``
     (0 solid, 1.0 dashed, 4.0 dotted; the plain layer, without row_norm, dash-dot), marker by the
-    pairs it was trained at (circle 32, triangle more), filled at lr 3e-3 and open otherwise."""
+    pairs it was trained at (circle 32, triangle more), filled at lr 3e-3 and open otherwise, and
+    thicker at width 128."""
     from onebigstate.bench.cells import model_config
     mixer = model_config(curve["name"], 64, "cpu").mixer
     if "n_nodes" not in mixer:
@@ -150,32 +156,37 @@ def obs_style(curve: dict) -> dict:
     line = ("--" if direct == 1.0 else ":" if direct else "-" if mixer.get("row_norm") else "-.")
     colour = _N_COLOURS.get(mixer["n_nodes"], "tab:purple")
     return {"color": colour, "linestyle": line, "marker": "o" if _train_pairs(curve["setting"]) == "32" else "^",
-            "markerfacecolor": colour if curve.get("lr") == 3e-3 else "none"}
+            "markerfacecolor": colour if curve.get("lr") == 3e-3 else "none",
+            "linewidth": 1.5 if curve.get("width", 64) <= 64 else 3.0}
 
 
 def plot(curves: list[dict], out_png: Path) -> None:
     """Two panels on one y axis: OBS (zero-shot, styled by :func:`obs_style`) and the baselines
-    (trained at each P; colour by model, circle width 64, square width 128)."""
+    (colour by model; solid: trained at each P, dashed: zero-shot; circle width 64, square 128)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax_obs, ax_base) = plt.subplots(1, 2, figsize=(13, 6.5), sharex=True, sharey=True)
-    zero = [c for c in curves if c["protocol"].startswith("zero")]
-    trained = [c for c in curves if not c["protocol"].startswith("zero")]
-    for c in zero:
+    obs = [c for c in curves if c["obs"]]
+    base = [c for c in curves if not c["obs"]]
+    for c in obs:
         ps = sorted(c["points"])
-        ax_obs.plot(ps, [c["points"][p] for p in ps], label=c["model"], **obs_style(c))
-    models = list(dict.fromkeys(c["model"] for c in trained))
+        ax_obs.plot(ps, [c["points"][p] for p in ps], label=c["model"] + (f" d={c['width']}" if c["width"] != 64 else ""),
+                    **obs_style(c))
+    models = list(dict.fromkeys(c["name"] for c in base))
     colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    for c in trained:
+    for c in base:
         ps = sorted(c["points"])
-        ax_base.plot(ps, [c["points"][p] for p in ps], "-", color=colour[c["model"]],
-                     marker="o" if c["width"] == 64 else "s", label=f"{c['model']} d={c['width']}")
-    ax_obs.set_title("OBS, d=64, tested zero-shot (CPU). Colour: N (blue 1024, orange 2048, green 4096, red 16384);\n"
+        ax_base.plot(ps, [c["points"][p] for p in ps], "-" if c["protocol"] == "trained at each P" else "--",
+                     color=colour[c["name"]], marker="o" if c["width"] == 64 else "s",
+                     label=f"{c['model']} d={c['width']}" + ("" if c["protocol"] == "trained at each P"
+                                                            else f", {c['protocol']}"))
+    ax_obs.set_title("OBS, tested zero-shot (CPU). Colour: N (blue 1024, orange 2048, green 4096, red 16384);\n"
                      "line: _balanced_rownorm solid, _direct1 and obs dashed, _direct dotted, obs_plain dash-dot; "
-                     "filled: lr 3e-3, "
-                     "open: lr 1e-2;\ncircle: trained at 32 pairs, triangle: at 128", fontsize=8)
-    ax_base.set_title("baselines, trained at each number of pairs (H100)", fontsize=9)
+                     "filled: lr 3e-3, open: lr 1e-2;\ncircle: trained at 32 pairs, triangle: at 128; "
+                     "thick: width 128, thin: 64", fontsize=8)
+    ax_base.set_title("baselines: solid trained at each number of pairs (H100),\n"
+                      "dashed zero-shot from the pairs trained at (CPU); circle width 64, square 128", fontsize=9)
     for ax in (ax_obs, ax_base):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("key-value pairs (sequence length = 4 x pairs)")
@@ -195,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extrapolation", nargs="+", default=["docs/results/extrapolation_cpu.json"],
                     help="extrapolation pages' .json (later pages' (model, lr) rows replace earlier ones)")
     ap.add_argument("--obs-models", default=",".join(DEFAULT_OBS_MODELS))
+    ap.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
+                    help="models of the extrapolation pages drawn zero-shot among the baselines ('' for none)")
     ap.add_argument("--probes", default="docs/results/capacity_probes",
                     help="folder of obs eval records of the OBS cells at other settings (may be absent)")
     ap.add_argument("--out", default="docs/results/capacity_curve.md")
@@ -204,13 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).exists():
             raise SystemExit(f"{path} not found: write it with obs bench first (see this script's docstring)")
     trained = trained_points(json.loads(Path(args.capacity).read_text()))
-    zero = zero_shot_points([r for path in args.extrapolation for r in json.loads(Path(path).read_text())],
-                            args.obs_models.split(","))
+    extrap = [r for path in args.extrapolation for r in json.loads(Path(path).read_text())]
+    zero = zero_shot_points(extrap, args.obs_models.split(","))
     probe_files = sorted(Path(args.probes).glob("*.json")) if Path(args.probes).is_dir() else []
     probes = add_probes(zero, [json.loads(f.read_text()) for f in probe_files], args.obs_models.split(","))
     settings = sorted({(r["task_params"]["num_kv_pairs"], r["task_params"]["seq_len"]) for r in probes})
     sizes = sorted({r["test_size"] for r in probes})
-    curves = zero + trained
+    baselines = [m for m in args.baselines.split(",") if m]
+    curves = zero + zero_shot_points(extrap, baselines, obs=False) + trained
     pairs = sorted({p for c in curves for p in c["points"]})
     out = Path(args.out)
     png = out.with_suffix(".png")
@@ -224,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "OBS rows: trained at (128 tokens, 32 pairs) unless the protocol says another P (then 4P "
         "tokens, the same tokens per step), vocabulary 8192, tested zero-shot at (4P tokens, P pairs), "
         "on CPU. Baseline rows: trained at each P, vocabulary 32768, 2000 steps, on an H100 "
-        "(see the capacity page for the learning rates and the cells that did not finish). A dash: "
+        "(see the capacity page for the learning rates and the cells that did not finish), or, where the "
+        "protocol says zero-shot, trained and tested as the OBS rows, from the same extrapolation pages. A dash: "
         "not measured. Accuracy is the mean over the seeds given.", "",
         *([f"OBS at " + ", ".join(f"P={p} (T={t})" for p, t in settings) + ": `obs eval` of the same "
            f"trained cells ({len(probes)} records in `{args.probes}/`, each holding its command), "

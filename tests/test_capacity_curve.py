@@ -31,9 +31,16 @@ def test_zero_shot_columns_map_to_pairs_and_both_protocols_share_a_table(tmp_pat
     (tmp_path / "c.json").write_text(json.dumps(capacity))
     (tmp_path / "e.json").write_text(json.dumps(extrap))
     out = tmp_path / "curve.md"
+    none = ["--probes", str(tmp_path / "none")]     # not the repository's own probe records
     assert cc.main(["--capacity", str(tmp_path / "c.json"), "--extrapolation", str(tmp_path / "e.json"),
-                    "--out", str(out)]) == 0
-    assert "zero-shot from P=32" in out.read_text() and out.with_suffix(".png").stat().st_size > 1000
+                    *none, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "zero-shot from P=32" in text and out.with_suffix(".png").stat().st_size > 1000
+    # the page's baselines are drawn zero-shot too, beside their rows trained at each P
+    assert "| lstm | 64 | zero-shot from P=32 | 1,000 | 0.000 | - | - | 1 |" in text
+    assert cc.main(["--capacity", str(tmp_path / "c.json"), "--extrapolation", str(tmp_path / "e.json"),
+                    "--baselines", "", *none, "--out", str(out)]) == 0
+    assert "| lstm |" not in out.read_text()
     with pytest.raises(SystemExit, match="not found"):
         cc.main(["--capacity", str(tmp_path / "missing.json")])
 
@@ -122,6 +129,8 @@ def test_obs_curves_are_styled_by_nodes_variant_lr_and_training_pairs():
     assert style("obs", 0.003) == style("obs_balanced_rownorm_direct1", 0.003)     # the bench's recipe
     assert style("obs_balanced_rownorm", 0.01, pairs=128)["marker"] == "^"
     assert style("obs_balanced_rownorm_n2048", 0.01)["color"] == "tab:orange"
+    wide = cc.obs_style({"name": "obs", "lr": 0.003, "setting": "train T=512 P=128 d=128", "width": 128})
+    assert wide["linewidth"] > style("obs", 0.003)["linewidth"]      # width 128: a thicker line
     with pytest.raises(ValueError, match="not an OBS model"):
         style("lstm", 0.01)
     with pytest.raises(ValueError, match="no training pairs"):

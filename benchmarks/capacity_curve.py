@@ -196,7 +196,7 @@ def plot(curves: list[dict], out_png: Path) -> None:
     ax_obs.set_ylabel("held-out accuracy")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")   # the legends below the axes are wide
     plt.close(fig)
 
 

@@ -45,7 +45,8 @@ def trained_points(rows: list[dict]) -> list[dict]:
     for r in rows:
         key = (r["model"], int(r["x"]["width"]))
         c = curves.setdefault(key, {"model": r["model"], "name": r["model"], "width": key[1],
-                                    "protocol": "trained at each P", "obs": False, "n_params": {}, "points": {}, "seeds": {}})
+                                    "protocol": "trained at each P", "obs": False,
+                                    "n_params": {}, "points": {}, "seeds": {}})
         pairs = int(r["x"]["pairs"])
         c["points"][pairs] = sum(r["accuracy"]) / len(r["accuracy"])
         c["seeds"][pairs], c["n_params"][pairs] = r["n_seeds"], r["n_params"]
@@ -171,8 +172,8 @@ def plot(curves: list[dict], out_png: Path) -> None:
     base = [c for c in curves if not c["obs"]]
     for c in obs:
         ps = sorted(c["points"])
-        ax_obs.plot(ps, [c["points"][p] for p in ps], label=c["model"] + (f" d={c['width']}" if c["width"] != 64 else ""),
-                    **obs_style(c))
+        label = c["model"] + (f" d={c['width']}" if c["width"] != 64 else "")
+        ax_obs.plot(ps, [c["points"][p] for p in ps], label=label, **obs_style(c))
     models = list(dict.fromkeys(c["name"] for c in base))
     colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     for c in base:

@@ -24,8 +24,8 @@ def build_suite(name: str, opts: Options) -> Suite:
         raise ValueError(f"--train sets the extrapolation suite's training setting; suite '{name}' has none to set")
     if opts.widths is not None:
         if name not in WIDTH_SUITES:
-            raise ValueError(f"--widths sets the model widths of a suite with a width grid ({', '.join(WIDTH_SUITES)}); "
-                             f"suite '{name}' runs at width 64 only")
+            raise ValueError(f"--widths sets the model widths of a suite with a width grid "
+                             f"({', '.join(WIDTH_SUITES)}); suite '{name}' runs at width 64 only")
         if not opts.widths or any(d <= 0 or d % 4 for d in opts.widths):
             raise ValueError(f"--widths: expected positive multiples of 4 (the heads divide the width), "
                              f"got {list(opts.widths)}")

@@ -178,10 +178,10 @@ def plot(curves: list[dict], out_png: Path) -> None:
     colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     for c in base:
         ps = sorted(c["points"])
-        ax_base.plot(ps, [c["points"][p] for p in ps], "-" if c["protocol"] == "trained at each P" else "--",
+        trained_here = c["protocol"] == "trained at each P"
+        ax_base.plot(ps, [c["points"][p] for p in ps], "-" if trained_here else "--",
                      color=colour[c["name"]], marker="o" if c["width"] == 64 else "s",
-                     label=f"{c['model']} d={c['width']}" + ("" if c["protocol"] == "trained at each P"
-                                                            else f", {c['protocol']}"))
+                     label=f"{c['model']} d={c['width']}" + ("" if trained_here else f", {c['protocol']}"))
     ax_obs.set_title("OBS, tested zero-shot (CPU). Colour: N (blue 1024, orange 2048, green 4096, red 16384);\n"
                      "line: _balanced_rownorm solid, _direct1 and obs dashed, _direct dotted, obs_plain dash-dot; "
                      "filled: lr 3e-3, open: lr 1e-2;\ncircle: trained at 32 pairs, triangle: at 128; "

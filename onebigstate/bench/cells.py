@@ -148,9 +148,9 @@ class Options:
 def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
     """The benchmark's configuration of model ``name`` at width ``d_model``.
 
-    Baselines: 2 layers, as in Zoology's MQAR sweeps. OBS: 1 layer with N = 1024 nodes (quick:
-    256), the sizes of its MQAR recipe (configs/mqar_64_8.yaml), plus ``OBS_RECIPE`` for ``obs``
-    and the variant's own settings for a variant.
+    Baselines: 2 layers, as in Zoology's MQAR sweeps, and 2 heads where they have heads. OBS: 1
+    layer with N = 1024 nodes (quick: 256), the sizes of its MQAR recipe (configs/mqar_64_8.yaml),
+    plus ``OBS_RECIPE`` for ``obs`` and the variant's own settings for a variant.
     """
     if name == "obs" or name in VARIANTS:
         return ModelConfig(name="obs", d_model=d_model, n_layers=1,
@@ -161,7 +161,10 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
         name, fla_settings = FLA_BASELINES[name]
         mixer.update(fla_settings)
     if name in ("transformer", "hopfield", "deltanet", "gated_deltanet"):
-        mixer["n_heads"] = 2 if d_model < 128 else 4
+        # 2 heads at every width: the issue's reference DeltaNet (2 layers at width 128, about 16k
+        # state floats) has heads of width 64. 4 heads of 32 at width 128 halved the state and left
+        # the Transformer near chance at 32 pairs after 1000 steps (docs/results/width128/heads.md).
+        mixer["n_heads"] = 2
     if name == "hopfield":
         mixer["conv_size"] = 4                 # keys must carry the preceding token (MQAR needs it)
     if name == "titans":

@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         "OBS rows: trained at (128 tokens, 32 pairs) unless the protocol says another P (then 4P "
         "tokens, the same tokens per step), vocabulary 8192, tested zero-shot at (4P tokens, P pairs), "
         "on CPU. Baseline rows: trained at each P, vocabulary 32768, 2000 steps, on an H100 "
-        "(see the capacity page for the learning rates and the cells that did not finish), or, where the "
+        "(see the capacity page for the learning rates, the cells that did not finish and the 4 heads of its "
+        "width-128 rows), or, where the "
         "protocol says zero-shot, trained and tested as the OBS rows, from the same extrapolation pages. A dash: "
         "not measured. Accuracy is the mean over the seeds given.", "",
         *([f"OBS at " + ", ".join(f"P={p} (T={t})" for p, t in settings) + ": `obs eval` of the same "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     png = out.with_suffix(".png")
     plot(runs, png)
-    command = "python benchmarks/training_curves.py " + " ".join(argv)
+    command = "python benchmarks/training_curves.py " + shlex.join(argv)
     out.write_text("\n".join([
         f"# {args.title}", "", f"Produced by `{command}`.", "",
         "Accuracy on each training batch against step (logged every few steps), the first step at which it "

@@ -18,7 +18,7 @@ def test_page_has_a_row_per_run_and_the_plot(tmp_path):
     out = tmp_path / "curves.md"
     assert tc.main([f"{run}=tiny OBS", str(run), "--out", str(out), "--title", "Tiny"]) == 0
     page = out.read_text()
-    assert page.startswith("# Tiny") and f"`python benchmarks/training_curves.py {run}=tiny OBS" in page
+    assert page.startswith("# Tiny") and f"`python benchmarks/training_curves.py '{run}=tiny OBS'" in page
     rows = [line for line in page.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and rows[0].split(" | ")[1:3] == ["obs", "16"] and rows[0].split(" | ")[6] == "2"
     assert out.with_suffix(".png").stat().st_size > 0

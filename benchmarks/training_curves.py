@@ -1,7 +1,7 @@
 """Training accuracy against step for several runs: when each one learns, on one plot.
 
     python benchmarks/training_curves.py docs/results/width128/heads/* \
-        --out docs/results/width128/heads.md --title "Transformer and DeltaNet heads at width 128"
+        --out docs/results/width128/heads.md --title "Heads of the baselines at width 128: when MQAR is learned"
 
 Each RUN is a run folder of ``obs train`` or ``obs bench`` (or a folder kept from one) holding
 ``config.yaml``, ``metrics.jsonl`` and ``results.json``; ``RUN=LABEL`` names its line. The page

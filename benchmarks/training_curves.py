@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from onebigstate.config import load_config  # noqa: E402
 from onebigstate.training.config import RunConfig  # noqa: E402
+from onebigstate.training.trainer import CONFIG_FILE, METRICS_FILE, RESULTS_FILE  # noqa: E402
 
 THRESHOLDS = (0.1, 0.5, 0.9)
 
@@ -33,21 +34,21 @@ def read_run(arg: str) -> dict:
     """The curve and settings of one run folder ``RUN`` or ``RUN=LABEL``."""
     path, _, label = arg.partition("=")
     run = Path(path)
-    files = {name: run / name for name in ("config.yaml", "metrics.jsonl", "results.json")}
+    files = {name: run / name for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE)}
     missing = [name for name, f in files.items() if not f.is_file()]
     if missing:
         raise SystemExit(f"{run}: not a finished run folder (missing {', '.join(missing)})")
-    cfg = load_config(RunConfig, files["config.yaml"])
+    cfg = load_config(RunConfig, files[CONFIG_FILE])
     rows = []
-    for i, line in enumerate(files["metrics.jsonl"].read_text().splitlines()):
+    for i, line in enumerate(files[METRICS_FILE].read_text().splitlines()):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise SystemExit(f"{files['metrics.jsonl']}: line {i + 1} is not JSON ({err})")
+            raise SystemExit(f"{files[METRICS_FILE]}: line {i + 1} is not JSON ({err})")
     train = [(r["step"], r["accuracy"]) for r in rows if r.get("kind") == "train" and "accuracy" in r]
     if not train:
-        raise SystemExit(f"{files['metrics.jsonl']}: no training accuracy logged")
-    results = json.loads(files["results.json"].read_text())
+        raise SystemExit(f"{files[METRICS_FILE]}: no training accuracy logged")
+    results = json.loads(files[RESULTS_FILE].read_text())
     return {"run": run, "label": label or run.name, "cfg": cfg, "train": train,
             "held_out": results["metrics"]["accuracy"], "n_params": results["n_params"]}
 

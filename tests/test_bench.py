@@ -403,7 +403,7 @@ def test_widths_run_other_widths_in_their_own_folder(capsys):
         == full[len(full) // 2:]   # the full grid's width-128 half, in its order
     with pytest.raises(ValueError, match="suite 'retention' runs at width 64 only"):
         build_suite("retention", Options(mode="cpu", widths=(128,)))
-    for bad in ((66,), (128, 128)):      # a width the heads do not divide; a width twice (the same cell names)
+    for bad in ((66,), (128, 128)):      # heads of odd width (33); a width twice (the same cell names)
         with pytest.raises(ValueError, match="distinct positive multiples of 4"):
             build_suite("mqar", Options(widths=bad))
     assert main(["bench", "extrapolation", "--cpu", "--models", "obs", "--widths", "128", "--train", "512:128",

@@ -27,7 +27,7 @@ def build_suite(name: str, opts: Options) -> Suite:
             raise ValueError(f"--widths sets the model widths of a suite with a width grid "
                              f"({', '.join(WIDTH_SUITES)}); suite '{name}' runs at width 64 only")
         if not opts.widths or any(d <= 0 or d % 4 for d in opts.widths) or len(set(opts.widths)) < len(opts.widths):
-            raise ValueError(f"--widths: expected distinct positive multiples of 4 (the heads divide the width), "
+            raise ValueError(f"--widths: expected distinct positive multiples of 4 (2 heads of even width), "
                              f"got {list(opts.widths)}")
     return importlib.import_module(f"onebigstate.bench.suites.{name}").build(opts)
 

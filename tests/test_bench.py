@@ -386,6 +386,27 @@ def test_extrapolation_trains_at_another_setting_with_the_same_tokens_per_step(c
     assert "--train: expected T:P" in capsys.readouterr().err
 
 
+def test_steps_set_every_suites_budget_in_its_own_folder(capsys):
+    """--steps: every suite's cells train for N steps (warm-up, checkpoints and the page's text follow),
+    nothing else changes, and the cells and page go to their own folder."""
+    for name in SUITES:
+        own = build_suite(name, Options(mode="quick", models=["lstm"]))
+        longer = build_suite(name, Options(mode="quick", models=["lstm"], steps=300))
+        assert [c.name for c in longer.cells] == [c.name for c in own.cells]
+        for a, b in zip(own.cells, longer.cells):
+            assert (b.config.train.steps, b.config.train.warmup, b.config.train.ckpt_every) == (300, 30, 75)
+            assert b.config.train.model_copy(update={"steps": a.config.train.steps, "warmup": a.config.train.warmup,
+                                                     "ckpt_every": a.config.train.ckpt_every,
+                                                     "log_every": a.config.train.log_every}) == a.config.train
+            assert (b.config.task, b.config.model, b.evals) == (a.config.task, a.config.model, a.evals)
+        assert "300 steps" in longer.description and "300 steps" not in own.description
+    with pytest.raises(ValueError, match="--steps: expected at least 10"):
+        build_suite("mqar", Options(steps=0))
+    assert main(["bench", "extrapolation", "--cpu", "--models", "obs", "--widths", "128", "--steps", "3000",
+                 "--list"]) == 0
+    assert "1 cells under runs/bench/extrapolation_cpu_d128_steps3000" in capsys.readouterr().out
+
+
 def test_widths_run_other_widths_in_their_own_folder(capsys):
     """--widths: the same settings and budget at other widths (the baselines keep 2 heads); a suite without
     a width grid says so; the cells and page go to their own folder, never the mode's."""

@@ -131,9 +131,14 @@ class Options:
     train: tuple[int, int] | None = None
     # mqar, capacity, extrapolation: the model widths to run instead of the mode's own (None: the mode's)
     widths: tuple[int, ...] | None = None
+    # every suite: the training steps of every cell instead of the mode's budget (None: the mode's)
+    steps: int | None = None
 
     def width_list(self, mode_widths: tuple[int, ...]) -> list[int]:
         return list(self.widths) if self.widths else list(mode_widths)
+
+    def step_budget(self, mode_steps: int) -> int:
+        return self.steps if self.steps is not None else mode_steps
 
     def model_list(self) -> list[str]:
         return list(self.models) if self.models else list(MODELS)

@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--widths", metavar="D,D",
                    help="mqar, capacity, extrapolation: comma-separated model widths instead of the mode's own, "
                         "e.g. 128; its cells and page go to SUITE[_MODE]_d128 (its own folder and page)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="every suite: N training steps per cell instead of the mode's budget (warm-up and "
+                        "checkpoints scale with it), e.g. 3000 to see whether a model that learned nothing needed "
+                        "longer; its cells and page go to SUITE[_MODE]_steps3000 (its own folder and page)")
     p.add_argument("--cells", metavar="REGEX",
                    help="run only the cells whose folder name matches REGEX (re.search), e.g. 'P_(64|256)_' "
                         "or '__s4d__'; the page still covers every finished cell")
@@ -93,6 +97,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--train {args.train}")
     if getattr(args, "widths", None):
         parts.append(f"--widths {args.widths}")
+    if getattr(args, "steps", None):
+        parts.append(f"--steps {args.steps}")
     if getattr(args, "cells", None):
         parts.append(f"--cells '{args.cells}'")
     if getattr(args, "jobs", 1) != 1:
@@ -146,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
         widths = _widths(args.widths) if getattr(args, "widths", None) else None
         opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device, lrs=lrs,
-                       train=_train_setting(args.train) if args.train else None, widths=widths)
+                       train=_train_setting(args.train) if args.train else None, widths=widths,
+                       steps=getattr(args, "steps", None))
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         suite = build_suite(args.suite, opts)
@@ -158,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         stem += f"_train_T{opts.train[0]}_P{opts.train[1]}"
     if opts.widths is not None:  # likewise: a page of other widths never replaces the mode's own
         stem += "_d" + "_".join(str(d) for d in opts.widths)
+    if opts.steps is not None:   # and a page of another budget
+        stem += f"_steps{opts.steps}"
     root = Path(args.out) / stem
     if args.replot:
         page_json = Path(args.docs) / f"{stem}.json"

@@ -29,5 +29,7 @@ def build_suite(name: str, opts: Options) -> Suite:
         if not opts.widths or any(d <= 0 or d % 4 for d in opts.widths) or len(set(opts.widths)) < len(opts.widths):
             raise ValueError(f"--widths: expected distinct positive multiples of 4 (2 heads of even width), "
                              f"got {list(opts.widths)}")
+    if opts.steps is not None and opts.steps < 10:   # warm-up, checkpoints and logging are fractions of it
+        raise ValueError(f"--steps: expected at least 10 training steps, got {opts.steps}")
     return importlib.import_module(f"onebigstate.bench.suites.{name}").build(opts)
 

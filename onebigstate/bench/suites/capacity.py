@@ -15,6 +15,7 @@ def build(opts: Options) -> Suite:
         pairs, widths, vocab, steps, test = (64, 256, 1024, 4096), (64, 128), 32768, 2000, 256
     else:
         pairs, widths, vocab, steps, test = (8, 16, 32), (64,), 512, 150, 128
+    steps = opts.step_budget(steps)
     grid = [(P, d) for d in opts.width_list(widths) for P in pairs]
     cells = []
     for P, d in grid:

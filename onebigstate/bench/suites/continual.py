@@ -16,6 +16,7 @@ def build(opts: Options) -> Suite:
         settings, steps, batch = [(3, 8, False), (6, 8, False), (3, 8, True)], 2000, 32
     else:
         settings, steps, batch = [(3, 4, False)], 150, 16
+    steps = opts.step_budget(steps)
     cells = []
     for phases, pairs, shared in settings:
         name = f"{phases} phases x {pairs} pairs" + (" remapped" if shared else "")

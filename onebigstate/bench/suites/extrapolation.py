@@ -30,6 +30,7 @@ def build(opts: Options) -> Suite:
     else:
         train, tests, widths, vocab, steps, batch, n_test = (64, 16), [(64, 16), (128, 32), (256, 64)], \
             (64,), 512, 150, 16, 128
+    steps = opts.step_budget(steps)
     if opts.train is not None:
         train, batch = opts.train, _same_tokens(train, batch, opts.train)
     evals = [Eval("params", f"T={T}", {"seq_len": T, "num_kv_pairs": P}) for T, P in tests]

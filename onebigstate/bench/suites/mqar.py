@@ -21,6 +21,7 @@ def build(opts: Options) -> Suite:
         widths, vocab, steps, batch, test = (64, 128), 8192, 2000, 64, 1000
     else:
         settings, widths, vocab, steps, batch, test = [(64, 4), (128, 16)], (64,), 512, 150, 16, 256
+    steps = opts.step_budget(steps)
     grid = [(T, P, d) for d in opts.width_list(widths) for T, P in settings]
     cells = []
     for T, P, d in grid:

@@ -19,6 +19,7 @@ def build(opts: Options) -> Suite:
         T, P, dists, window, steps, batch, streams = 128, 8, [100, 1000, 10000, 100000], 1024, 1000, 32, 16
     else:
         T, P, dists, window, steps, batch, streams = 64, 4, [16, 64, 256, 1024], 64, 150, 16, 16
+    steps = opts.step_budget(steps)
     task = TaskConfig(name="retention", test_size=256,
                       params={"vocab_size": 256, "n_pairs": P, "seq_len": T, "test_distances": dists,
                               "lifelong_streams": streams})

@@ -15,6 +15,7 @@ def build(opts: Options) -> Suite:
         copy, n_rec, delays, steps, batch = (256, 16), 4, [64, 256, 1024], 2000, 32
     else:
         copy, n_rec, delays, steps, batch = (32, 4), 2, [32], 150, 16
+    steps = opts.step_budget(steps)
     cells = make_cells(f"selective copy L={copy[0]} K={copy[1]}",
                        TaskConfig(name="selective_copy", test_size=256,
                                   params={"vocab_size": 16, "body_len": copy[0], "n_tokens": copy[1]}),

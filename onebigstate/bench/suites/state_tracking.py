@@ -15,6 +15,7 @@ def build(opts: Options) -> Suite:
         parity, s5, steps, batch = (64, 512), (32, 256), 2000, 32
     else:
         parity, s5, steps, batch = (16, 64), (8, 32), 150, 16
+    steps = opts.step_budget(steps)
     evals = [Eval("grouped")]
     cells = make_cells(f"parity {parity[0]}->{parity[1]}",
                        TaskConfig(name="parity", test_size=256, params={"seq_len": parity[0], "test_len": parity[1]}),

@@ -14,6 +14,8 @@ of SRC (a suite's run root) whose folder name matches ``--cells`` into DEST; the
     obs bench SUITE ... --report-only --out DEST_PARENT --docs PAGE_DIR
 
 rewrites the page from DEST (``--out`` names the folder that holds ``SUITE[_MODE]/``).
+``--with-log`` also keeps each cell's training log (``metrics.jsonl``, about 20 kB per 1000
+steps), which ``benchmarks/training_curves.py`` reads to show when a cell learned.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ import re
 import shutil
 from pathlib import Path
 
+from onebigstate.training.trainer import METRICS_FILE
+
 RECORDS = ("results.json", "bench.json", "diverged.json", "config.yaml")
+LOG = METRICS_FILE       # the trainer's log: metrics.jsonl
 
 
 def finished(cell_dir: Path) -> bool:
@@ -31,8 +36,9 @@ def finished(cell_dir: Path) -> bool:
         or (cell_dir / "diverged.json").exists()
 
 
-def keep(src: Path, dest: Path, pattern: str = "") -> list[str]:
-    """Copy the records of ``src``'s finished cells matching ``pattern`` to ``dest``; their names."""
+def keep(src: Path, dest: Path, pattern: str = "", with_log: bool = False) -> list[str]:
+    """Copy the records of ``src``'s finished cells matching ``pattern`` to ``dest`` (and their
+    training logs if ``with_log``); their names."""
     if not src.is_dir():
         raise SystemExit(f"keep_cells: {src} is not a folder of bench cells")
     rx = re.compile(pattern)
@@ -42,7 +48,7 @@ def keep(src: Path, dest: Path, pattern: str = "") -> list[str]:
             continue
         out = dest / cell_dir.name
         out.mkdir(parents=True, exist_ok=True)
-        for name in RECORDS:
+        for name in RECORDS + ((LOG,) if with_log else ()):
             if (cell_dir / name).exists():
                 shutil.copy2(cell_dir / name, out / name)
         kept.append(cell_dir.name)
@@ -54,8 +60,9 @@ def main() -> None:
     ap.add_argument("src", type=Path, help="a suite's run root, e.g. runs/bench/extrapolation_cpu")
     ap.add_argument("dest", type=Path, help="where the records go, e.g. docs/results/PAGE/cells/extrapolation_cpu")
     ap.add_argument("--cells", default="", help="regular expression on the cell folder names (default: all)")
+    ap.add_argument("--with-log", action="store_true", help=f"also keep each cell's training log ({LOG})")
     args = ap.parse_args()
-    kept = keep(args.src, args.dest, args.cells)
+    kept = keep(args.src, args.dest, args.cells, args.with_log)
     for name in kept:
         print(name)
     print(f"{len(kept)} finished cells kept in {args.dest}")

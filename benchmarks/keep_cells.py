@@ -24,16 +24,16 @@ import re
 import shutil
 from pathlib import Path
 
-from onebigstate.training.trainer import METRICS_FILE
+from onebigstate.bench.runner import BENCH_FILE, DIVERGED_FILE
+from onebigstate.training.trainer import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 
-RECORDS = ("results.json", "bench.json", "diverged.json", "config.yaml")
-LOG = METRICS_FILE       # the trainer's log: metrics.jsonl
+RECORDS = (RESULTS_FILE, BENCH_FILE, DIVERGED_FILE, CONFIG_FILE)
 
 
 def finished(cell_dir: Path) -> bool:
     """A cell the bench would skip: evaluated (bench.json and results.json) or diverged."""
-    return ((cell_dir / "bench.json").exists() and (cell_dir / "results.json").exists()) \
-        or (cell_dir / "diverged.json").exists()
+    return ((cell_dir / BENCH_FILE).exists() and (cell_dir / RESULTS_FILE).exists()) \
+        or (cell_dir / DIVERGED_FILE).exists()
 
 
 def keep(src: Path, dest: Path, pattern: str = "", with_log: bool = False) -> list[str]:
@@ -48,7 +48,7 @@ def keep(src: Path, dest: Path, pattern: str = "", with_log: bool = False) -> li
             continue
         out = dest / cell_dir.name
         out.mkdir(parents=True, exist_ok=True)
-        for name in RECORDS + ((LOG,) if with_log else ()):
+        for name in RECORDS + ((METRICS_FILE,) if with_log else ()):
             if (cell_dir / name).exists():
                 shutil.copy2(cell_dir / name, out / name)
         kept.append(cell_dir.name)
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("src", type=Path, help="a suite's run root, e.g. runs/bench/extrapolation_cpu")
     ap.add_argument("dest", type=Path, help="where the records go, e.g. docs/results/PAGE/cells/extrapolation_cpu")
     ap.add_argument("--cells", default="", help="regular expression on the cell folder names (default: all)")
-    ap.add_argument("--with-log", action="store_true", help=f"also keep each cell's training log ({LOG})")
+    ap.add_argument("--with-log", action="store_true", help=f"also keep each cell's training log ({METRICS_FILE})")
     args = ap.parse_args()
     kept = keep(args.src, args.dest, args.cells, args.with_log)
     for name in kept:

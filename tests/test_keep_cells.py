@@ -20,4 +20,5 @@ def test_kept_records_give_the_same_cells_without_checkpoints(tmp_path):
     assert kept == {"results.json", "bench.json", "config.yaml"}     # no checkpoints, no logs
     assert kc.keep(src, tmp_path / "none", "no such cell") == []
     assert kc.keep(src, tmp_path / "logs", with_log=True) == [cells[0].name]   # the log, for training_curves
-    assert (tmp_path / "logs" / cells[0].name / kc.LOG).read_bytes() == (src / cells[0].name / kc.LOG).read_bytes()
+    assert (tmp_path / "logs" / cells[0].name / kc.METRICS_FILE).read_bytes() \
+        == (src / cells[0].name / kc.METRICS_FILE).read_bytes()

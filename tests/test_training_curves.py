@@ -22,8 +22,20 @@ def test_page_has_a_row_per_run_and_the_plot(tmp_path):
     rows = [line for line in page.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and rows[0].split(" | ")[1:3] == ["obs", "16"] and rows[0].split(" | ")[6] == "2"
     assert out.with_suffix(".png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="not a finished run folder"):
+    with pytest.raises(SystemExit, match="not a run folder"):
         tc.main([str(tmp_path), "--out", str(out)])
     (run / "metrics.jsonl").write_text('{"step": 2, "kind": "train", "accuracy"')
     with pytest.raises(SystemExit, match="line 1 is not JSON"):
         tc.main([str(run), "--out", str(out)])
+
+
+def test_a_run_cut_off_before_its_end_is_drawn_to_its_last_step(tmp_path):
+    """A bench killed at a device's time limit leaves config and log but no results.json."""
+    tc = load_benchmark("training_curves")
+    run = train_tiny_mqar(tmp_path / "tiny", vocab_size=32, seq_len=16, num_kv_pairs=4, test_size=8)
+    (run / "results.json").unlink()
+    out = tmp_path / "curves.md"
+    assert tc.main([f"{run}=cut", "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| cut"))
+    last_step = tc.read_run(str(run))["train"][-1][0]
+    assert row.endswith(f"| cut off at step {last_step} |") and row.split(" | ")[7] == "-"

@@ -24,11 +24,50 @@ class Addresser(nn.Module):
     def forward(self, x: torch.Tensor, all_scores: bool = False):
         """x [B, T, D] -> (circuit_idx [B, T, K] long, scores [B, T, K]); with ``all_scores``
         also the scores of every node [B, T, N] (for :func:`load_balance_loss`)."""
-        scores = (self.query(x) @ self.keys.T) * self.scale                      # [B, T, N]
-        top = torch.topk(scores, self.k_max, dim=-1)
+        q = self.query(x) * self.scale                                           # [B, T, d_key]
         if all_scores:
+            scores = q @ self.keys.T                                             # [B, T, N]
+            top = torch.topk(scores, self.k_max, dim=-1)
             return top.indices, top.values, scores
-        return top.indices, top.values
+        values, idx = _TopScores.apply(q, self.keys, self.k_max)
+        return idx, values
+
+
+class _TopScores(torch.autograd.Function):
+    """The top-k of ``q @ keys.T`` per row: (values [..., k], indices [..., k] long).
+
+    The same numbers as ``torch.topk(q @ keys.T, k)``, but the scores of all N nodes are made a
+    block of rows at a time (at most :attr:`BLOCK_FLOATS` of them live at once, not [B, T, N]),
+    and the backward touches only the k chosen keys per row: O(B T k d) instead of two
+    [B T, N] x d matmuls and a [B, T, N] gradient (at N = 16384 those cost most of a step).
+    """
+
+    BLOCK_FLOATS = 1 << 22
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, k: int):
+        rows = q.reshape(-1, q.shape[-1])
+        n_nodes = keys.shape[0]
+        values = rows.new_empty((rows.shape[0], k))
+        idx = torch.empty((rows.shape[0], k), dtype=torch.long, device=rows.device)
+        step = max(1, _TopScores.BLOCK_FLOATS // n_nodes)
+        for i in range(0, rows.shape[0], step):
+            top = torch.topk(rows[i:i + step] @ keys.T, k, dim=-1)
+            values[i:i + step], idx[i:i + step] = top.values, top.indices
+        ctx.save_for_backward(rows, keys, idx)
+        ctx.q_shape = q.shape
+        ctx.mark_non_differentiable(idx)
+        return values.view(*q.shape[:-1], k), idx.view(*q.shape[:-1], k)
+
+    @staticmethod
+    def backward(ctx, g_values: torch.Tensor, _g_idx):
+        rows, keys, idx = ctx.saved_tensors
+        g = g_values.reshape(idx.shape)                                          # [R, k]
+        chosen = keys.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)      # [R, k, d]
+        d_q = torch.bmm(g.unsqueeze(1), chosen).squeeze(1).view(ctx.q_shape)
+        d_keys = torch.zeros_like(keys).index_add_(0, idx.reshape(-1),
+                                                   (g.unsqueeze(-1) * rows.unsqueeze(1)).reshape(-1, keys.shape[1]))
+        return d_q, d_keys, None
 
 
 def load_balance_loss(scores: torch.Tensor, circuit_idx: torch.Tensor, k: int) -> torch.Tensor:

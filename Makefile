@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-slow install clean-venv
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile onebigstate/kernels/csrc/obs_scan_cpu.cpp
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first, from the pinned CPU wheel, so nothing later pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	# the rest in one resolution with torch==2.13.0 pinned, so no package can replace it
 	$(PY) -m pip install -q -e '.[dev]'
+	# the compiled CPU scan (C++, torch's extension tooling), built once into .venv and cached
+	$(PY) -m onebigstate.kernels.cpu
 	touch $(STAMP)
 
 install: $(STAMP)

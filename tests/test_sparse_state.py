@@ -16,7 +16,7 @@ from onebigstate.model.sparse_state import SparseState, hashed_initial_state
 from onebigstate.model.state import DenseState, WriteSetGradient
 from onebigstate.training.checkpoint import states_from_tensors, states_to_tensors
 from tests.helpers import rel_err
-from tests.test_obs_kernels import CASES, run
+from tests.test_obs_kernels import CASES, FAST_BACKENDS, run
 
 SPARSE_CASES = ["odd_T", "continuous_mixed", "carried_state", "reverse_assoc", "row_norm", "circuit_direct",
                 "gaussian_reg_and_k_cost"]
@@ -26,11 +26,12 @@ def _with(case: dict, **cfg) -> dict:
     return {**case, "cfg": {**case.get("cfg", {}), **cfg}}
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("name", SPARSE_CASES)
-def test_sparse_backend_matches_dense_values_and_gradients(name):
+def test_sparse_backend_matches_dense_values_and_gradients(name, backend):
     case = CASES[name]
-    y_d, dx_d, g_d, s_d, st_d = run("reversible", _with(case, state_backend="dense", state_init="hash"))
-    y_s, dx_s, g_s, s_s, st_s = run("reversible", _with(case, state_backend="sparse"))
+    y_d, dx_d, g_d, s_d, st_d = run("reference", _with(case, state_backend="dense", state_init="hash"))
+    y_s, dx_s, g_s, s_s, st_s = run(backend, _with(case, state_backend="sparse"))
     assert isinstance(s_s, SparseState) and isinstance(s_d, DenseState)
     assert torch.equal(st_d.active_idx, st_s.active_idx)
     assert rel_err(y_s, y_d) < 1e-12
@@ -41,6 +42,23 @@ def test_sparse_backend_matches_dense_values_and_gradients(name):
     assert rel_err(s_s.as_dense(), s_d.S) < 1e-12
     assert torch.equal(s_s.entries_written(), s_d.entries_written())
     assert rel_err(s_s.carry.active_w, s_d.carry.active_w) < 1e-12
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_sparse_backend_with_s0_hashed_on_every_read(backend, monkeypatch):
+    """Above S0_TABLE_MAX_BYTES no S_0 table is kept: every row read hashes its values (the
+    compiled backend with its own C++ copy of the hash, which must give the same numbers)."""
+    monkeypatch.setattr(sparse_state, "S0_TABLE_MAX_BYTES", 0)
+    monkeypatch.setattr(sparse_state, "_S0_TABLES", {})
+    case = _with(CASES["every_switch"], state_backend="sparse")
+    y_r, dx_r, g_r, s_r, st_r = run("reference", case)
+    y_f, dx_f, g_f, s_f, st_f = run(backend, case)
+    assert torch.equal(st_r.active_idx, st_f.active_idx)
+    assert rel_err(y_f, y_r) < 1e-12 and rel_err(dx_f, dx_r) < 1e-10
+    for n in g_r:
+        assert rel_err(g_f[n], g_r[n]) < 1e-10, n
+    assert rel_err(s_f.as_dense(), s_r.as_dense()) < 1e-12
+    assert torch.equal(s_f.entries_written(), s_r.entries_written())
 
 
 def test_sparse_backend_through_the_reference_scan():

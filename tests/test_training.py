@@ -154,6 +154,23 @@ def test_obs_learns_mqar_a_little_in_few_steps(tmp_path):
     assert losses[-1] < losses[0] - 0.2
 
 
+def test_compiled_and_python_scans_train_the_same_loss_curve(tmp_path):
+    """50 MQAR steps (the bench recipe's switches, float32) on backend cpu and reversible: the
+    training losses agree step for step within 1e-5 relative (measured: 1.2e-7, float32 rounding)."""
+    curves = {}
+    for backend in ("reversible", "cpu"):
+        tree = tiny_tree(steps=50, log_every=1, eval_every=0, ckpt_every=0, warmup=5, batch_size=8)
+        tree["task"]["params"] = {"vocab_size": 64, "seq_len": 32, "num_kv_pairs": 4}
+        tree["model"]["mixer"].update(n_nodes=64, backend=backend, row_norm=True, circuit_direct=1.0)
+        with single_thread():
+            train(build_config(RunConfig, tree), tmp_path / backend, log=lambda m: None)
+        curves[backend] = [r["loss"] for r in read_metrics(tmp_path / backend) if r["kind"] == "train"]
+    assert len(curves["cpu"]) == 50
+    assert curves["cpu"][-1] < curves["cpu"][0] - 0.2          # it trains
+    for step, (a, b) in enumerate(zip(curves["reversible"], curves["cpu"])):
+        assert abs(a - b) <= 1e-5 * abs(a), (step, a, b)
+
+
 class _Tagged(nn.Module):
     def __init__(self):
         super().__init__()

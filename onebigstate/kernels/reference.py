@@ -13,13 +13,11 @@ from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weig
                                       read_rows_and_coeffs, row_scale, spread, take)
 
 
-def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
+def scan_reference(store, carry: Carry, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
                    n_reg_samples: int) -> ScanOutputs:
     B, T, _ = inputs.circuit_idx.shape
     N = cfg.n_nodes
     S = store.as_dense().detach().clone()
-    carry = store.carry if store.carry is not None else Carry.empty(B, cfg, S.dtype, S.device)
-    carry = carry.detach()
     with_chain = bool(inputs.continuous.any())
     reads, k_soft, k_hard, gates, actives, ws, pos_log = [], [], [], [], [], [], []
     batch_rows = torch.arange(B, device=S.device).unsqueeze(1) * N
@@ -44,6 +42,6 @@ def scan_reference(store, inputs: ScanInputs, params: StepParams, cfg: StepConfi
     sample = sample_positions(torch.stack(pos_log, 1), n_reg_samples)
     reg_values = take(S.reshape(-1), sample)
     store.set_dense(S.detach())
-    store.carry = carry.detach()
     return ScanOutputs(torch.stack(reads, 1), torch.stack(k_soft, 1), torch.stack(gates, 1),
-                       reg_values, torch.stack(k_hard, 1), torch.stack(actives, 1), torch.stack(ws, 1))
+                       reg_values, torch.stack(k_hard, 1), torch.stack(actives, 1), torch.stack(ws, 1),
+                       store, carry.detach())

@@ -58,8 +58,8 @@ class _StepLogs(dict):
 
 class _ReversibleScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, store, cfg: StepConfig, n_reg_samples: int, grad_enabled: bool, circuit_idx, continuous,
-                carry_idx, carry_cidx, carry_w, carry_alpha, scores, features, *param_tensors):
+    def forward(ctx, store, final: list, cfg: StepConfig, n_reg_samples: int, grad_enabled: bool, circuit_idx,
+                continuous, carry_idx, carry_cidx, carry_w, carry_alpha, scores, features, *param_tensors):
         params = StepParams.from_tensors(list(param_tensors))
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
@@ -93,7 +93,7 @@ class _ReversibleScan(torch.autograd.Function):
                 logs.put("alpha", t, plan.alpha); logs.put("vals", t, vals)
             if n_reg_samples > 0 or for_backward:
                 logs.put("pos", t, pos)
-        store.carry = carry
+        final.append(carry)
         if n_reg_samples > 0:
             sample_pos = sample_positions(logs["pos"], n_reg_samples)
         else:
@@ -194,20 +194,17 @@ class _ReversibleScan(torch.autograd.Function):
             g_alpha_next = d_a if d_a is not None else zeros(B, K)
             if d_base is not None:
                 G.add_(read_pos, d_base)
-        # (store, cfg, n_reg, grad_enabled, circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha)
-        return (None, None, None, None, None, None, None, None, None, None, d_scores, d_features, *p_grads)
+        # (store, final, cfg, n_reg, grad_enabled, circuit_idx, continuous, carry_idx, carry_cidx, carry_w,
+        #  carry_alpha)
+        return (None,) * 11 + (d_scores, d_features, *p_grads)
 
 
-def scan_reversible(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
+def scan_reversible(store, carry: Carry, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
                     n_reg_samples: int) -> ScanOutputs:
-    B = inputs.circuit_idx.shape[0]
-    dtype, device = inputs.scores.dtype, inputs.scores.device
-    carry = store.carry if store.carry is not None else Carry.empty(B, cfg, dtype, device)
-    carry = carry.detach()
-    outs = _ReversibleScan.apply(store, cfg, n_reg_samples, torch.is_grad_enabled(),
+    final = []
+    outs = _ReversibleScan.apply(store, final, cfg, n_reg_samples, torch.is_grad_enabled(),
                                  inputs.circuit_idx, inputs.continuous,
                                  carry.active_idx, carry.circuit_idx, carry.active_w, carry.alpha,
                                  inputs.scores, inputs.features, *params.tensors())
-    # The carry left in the store holds graph-free tensors from inside forward.
-    store.carry = store.carry.detach()
-    return ScanOutputs(*outs)
+    # The final carry holds graph-free tensors from inside forward.
+    return ScanOutputs(*outs, store, final[0].detach())

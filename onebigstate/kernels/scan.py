@@ -1,14 +1,20 @@
 """The OBS scan: run the recurrence over a window of T steps, with a backend chosen by name.
 
-    out = obs_scan(store, inputs, params, cfg, backend="reversible")
+    out = obs_scan(state, carry, inputs, params, cfg, backend="auto")
+    out.read, out.k_soft, ...          # per-step results [B, T, ...]
+    out.state, out.carry               # the final state and carry
 
-Backends (same signature, same results up to floating-point rounding):
+Backends (one signature, the same results up to floating-point rounding):
 
 - ``reference``: a plain step-by-step loop, out-of-place updates of the dense state, plain
   autograd. The specification; O(N^2) work per step, for small sizes and tests.
-- ``reversible``: the training path. Writes go in place; the backward pass walks the window
-  in reverse, rebuilding each earlier state by subtracting the logged deltas, so memory saved
-  for backward is one copy of the state plus O(T (k^2 + m k)) logged numbers, not T x N^2.
+- ``reversible``: the Python training path. Writes go in place; the backward pass walks the
+  window in reverse, rebuilding each earlier state by subtracting the logged deltas, so memory
+  saved for backward is one copy of the state plus O(T (k^2 + m k)) logged numbers, not T x N^2.
+- ``cpu``: the same recurrence compiled (C++, ``kernels/cpu.py``): the whole window's loop,
+  forward and backward, parallel over streams. CPU tensors only.
+- ``auto`` (the default): ``cpu`` on CPU tensors when it loads, else ``reversible``
+  (:func:`onebigstate.kernels.backends.resolve_backend` says once why).
 
 Gradients flow within one call. The state and carry handed in are treated as constants
 (truncated backpropagation at call boundaries, as in lifelong training over windows).
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from onebigstate.kernels.step import StepConfig, StepParams
+from onebigstate.kernels.step import Carry, StepConfig, StepParams
 
 
 @dataclass
@@ -49,38 +55,80 @@ class ScanInputs:
 class ScanOutputs:
     read: torch.Tensor        # [B, T, Dv] read vector r_t
     k_soft: torch.Tensor      # [B, T]     continuous node count (differentiable)
-    gates: torch.Tensor       # [B, T, 3]  signed gates (g_in, g_as, g_ch)
+    gates: torch.Tensor       # [B, T, 3 or 4]  signed gates (g_in, g_as, g_ch[, g_rev])
     reg_values: torch.Tensor  # [B, P]     final-state values at sampled written entries
     k_hard: torch.Tensor      # [B, T] long  node count used
     active_idx: torch.Tensor  # [B, T, M] long  A_t
     active_w: torch.Tensor    # [B, T, M]  w_t (detached, for inspection)
+    state: object = None      # the final state (a StateStore; its .carry is the final carry too)
+    carry: Carry | None = None  # the final carry (A_T, w_T, I_T, alpha_T), detached
+
+
+@dataclass
+class StateBase:
+    """The state at a window's start as a compiled backend reads it (``StateStore.base_view``).
+
+    Either ``dense`` [B, N, N], or the sparse store's parts: S_0 as a shared [N, N] table
+    (``s0_table``) or, without one, hashed from ``(s0_std, s0_seed)`` (S_0 = 0 when the std is
+    0), plus the stored changes as sorted runs of (int64 flat positions, values)."""
+
+    dense: torch.Tensor | None = None
+    s0_table: torch.Tensor | None = None
+    s0_row_sq: torch.Tensor | None = None     # the table's squared row norms [N]
+    s0_std: float = 0.0
+    s0_seed: int = 0
+    runs: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+
+
+def sample_indices(n_total: int, n_samples: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A deterministic, evenly strided subset of ``range(n_total)``: [min(n_samples, n_total)] long."""
+    n = min(n_samples, n_total)
+    if n <= 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return torch.linspace(0, n_total - 1, n, device=device).round().long()
 
 
 def sample_positions(pos_log: torch.Tensor, n_samples: int) -> torch.Tensor:
-    """A deterministic, evenly strided subset of the window's written positions.
+    """The written positions at :func:`sample_indices` of the window's write log.
 
     pos_log [B, T, W] -> [B, P] with P = min(n_samples, T * W). Used by the Gaussian
     regulariser, so that it looks at entries the window touched and never at all N^2.
     """
-    B = pos_log.shape[0]
-    flat = pos_log.reshape(B, -1)
-    n = min(n_samples, flat.shape[1])
-    if n <= 0:
-        return flat.new_zeros((B, 0))
-    pick = torch.linspace(0, flat.shape[1] - 1, n, device=flat.device).round().long()
-    return flat[:, pick]
+    flat = pos_log.reshape(pos_log.shape[0], -1)
+    return flat[:, sample_indices(flat.shape[1], n_samples, flat.device)]
 
 
-def obs_scan(store, inputs: ScanInputs, params: StepParams, cfg: StepConfig, *,
-             backend: str = "reversible", n_reg_samples: int = 0) -> ScanOutputs:
-    """Run the recurrence over the window; updates ``store`` (state and carry) in place."""
+def obs_scan(state, carry: Carry | None, inputs: ScanInputs, params: StepParams, cfg: StepConfig, *,
+             backend: str = "auto", in_place: bool = False, n_reg_samples: int = 0) -> ScanOutputs:
+    """Run the recurrence over a window of T >= 1 steps.
+
+    state: a :class:`~onebigstate.model.state.StateStore` (B streams of N x N). It is *not*
+    changed unless ``in_place=True`` (lifelong windows, where copying S each window would cost
+    B N^2): then it is updated and returned as ``out.state``; otherwise ``out.state`` is a new
+    store. carry: the small state handed from the previous step (None: every stream starts
+    with an empty active set). inputs: what was computed in parallel over time; params: the
+    weights used inside the recurrence; cfg: sizes and switches. ``n_reg_samples`` > 0 also
+    returns the final state at that many of the window's written entries (the Gaussian
+    regulariser's sample). Nothing else is changed: ``carry``, ``inputs`` and ``params`` are read
+    only. ``out.state.carry`` is set to the final carry as well (stores keep it for checkpoints).
+    """
+    from onebigstate.kernels.backends import resolve_backend, run_backend
+
     inputs.check(cfg)
-    if inputs.circuit_idx.shape[1] == 0:
+    B, T, _ = inputs.circuit_idx.shape
+    if T == 0:
         raise ValueError("obs_scan needs at least one step (T >= 1)")
-    if backend == "reference":
-        from onebigstate.kernels.reference import scan_reference
-        return scan_reference(store, inputs, params, cfg, n_reg_samples)
-    if backend == "reversible":
-        from onebigstate.kernels.reversible import scan_reversible
-        return scan_reversible(store, inputs, params, cfg, n_reg_samples)
-    raise ValueError(f"unknown scan backend '{backend}'; expected 'reference' or 'reversible'")
+    if B == 0:
+        raise ValueError("obs_scan needs at least one stream (B >= 1)")
+    if state.batch != B or state.n_nodes != cfg.n_nodes:
+        raise ValueError(f"state holds {state.batch} streams of N={state.n_nodes} nodes, but the inputs have "
+                         f"{B} streams and the config N={cfg.n_nodes}")
+    name = resolve_backend(backend, inputs.scores.device)
+    if not in_place:
+        state = state.clone()
+    if carry is None:
+        carry = Carry.empty(B, cfg, inputs.scores.dtype, inputs.scores.device)
+    out = run_backend(name, state, carry.detach(), inputs, params, cfg, n_reg_samples)
+    out.carry = out.carry.detach()
+    out.state.carry = out.carry
+    return out

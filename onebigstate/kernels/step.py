@@ -28,7 +28,7 @@ store ``S`` and how gradients reach earlier writes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,18 @@ class StepConfig:
     row_norm: bool = False
     circuit_direct: float = 0.0
     eps: float = 1e-6
+
+    @classmethod
+    def from_config(cls, config) -> "StepConfig":
+        """The recurrence's part of a layer config (any object with these fields by name, such
+        as ``OBSConfig``): the one place where the layer's settings become the op's."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
+
+    def writes_per_step(self, with_chain: bool) -> int:
+        """W, entries a step writes per stream: intra K^2, assoc M K, chain K^2 (windows with
+        continuous inputs), reverse K M (``reverse_assoc``)."""
+        K, M = self.k_max, self.m_active
+        return K * K + M * K + (K * K if with_chain else 0) + (K * M if self.reverse_assoc else 0)
 
 
 @dataclass

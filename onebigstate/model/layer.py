@@ -47,12 +47,7 @@ class OBSLayer(nn.Module):
     def __init__(self, cfg: OBSConfig):
         super().__init__()
         self.cfg = cfg
-        self.step_cfg = StepConfig(n_nodes=cfg.n_nodes, k_min=cfg.k_min, k_max=cfg.k_max,
-                                   m_active=cfg.m_active, gate_scale=cfg.gate_scale,
-                                   k_mask_temperature=cfg.k_mask_temperature,
-                                   spread_from_active=cfg.spread_from_active,
-                                   reverse_assoc=cfg.reverse_assoc, row_norm=cfg.row_norm,
-                                   circuit_direct=cfg.circuit_direct)
+        self.step_cfg = StepConfig.from_config(cfg)
         self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
         self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init, cfg.reverse_assoc)
         self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value) * (0.1 if cfg.value_from_key else 1.0))
@@ -128,8 +123,9 @@ class OBSLayer(nn.Module):
         inputs = ScanInputs(circuit_idx, scores, self.write.features(x), cont)
         reg = self.cfg.gaussian_reg
         n_samples = reg.n_samples if (reg.weight > 0 and self.training) else 0
-        out = obs_scan(state, inputs, self.step_params(), self.step_cfg, backend=self.cfg.backend,
-                       n_reg_samples=n_samples)
+        # in place: the state handed in is advanced (lifelong windows); a fresh one is ours anyway
+        out = obs_scan(state, state.carry, inputs, self.step_params(), self.step_cfg, backend=self.cfg.backend,
+                       in_place=True, n_reg_samples=n_samples)
         hidden = F.gelu(self.controller(x))
         y = self.out(torch.cat([hidden, self.read_norm(out.read)], dim=-1))
         aux = x.new_zeros(())

@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from onebigstate.kernels.scan import StateBase
 from onebigstate.kernels.step import Carry, take
 from onebigstate.model.state import StateStore, WriteSetGradient, find_sorted
 
@@ -291,6 +292,12 @@ class SparseState(StateStore):
 
     def gradient_store(self, write_positions):
         return WriteSetGradient(write_positions, self._dtype)
+
+    def base_view(self):
+        shared = None if self.std == 0 else _s0_table(self.n_nodes, self.std, self.seed, self._dtype, self._device)
+        table, row_sq = shared if shared is not None else (None, None)
+        return StateBase(s0_table=table, s0_row_sq=row_sq, s0_std=self.std, s0_seed=self.seed,
+                         runs=tuple(self._runs))
 
     def mark_written(self, pos, written):
         """Nothing to do: the stored keys are exactly the entries a nonzero change reached."""

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from onebigstate.kernels.scan import StateBase
 from onebigstate.kernels.step import Carry, row_scale, spread, take
 
 
@@ -85,6 +86,10 @@ class StateStore(ABC):
         return spread(coeff, row_values), scale
 
     @abstractmethod
+    def base_view(self) -> StateBase:
+        """The state as the compiled backends read it (no copy): see :class:`StateBase`."""
+
+    @abstractmethod
     def mark_written(self, pos: torch.Tensor, written: torch.Tensor) -> None:
         """Record which entries were changed (for the 'entries actually written' count)."""
 
@@ -133,7 +138,14 @@ class StateStore(ABC):
 
 
 class DenseState(StateStore):
-    """A dense [B, N, N] tensor per batch of streams, and a [B, N, N] bool map of touched entries."""
+    """A dense [B, N, N] tensor per batch of streams, and a [B, N, N] bool map of touched entries.
+
+    A fresh state (:meth:`fresh`) holds only the shared S_0 [N, N] and the writes made since, and
+    builds its [B, N, N] tensors the first time something reads them (:attr:`S`, :attr:`touched`,
+    rows, values, checkpoints). An episodic window whose final state nobody reads then never
+    pays for B copies of S_0: 128 MB at N = 1024 and B = 32, more than the compiled scan's whole
+    forward pass costs. The compiled backend reads the shared S_0 directly (:meth:`base_view`).
+    """
 
     # gradient_store keeps dL/dS dense while B N^2 <= this x the window's write positions
     DENSE_GRADIENT_RATIO = 32
@@ -142,20 +154,65 @@ class DenseState(StateStore):
                  track_written: bool = True):
         if S.dim() != 3 or S.shape[1] != S.shape[2]:
             raise ValueError(f"dense state must be [B, N, N], got shape {tuple(S.shape)}")
-        self.S = S
+        self._S, self._s0 = S, None
         self.batch, self.n_nodes = S.shape[0], S.shape[1]
         if touched is None and track_written:
             touched = torch.zeros(S.shape, dtype=torch.bool, device=S.device)
-        self.touched = touched
+        self._touched = touched
+        self._track = touched is not None
+        # writes not yet applied (a fresh state not yet built): (pos, vals) and (pos, written) pairs
+        self._adds: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._marks: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.carry = carry
 
     @classmethod
-    def fresh(cls, s0: torch.Tensor, batch: int) -> "DenseState":
-        """``batch`` streams, each a copy of the initial state ``s0`` [N, N]."""
-        return cls(s0.unsqueeze(0).expand(batch, -1, -1).clone())
+    def fresh(cls, s0: torch.Tensor, batch: int, track_written: bool = True) -> "DenseState":
+        """``batch`` streams, each starting from the initial state ``s0`` [N, N] (built on first read)."""
+        state = cls.__new__(cls)
+        state._S, state._s0, state._touched, state._track = None, s0, None, track_written
+        state.batch, state.n_nodes = batch, s0.shape[0]
+        state._adds, state._marks, state.carry = [], [], None
+        return state
+
+    # ---- the tensors, built on first read ------------------------------------------------------
+    @property
+    def S(self) -> torch.Tensor:
+        """The state [B, N, N]."""
+        if self._S is None:
+            S = self._s0.unsqueeze(0).expand(self.batch, -1, -1).clone()
+            for pos, vals in self._adds:
+                S.view(-1).index_add_(0, pos, vals)
+            self._S, self._adds = S, []
+        return self._S
+
+    @S.setter
+    def S(self, value: torch.Tensor) -> None:
+        self.set_dense(value)
+
+    @property
+    def touched(self) -> torch.Tensor | None:
+        """Which entries a nonzero write ever reached [B, N, N] bool (None without tracking)."""
+        if self._track and self._touched is None:
+            touched = torch.zeros((self.batch, self.n_nodes, self.n_nodes), dtype=torch.bool, device=self._device)
+            for pos, written in self._marks:
+                touched.view(-1)[pos[written]] = True
+            self._touched, self._marks = touched, []
+        return self._touched
+
+    @property
+    def _device(self) -> torch.device:
+        return (self._S if self._S is not None else self._s0).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return (self._S if self._S is not None else self._s0).dtype
 
     def add_(self, pos, vals):
-        self.S.view(-1).index_add_(0, pos.reshape(-1), vals.reshape(-1).to(self.S.dtype))
+        pos, vals = pos.reshape(-1), vals.reshape(-1).to(self.dtype)
+        if self._S is None:
+            self._adds.append((pos, vals))
+        else:
+            self._S.view(-1).index_add_(0, pos, vals)
 
     def values_at(self, pos):
         return take(self.S.view(-1), pos)
@@ -165,19 +222,37 @@ class DenseState(StateStore):
         flat_rows = rows + torch.arange(B, device=rows.device).unsqueeze(1) * N
         return take(self.S.view(B * N, N), flat_rows)
 
+    def base_view(self):
+        if self._S is None and not self._adds:
+            return StateBase(dense=self._s0)          # [N, N]: every stream still at S_0
+        return StateBase(dense=self.S)
+
     def mark_written(self, pos, written):
-        if self.touched is not None:
-            self.touched.view(-1)[pos[written]] = True
+        if not self._track:
+            return
+        if self._touched is None:
+            self._marks.append((pos.reshape(-1), written.reshape(-1)))
+        else:
+            self._touched.view(-1)[pos[written]] = True
 
     def entries_written(self):
-        if self.touched is None:
+        if not self._track:
             raise ValueError("this state does not track written entries (track_written=False)")
         return self.touched.view(self.batch, -1).sum(1)
 
     def clone(self):
         carry = None if self.carry is None else self.carry.clone()
-        touched = None if self.touched is None else self.touched.clone()
-        return DenseState(self.S.clone(), touched, carry, track_written=touched is not None)
+        if self._S is None:
+            out = DenseState.fresh(self._s0, self.batch, self._track)
+            out._adds, out.carry = list(self._adds), carry
+        else:
+            out = DenseState(self._S.clone(), track_written=False, carry=carry)
+        out._track = self._track
+        if self._touched is not None:
+            out._touched = self._touched.clone()
+        else:
+            out._marks = list(self._marks)
+        return out
 
     def snapshot(self):
         return {"S": self.S.clone()}
@@ -191,9 +266,10 @@ class DenseState(StateStore):
         # beyond that zeroing it costs more than searching the write set. Backward CPU s, batch 32,
         # 128 tokens (benchmarks/step_time.py --dense-gradient-ratio 1e12 vs 0 / 32):
         # N = 1024: 0.52 dense vs 1.01 write set; N = 4096: 1.62 vs 1.19.
-        if self.S.numel() <= self.DENSE_GRADIENT_RATIO * write_positions.numel():
-            return DenseState(torch.zeros_like(self.S), track_written=False)
-        return WriteSetGradient(write_positions, self.S.dtype)
+        B, N = self.batch, self.n_nodes
+        if B * N * N <= self.DENSE_GRADIENT_RATIO * write_positions.numel():
+            return DenseState(torch.zeros((B, N, N), dtype=self.dtype, device=self._device), track_written=False)
+        return WriteSetGradient(write_positions, self.dtype)
 
     def to_tensors(self):
         out = {"S": self.S}
@@ -211,10 +287,10 @@ class DenseState(StateStore):
         return self.S
 
     def set_dense(self, dense):
-        self.S = dense
+        self._S, self._adds = dense, []
 
     def __repr__(self) -> str:
-        return f"DenseState(batch={self.batch}, n_nodes={self.n_nodes}, dtype={self.S.dtype})"
+        return f"DenseState(batch={self.batch}, n_nodes={self.n_nodes}, dtype={self.dtype})"
 
 
 # State backends by name (OBSConfig.state_backend). A new backend (row-sharded, say) implements

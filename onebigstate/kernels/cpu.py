@@ -37,9 +37,10 @@ SOURCE = Path(__file__).parent / "csrc" / "obs_scan_cpu.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 LDFLAGS = ["-fopenmp"]
 
-# The window's changes live in a dense per-thread N x N scratch while it takes at most this many
-# bytes (N = 4096 in float32; kept between calls), in a hash map beyond (kernels/README.md).
-DIRECT_MAX_BYTES = 64 << 20
+# The window's changes live in dense per-thread N x N scratches (values and slot numbers) while
+# they take at most this many bytes (N = 4096 in float32; kept between calls), in a hash map
+# beyond (kernels/README.md).
+DIRECT_MAX_BYTES = 128 << 20
 
 _state: dict = {"ops": None, "error": None}
 
@@ -137,7 +138,7 @@ def _setup_context(ctx, inputs, output) -> None:
     (circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha, value, w_summary,
      w_out, b_out, beta_logit, _dense, _table, _row_sq, _mk, _mv, _rk, _rv, reg_pick) = inputs[:_N_TENSOR_INPUTS]
     (n_nodes, k_min, k_max, m_active, gate_scale, tau, spread, reverse, row_norm, direct, eps, with_chain,
-     direct_max_bytes, _std, _seed, _save) = inputs[_N_TENSOR_INPUTS:]
+     _direct_max_bytes, _std, _seed, _save) = inputs[_N_TENSOR_INPUTS:]
     (_read, _k_soft, _gates, _reg, k_hard, active, w_log, alpha, pos, vals, scale, write_slot, grid_slot,
      grid_val) = output
     ctx.mark_non_differentiable(k_hard, active, w_log, alpha, pos, vals, scale, write_slot, grid_slot, grid_val)
@@ -145,7 +146,7 @@ def _setup_context(ctx, inputs, output) -> None:
                           value, w_summary, w_out, b_out, beta_logit, k_hard, active, w_log, alpha, scale,
                           write_slot, grid_slot, grid_val, reg_pick)
     ctx.options = (n_nodes, k_min, k_max, m_active, gate_scale, tau, spread, reverse, row_norm, direct, eps,
-                   with_chain, direct_max_bytes)
+                   with_chain)
 
 
 def _backward(ctx, g_read, g_k_soft, g_gates, g_reg, *_non_differentiable):

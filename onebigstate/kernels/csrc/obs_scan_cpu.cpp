@@ -17,11 +17,14 @@
 // time loop talks to Python or synchronises.
 //
 // Where the window's changes live, per stream (chosen by N, the same way in both passes):
-// - direct, when an N x N scratch of T fits in `direct_max_bytes`: a dense per-thread scratch
-//   indexed by entry (kept zero between streams, and kept between calls so it is not faulted
-//   in again); rows are then plain dense vectors, and nothing is hashed;
+// - direct, when an N x N scratch of T and one of int32 fit in `direct_max_bytes`: the rows the
+//   window touched, whole, in a per-thread N x N scratch, with their squared norms kept as they
+//   change, and the entries' slot numbers in another (both kept between calls, so they are not
+//   faulted in again); nothing is hashed;
 // - hashed, above that (large N, the sparse store): an open-addressing map from entry to a
-//   "slot" with per-row lists of slots; the backward indexes dL/dS by slot.
+//   "slot" with per-row lists of slots.
+// Either way every entry the window wrote has a slot number, and the backward keeps dL/dS in a
+// small array by slot.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -29,6 +32,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -288,30 +292,40 @@ void read_coeffs(const Dims& d, const Params<T>& P, const Plan<T>& pl, const T* 
   for (i64 j = 0; j < d.M; ++j) coeff[d.K + j] = d.spread ? (P.beta * w_prev[j]) / T(d.K) : T(0);
 }
 
-// A_t: the M largest activations, largest first; NaN counts as largest (as in torch.topk), ties go
-// to the smaller index. One compare per node once the heap is full: a later node replaces the
-// worst kept one only when strictly larger, since its index is larger.
+// A_t: the M largest activations, largest first; ties go to the smaller index, and NaN counts as
+// largest (as in torch.topk). Without NaN: the M-th largest of the maxima of blocks of 16 nodes is
+// at most the M-th largest activation (the maxima are M distinct nodes), so every node of the
+// top M is at least it; those few candidates are sorted. Two passes over N, no heap.
 template <typename T>
-void top_m(const T* act, i64 N, i64 M, std::vector<std::pair<T, i64>>& heap, i64* out) {
+void top_m(const T* act, i64 N, i64 M, std::vector<std::pair<T, i64>>& cand, std::vector<T>& maxima, i64* out) {
   auto better = [](const std::pair<T, i64>& x, const std::pair<T, i64>& y) {
     const bool nx = x.first != x.first, ny = y.first != y.first;
     if (nx != ny) return nx;
     if (!nx && x.first != y.first) return x.first > y.first;
     return x.second < y.second;
   };
-  heap.clear();
+  constexpr i64 kBlock = 16;
+  maxima.clear();
+  bool nan = false;
   i64 n = 0;
-  for (; n < std::min(N, M); ++n) { heap.emplace_back(act[n], n); std::push_heap(heap.begin(), heap.end(), better); }
-  for (; n < N; ++n) {
-    const T v = act[n], worst = heap.front().first;
-    if (v > worst || (v != v && worst == worst)) {
-      std::pop_heap(heap.begin(), heap.end(), better);
-      heap.back() = {v, n};
-      std::push_heap(heap.begin(), heap.end(), better);
-    }
+  for (; n + kBlock <= N; n += kBlock) {
+    T mx = act[n];
+    for (i64 k = 1; k < kBlock; ++k) mx = std::max(mx, act[n + k]);
+    for (i64 k = 0; k < kBlock; ++k) nan |= act[n + k] != act[n + k];
+    maxima.push_back(mx);
   }
-  std::sort_heap(heap.begin(), heap.end(), better);   // best first
-  for (i64 j = 0; j < M; ++j) out[j] = heap[j].second;
+  for (; n < N; ++n) { maxima.push_back(act[n]); nan |= act[n] != act[n]; }
+  cand.clear();
+  if (nan || static_cast<i64>(maxima.size()) < M) {
+    for (i64 m = 0; m < N; ++m) cand.emplace_back(act[m], m);
+  } else {
+    std::nth_element(maxima.begin(), maxima.begin() + (M - 1), maxima.end(), std::greater<T>());
+    const T tau = maxima[M - 1];
+    for (i64 m = 0; m < N; ++m)
+      if (act[m] >= tau) cand.emplace_back(act[m], m);
+  }
+  std::partial_sort(cand.begin(), cand.begin() + M, cand.end(), better);
+  for (i64 j = 0; j < M; ++j) out[j] = cand[j].second;
 }
 
 // ---- where the window's changes live --------------------------------------------------------------
@@ -323,42 +337,71 @@ std::vector<T>& zero_scratch(i64 n) {
   return scratch;
 }
 
-// The window's changes of one stream as a dense N x N scratch; for the sparse store it also holds
-// the stream's stored changes, so a row is S_0's row plus one dense row of changes.
+// The rows the window touched, whole: the first write to a row of a stream copies the row as it
+// stands (S_0 or the dense state, plus the sparse store's stored changes) into a per-thread
+// N x N scratch, and from then on the row lives there, with its squared norm kept up to date
+// write by write (in double). A read row (always touched by the step's own writes first) is then
+// one dense vector, and row_norm costs no pass over it. A second N x N scratch holds each
+// entry's slot number (slot + 1; 0 for none), zeroed again at the stream's end.
 template <typename T>
-struct DirectChanges {
-  static constexpr bool kDirect = true;
+struct DirectRows {
   const Base<T>& base;
   i64 N, b = 0;
-  T* d;
-  explicit DirectChanges(const Base<T>& base_) : base(base_), N(base_.N), d(zero_scratch<T>(N * N).data()) {}
+  T* val;
+  int32_t* sid;
+  std::vector<char> touched;
+  std::vector<double> sq;
+  std::vector<i64> rows_used;
+  int32_t count = 0;
+  explicit DirectRows(const Base<T>& base_)
+      : base(base_), N(base_.N), val(zero_scratch<T>(N * N).data()), sid(zero_scratch<int32_t>(N * N).data()),
+        touched(base_.N, 0), sq(base_.N, 0.0) {}
 
-  void begin(i64 stream) {
-    b = stream;
-    base.for_stream_stored(b, [&](i64 rc, T v) { d[rc] += v; });
-  }
-  // zero what this stream set: its stored changes and its writes (pos: flat positions)
+  void begin(i64 stream) { b = stream; count = 0; }
   void end(const i64* pos, i64 n) {
-    base.for_stream_stored(b, [&](i64 rc, T) { d[rc] = T(0); });
-    for (i64 e = 0; e < n; ++e) d[pos[e] - b * N * N] = T(0);
+    for (i64 e = 0; e < n; ++e) sid[pos[e] - b * N * N] = 0;
+    for (i64 r : rows_used) touched[r] = 0;
+    rows_used.clear();
   }
-  int32_t add(i64 row, i64 col, T v) { d[row * N + col] += v; return -1; }
-  T value(i64 row, i64 col, int32_t* slot) const { *slot = -1; return base.s0_value(b, row, col) + d[row * N + col]; }
-
-  // act += coeff * scale * (the row as it is now); returns the scale (1 without row_norm)
-  T spread_row(i64 row, T coeff, bool row_norm, T* act, T* s0buf, T* rowbuf) const {
-    const T* ch = d + row * N;
-    const T* s0 = base.has_s0() ? base.s0_row(b, row, s0buf) : nullptr;
-    if (!row_norm) {
-      if (s0) for (i64 n = 0; n < N; ++n) act[n] += coeff * (s0[n] + ch[n]);
-      else for (i64 n = 0; n < N; ++n) act[n] += coeff * ch[n];
-      return T(1);
+  T* row(i64 r) {
+    T* x = val + r * N;
+    if (!touched[r]) {
+      touched[r] = 1;
+      rows_used.push_back(r);
+      if (base.has_s0()) {
+        const T* s0 = base.s0_row(b, r, x);          // hashing fills x itself
+        if (s0 != x) std::copy_n(s0, N, x);
+      } else {
+        std::fill_n(x, N, T(0));
+      }
+      base.for_stored(b, r, [&](i64 c, T v) { x[c] += v; });
+      sq[r] = sum_of_squares(x, N);
     }
-    if (s0) for (i64 n = 0; n < N; ++n) rowbuf[n] = s0[n] + ch[n];
-    else std::copy_n(ch, N, rowbuf);
-    const T scale = T(1) / (T(1) + static_cast<T>(std::sqrt(sum_of_squares(rowbuf, N))));
+    return x;
+  }
+  int32_t add(i64 r, i64 col, T v) {
+    T* x = row(r);
+    const double before = x[col];
+    x[col] += v;
+    sq[r] += static_cast<double>(x[col]) * x[col] - before * before;
+    // branch-free: whether an entry is new is a coin toss the branch predictor loses
+    int32_t& s = sid[r * N + col];
+    const int32_t fresh = s == 0;
+    count += fresh;
+    s = fresh ? count : s;
+    return s - 1;
+  }
+  // the entry's value, and its slot (-1: not written) when `slot` is given
+  T value(i64 r, i64 col, int32_t* slot) {
+    if (slot) *slot = sid[r * N + col] - 1;
+    return row(r)[col];
+  }
+  // act += coeff * scale * (the row as it is now); returns the scale (1 without row_norm)
+  T spread_row(i64 r, T coeff, bool row_norm, T* act, T*, T*) {
+    const T* x = row(r);
+    const T scale = row_norm ? T(1) / (T(1) + static_cast<T>(std::sqrt(std::max(sq[r], 0.0)))) : T(1);
     const T cr = coeff * scale;
-    if (cr != T(0)) for (i64 n = 0; n < N; ++n) act[n] += cr * rowbuf[n];
+    if (cr != T(0)) for (i64 n = 0; n < N; ++n) act[n] += cr * x[n];
     return scale;
   }
 };
@@ -424,7 +467,6 @@ class SlotMap {
 // per row a list of its slots. The stored changes (sparse store) stay in the base's sorted runs.
 template <typename T>
 struct HashedChanges {
-  static constexpr bool kDirect = false;
   const Base<T>& base;
   i64 N, b = 0;
   SlotMap map;
@@ -457,8 +499,9 @@ struct HashedChanges {
     return s;
   }
   T value(i64 row, i64 c, int32_t* slot) const {
-    *slot = map.find(static_cast<u64>(row) * static_cast<u64>(N) + static_cast<u64>(c));
-    return base.value(b, row, c) + (*slot >= 0 ? delta[*slot] : T(0));
+    const int32_t s = map.find(static_cast<u64>(row) * static_cast<u64>(N) + static_cast<u64>(c));
+    if (slot) *slot = s;
+    return base.value(b, row, c) + (s >= 0 ? delta[s] : T(0));
   }
   // act += coeff * scale * (the row as it is now); returns the scale (1 without row_norm). The
   // row's changes (stored and this window's) are summed per column first; its squared norm is
@@ -518,8 +561,8 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
   Changes ch(base);
   Plan<T> pl(d);
   std::vector<T> act(N), rowbuf(N), s0buf(N), coeff(R), scale(R, T(1));
-  std::vector<std::pair<T, i64>> heap;
-  heap.reserve(M);
+  std::vector<std::pair<T, i64>> cand;
+  std::vector<T> maxima;
   std::vector<i64> a_prev(M), i_prev(K);
   std::vector<T> w_prev(M), al_prev(K);
   for (i64 b = b0; b < b1; ++b) {
@@ -535,7 +578,7 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
       // 1. the writes, into the window's changes
       i64* pos = o.pos.data_ptr<i64>() + bt * W;
       T* vals = o.vals.data_ptr<T>() + bt * W;
-      int32_t* wslot = (save && !Changes::kDirect) ? o.write_slot.data_ptr<int32_t>() + bt * W : nullptr;
+      int32_t* wslot = save ? o.write_slot.data_ptr<int32_t>() + bt * W : nullptr;
       for_writes(d, pl, I, a_prev.data(), w_prev.data(), i_prev.data(), al_prev.data(), ct[bt],
                  [&](i64 e, i64 row, i64 col, T v) {
                    pos[e] = (b * N + row) * N + col;
@@ -557,7 +600,7 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
         for (i64 k = 0; k < K; ++k) act[I[k]] += pl.alpha[k] * T(d.circuit_direct / double(K));
       // 3. A_t = top-m, w_t, r_t
       i64* A = o.active.data_ptr<i64>() + bt * M;
-      top_m(act.data(), N, M, heap, A);
+      top_m(act.data(), N, M, cand, maxima, A);
       T* w = o.w.data_ptr<T>() + bt * M;
       T sp = 0;
       // relu, keeping a NaN as F.relu does (std::max(NaN, 0) is NaN)
@@ -576,14 +619,16 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
       std::copy_n(pl.alpha.data(), K, o.alpha.data_ptr<T>() + bt * K);
       if (save) {
         // what the backward needs of the state: its values on the R x M grid read at A_t
-        int32_t* gs = Changes::kDirect ? nullptr : o.grid_slot.data_ptr<int32_t>() + bt * R * M;
+        int32_t* gs = o.grid_slot.data_ptr<int32_t>() + bt * R * M;
         T* gv = o.grid_val.data_ptr<T>() + bt * R * M;
+        // a row of coefficient 0 sends no gradient to the state it read: no slot needed
         for (i64 r = 0; r < R; ++r) {
           const i64 row = r < K ? I[r] : a_prev[r - K];
+          const bool read = coeff[r] != T(0);
           for (i64 j = 0; j < M; ++j) {
-            int32_t s;
-            gv[r * M + j] = ch.value(row, A[j], &s);
-            if (gs) gs[r * M + j] = s;
+            int32_t s = -1;
+            gv[r * M + j] = ch.value(row, A[j], read ? &s : nullptr);
+            gs[r * M + j] = s;
           }
         }
         if (d.row_norm) std::copy_n(scale.data(), R, o.scale.data_ptr<T>() + bt * R);
@@ -598,15 +643,15 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
     const i64* pos_b = o.pos.data_ptr<i64>() + b * T_ * W;
     for (i64 q = 0; q < P_; ++q) {
       const i64 rc = pos_b[pick[q]] - b * N * N;
-      int32_t s;
-      o.reg.data_ptr<T>()[b * P_ + q] = ch.value(rc / N, rc % N, &s);
+      o.reg.data_ptr<T>()[b * P_ + q] = ch.value(rc / N, rc % N, nullptr);
     }
     ch.end(pos_b, T_ * W);
   }
 }
 
+// an N x N scratch of values and one of slot numbers per thread
 bool direct_mode(i64 N, i64 elem_size, i64 direct_max_bytes) {
-  return N * N * elem_size <= direct_max_bytes;
+  return N * N * (elem_size + static_cast<i64>(sizeof(int32_t))) <= direct_max_bytes;
 }
 
 template <typename T>
@@ -624,7 +669,7 @@ FwdOut forward_impl(const Dims& d, const Base<T>& base, const Params<T>& P, cons
   FwdOut o{at::empty({B, T_, d.Dv}, f), at::empty({B, T_}, f), at::empty({B, T_, d.G()}, f), at::empty({B, P_}, f),
            at::empty({B, T_}, l), at::empty({B, T_, M}, l), at::empty({B, T_, M}, f), at::empty({B, T_, K}, f),
            at::empty({B, T_, W}, l), at::empty({B, T_, W}, f), at::empty({B, d.row_norm ? Ts : 0, R}, f),
-           at::empty({B, direct ? 0 : Ts, W}, i32), at::empty({B, direct ? 0 : Ts, R, M}, i32),
+           at::empty({B, Ts, W}, i32), at::empty({B, Ts, R, M}, i32),
            at::empty({B, Ts, R, M}, f)};
   const i64* cidx = circuit_idx.data_ptr<i64>();
   const T *sc = scores.data_ptr<T>(), *ft = features.data_ptr<T>(), *ct = continuous.data_ptr<T>();
@@ -632,7 +677,7 @@ FwdOut forward_impl(const Dims& d, const Base<T>& base, const Params<T>& P, cons
   const T *c_w = carry_w.data_ptr<T>(), *c_alpha = carry_alpha.data_ptr<T>();
   at::parallel_for(0, B, 1, [&](i64 b0, i64 b1) {
     if (direct)
-      forward_streams<T, DirectChanges<T>>(d, base, P, cidx, sc, ft, ct, c_idx, c_w, c_cidx, c_alpha, pick, P_,
+      forward_streams<T, DirectRows<T>>(d, base, P, cidx, sc, ft, ct, c_idx, c_w, c_cidx, c_alpha, pick, P_,
                                            save, o, b0, b1);
     else
       forward_streams<T, HashedChanges<T>>(d, base, P, cidx, sc, ft, ct, c_idx, c_w, c_cidx, c_alpha, pick, P_,
@@ -642,31 +687,18 @@ FwdOut forward_impl(const Dims& d, const Base<T>& base, const Params<T>& P, cons
 }
 
 // ================================ backward ========================================================
-// dL/dS_t of one stream where it matters (the window's written entries), by entry (direct: a
-// dense per-thread scratch) or by the forward's slots (hashed).
-template <typename T>
-struct DirectGrad {
-  i64 N;
-  T* g;
-  std::vector<i64> used;
-  explicit DirectGrad(i64 N_) : N(N_), g(zero_scratch<T>(N_ * N_).data()) {}
-  void begin(i64 n_slots) { (void)n_slots; }
-  T& at(i64 row, i64 col, int32_t) { used.push_back(row * N + col); return g[row * N + col]; }
-  void end() { for (i64 k : used) g[k] = T(0); used.clear(); }
-};
-
+// dL/dS_t of one stream at the window's written entries, by the forward's slot numbers: a small
+// array (about 4 bytes per entry written), not a second N x N state.
 template <typename T>
 struct SlotGrad {
   std::vector<T> g;
   T sink = 0;
-  explicit SlotGrad(i64) {}
   void begin(i64 n_slots) { g.assign(n_slots, T(0)); }
-  // slot -1: an entry the window never wrote, whose gradient nothing reads
-  T& at(i64, i64, int32_t slot) { if (slot >= 0) return g[slot]; sink = 0; return sink; }
-  void end() {}
+  // slot -1: an entry the window had not written, whose gradient nothing reads
+  T& at(int32_t slot) { if (slot >= 0) return g[slot]; sink = 0; return sink; }
 };
 
-template <typename T, typename Grad>
+template <typename T>
 void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circuit_idx, const at::Tensor& scores,
                       const at::Tensor& features, const at::Tensor& continuous, const at::Tensor& carry_idx,
                       const at::Tensor& carry_w, const at::Tensor& carry_cidx, const at::Tensor& carry_alpha,
@@ -678,30 +710,21 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
                       T* gbo, T& gbeta, i64 b0, i64 b1) {
   const i64 T_ = d.T, N = d.N, K = d.K, M = d.M, H = d.H, Dv = d.Dv, O = d.O, G = d.G(), W = d.W(), R = d.R();
   const i64 P_ = reg_pick.numel();
-  const bool slots = write_slot.size(1) == T_;
   const i64* cidx = circuit_idx.data_ptr<i64>();
   const T *sc = scores.data_ptr<T>(), *ft = features.data_ptr<T>(), *ct = continuous.data_ptr<T>();
   const i64* pick = reg_pick.data_ptr<i64>();
   const T beta = P.beta;
-  Grad Gs(N);
+  SlotGrad<T> Gs;
   Plan<T> pl(d);
   std::vector<T> coeff(R), scale(R, T(1)), a(M), pos(M), w(M), dw(M), da(M), dcoeff(R), dalpha(K), dw_prev(M),
       dal_prev(K), gw_next(M), gal_next(K), dg(G), dout(O), dz(Dv), dp(K);
   for (i64 b = b0; b < b1; ++b) {
-    const int32_t* ws_b = slots ? write_slot.data_ptr<int32_t>() + b * T_ * W : nullptr;
+    const int32_t* ws_b = write_slot.data_ptr<int32_t>() + b * T_ * W;
     int32_t n_slots = 0;
-    if (slots)
-      for (i64 e = 0; e < T_ * W; ++e) n_slots = std::max(n_slots, ws_b[e] + 1);
+    for (i64 e = 0; e < T_ * W; ++e) n_slots = std::max(n_slots, ws_b[e] + 1);
     Gs.begin(n_slots);
-    // the regulariser read the final state at sampled writes: rows and columns from the writes
-    for (i64 q = 0; q < P_; ++q) {
-      const i64 e = pick[q], t = e / W, k = e % W;
-      const i64 bt = b * T_ + t;
-      i64 row, col;
-      write_entry(d, k, cidx + bt * K, t > 0 ? active.data_ptr<i64>() + (bt - 1) * M : carry_idx.data_ptr<i64>() + b * M,
-                  t > 0 ? cidx + (bt - 1) * K : carry_cidx.data_ptr<i64>() + b * K, &row, &col);
-      Gs.at(row, col, slots ? ws_b[e] : -1) += g_reg.data_ptr<T>()[b * P_ + q];
-    }
+    // the regulariser read the final state at sampled writes
+    for (i64 q = 0; q < P_; ++q) Gs.at(ws_b[pick[q]]) += g_reg.data_ptr<T>()[b * P_ + q];
     std::fill(gw_next.begin(), gw_next.end(), T(0));
     std::fill(gal_next.begin(), gal_next.end(), T(0));
     for (i64 t = T_ - 1; t >= 0; --t) {
@@ -725,7 +748,7 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
       }
       const i64* A = active.data_ptr<i64>() + bt * M;
       const T* gv = grid_val.data_ptr<T>() + bt * R * M;
-      const int32_t* gs = slots ? grid_slot.data_ptr<int32_t>() + bt * R * M : nullptr;
+      const int32_t* gs = grid_slot.data_ptr<int32_t>() + bt * R * M;
       // the activation at A_t, rebuilt from the logged grid
       for (i64 j = 0; j < M; ++j) {
         T acc = 0;
@@ -756,11 +779,10 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
       }
       // a = sum_r coeff_r grid[r, :] + direct: to the coefficients, and to dL/dS_t on the grid
       for (i64 r = 0; r < R; ++r) {
-        const i64 row = r < K ? I[r] : a_prev[r - K];
         T acc = 0;
         for (i64 j = 0; j < M; ++j) {
           acc += da[j] * gv[r * M + j];
-          Gs.at(row, A[j], gs ? gs[r * M + j] : -1) += coeff[r] * da[j];
+          Gs.at(gs[r * M + j]) += coeff[r] * da[j];
         }
         dcoeff[r] = acc;
       }
@@ -781,20 +803,20 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
       }
       // the writes: dL/dvals = dL/dS_t (which now includes this step's own read) at each entry
       std::copy_n(g_gates.data_ptr<T>() + bt * G, G, dg.data());
-      const int32_t* wslot = slots ? ws_b + t * W : nullptr;
-      auto dv_at = [&](i64 e, i64 row, i64 col) { return Gs.at(row, col, wslot ? wslot[e] : -1); };
+      const int32_t* wslot = ws_b + t * W;
+      auto dv_at = [&](i64 e) { return Gs.g[wslot[e]]; };
       const T* al = pl.alpha.data();
       const T g_in = pl.gates[0], g_as = pl.gates[1];
       for (i64 i = 0; i < K; ++i)
         for (i64 j = 0; j < K; ++j) {
-          const T dv = dv_at(i * K + j, I[i], I[j]);
+          const T dv = dv_at(i * K + j);
           dg[0] += dv * al[i] * al[j];
           dalpha[i] += dv * g_in * al[j];
           dalpha[j] += dv * g_in * al[i];
         }
       for (i64 j = 0; j < M; ++j)
         for (i64 k = 0; k < K; ++k) {
-          const T dv = dv_at(d.off_assoc() + j * K + k, a_prev[j], I[k]);
+          const T dv = dv_at(d.off_assoc() + j * K + k);
           dg[1] += dv * w_prev[j] * al[k];
           dw_prev[j] += dv * g_as * al[k];
           dalpha[k] += dv * g_as * w_prev[j];
@@ -803,7 +825,7 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
         const T gc = cont * pl.gates[2];
         for (i64 i = 0; i < K; ++i)
           for (i64 k = 0; k < K; ++k) {
-            const T dv = dv_at(d.off_chain() + i * K + k, i_prev[i], I[k]);
+            const T dv = dv_at(d.off_chain() + i * K + k);
             dg[2] += dv * cont * al_prev[i] * al[k];
             dal_prev[i] += dv * gc * al[k];
             dalpha[k] += dv * gc * al_prev[i];
@@ -813,7 +835,7 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
         const T g_rev = pl.gates[3];
         for (i64 i = 0; i < K; ++i)
           for (i64 j = 0; j < M; ++j) {
-            const T dv = dv_at(d.off_reverse() + i * M + j, I[i], a_prev[j]);
+            const T dv = dv_at(d.off_reverse() + i * M + j);
             dg[3] += dv * al[i] * w_prev[j];
             dalpha[i] += dv * g_rev * w_prev[j];
             dw_prev[j] += dv * g_rev * al[i];
@@ -861,7 +883,6 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
       std::copy(dw_prev.begin(), dw_prev.end(), gw_next.begin());
       std::copy(dal_prev.begin(), dal_prev.end(), gal_next.begin());
     }
-    Gs.end();
   }
 }
 
@@ -875,11 +896,9 @@ BwdOut backward_impl(const Dims& d, const Params<T>& P, const at::Tensor& circui
                      const at::Tensor& alpha_log, const at::Tensor& scale_log, const at::Tensor& write_slot,
                      const at::Tensor& grid_slot, const at::Tensor& grid_val, const at::Tensor& reg_pick,
                      const at::Tensor& g_read, const at::Tensor& g_k_soft, const at::Tensor& g_gates,
-                     const at::Tensor& g_reg, i64 direct_max_bytes) {
+                     const at::Tensor& g_reg) {
   const i64 B = d.B, T_ = d.T, N = d.N, K = d.K, H = d.H, Dv = d.Dv, O = d.O;
-  const bool direct = direct_mode(N, sizeof(T), direct_max_bytes);
   TORCH_CHECK(grid_val.size(1) == T_, "obs_scan backward: the forward ran without saving for backward");
-  TORCH_CHECK(direct == (write_slot.size(1) != T_), "obs_scan backward: direct_max_bytes differs from the forward's");
   auto f = scores.options();
   at::Tensor d_scores = at::zeros({B, T_, K}, f), d_features = at::zeros({B, T_, H}, f);
   // parameter gradients: one accumulator per chunk of streams (at most one chunk per thread)
@@ -894,16 +913,10 @@ BwdOut backward_impl(const Dims& d, const Params<T>& P, const at::Tensor& circui
       T* gWo = dWo.data_ptr<T>() + c * O * H;
       T* gbo = dbo.data_ptr<T>() + c * O;
       T& gbeta = dbeta.data_ptr<T>()[c];
-      if (direct)
-        backward_streams<T, DirectGrad<T>>(d, P, circuit_idx, scores, features, continuous, carry_idx, carry_w,
-                                           carry_cidx, carry_alpha, k_hard, active, w_log, alpha_log, scale_log,
-                                           write_slot, grid_slot, grid_val, reg_pick, g_read, g_k_soft, g_gates,
-                                           g_reg, d_scores, d_features, gV, gWz, gWo, gbo, gbeta, b0, b1);
-      else
-        backward_streams<T, SlotGrad<T>>(d, P, circuit_idx, scores, features, continuous, carry_idx, carry_w,
-                                         carry_cidx, carry_alpha, k_hard, active, w_log, alpha_log, scale_log,
-                                         write_slot, grid_slot, grid_val, reg_pick, g_read, g_k_soft, g_gates,
-                                         g_reg, d_scores, d_features, gV, gWz, gWo, gbo, gbeta, b0, b1);
+      backward_streams<T>(d, P, circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx,
+                          carry_alpha, k_hard, active, w_log, alpha_log, scale_log, write_slot, grid_slot, grid_val,
+                          reg_pick, g_read, g_k_soft, g_gates, g_reg, d_scores, d_features, gV, gWz, gWo, gbo, gbeta,
+                          b0, b1);
     }
   });
   const T beta = P.beta;
@@ -1056,7 +1069,7 @@ Bwd scan_backward(
     const at::Tensor& grid_val, const at::Tensor& reg_pick, const at::Tensor& g_read, const at::Tensor& g_k_soft,
     const at::Tensor& g_gates, const at::Tensor& g_reg, i64 n_nodes, i64 k_min, i64 k_max, i64 m_active,
     double gate_scale, double k_mask_temperature, bool spread_from_active, bool reverse_assoc, bool row_norm,
-    double circuit_direct, double eps, bool with_chain, i64 direct_max_bytes) {
+    double circuit_direct, double eps, bool with_chain) {
   const Options o = options(n_nodes, k_min, k_max, m_active, gate_scale, k_mask_temperature, spread_from_active,
                             reverse_assoc, row_norm, circuit_direct, eps, with_chain, 0.0, 0);
   auto c = contiguous({circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha,
@@ -1068,7 +1081,7 @@ Bwd scan_backward(
   AT_DISPATCH_FLOATING_TYPES(c[1].scalar_type(), "obs_scan_backward", [&] {
     const Params<scalar_t> P = params<scalar_t>(c[8], c[9], c[10], c[11], c[12]);
     r = backward_impl<scalar_t>(d, P, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[13], c[14], c[15], c[16],
-                                c[17], c[18], c[19], c[20], c[21], c[22], c[23], c[24], c[25], direct_max_bytes);
+                                c[17], c[18], c[19], c[20], c[21], c[22], c[23], c[24], c[25]);
   });
   return {r.d_scores, r.d_features, r.d_value, r.d_w_summary, r.d_w_out, r.d_b_out, r.d_beta};
 }
@@ -1094,7 +1107,7 @@ TORCH_LIBRARY(obs_cpu, m) {
         "Tensor grid_slot, Tensor grid_val, Tensor reg_pick, Tensor g_read, Tensor g_k_soft, Tensor g_gates, "
         "Tensor g_reg, int n_nodes, int k_min, int k_max, int m_active, float gate_scale, "
         "float k_mask_temperature, bool spread_from_active, bool reverse_assoc, bool row_norm, "
-        "float circuit_direct, float eps, bool with_chain, int direct_max_bytes) -> (Tensor d_scores, "
+        "float circuit_direct, float eps, bool with_chain) -> (Tensor d_scores, "
         "Tensor d_features, "
         "Tensor d_value, Tensor d_w_summary, Tensor d_w_out, Tensor d_b_out, Tensor d_beta_logit)");
 }

@@ -155,14 +155,45 @@ def test_reverse_association_lets_a_later_cue_recall_what_preceded_it(reverse):
 def test_load_balance_loss_is_one_when_even_and_larger_when_circuits_share_nodes():
     from onebigstate.model.addressing import load_balance_loss
     N, k = 8, 2
-    even = torch.zeros(1, 4, N)                                        # uniform address probabilities
+    even = torch.full((N,), 1.0 / N)                                    # uniform address probabilities
     disjoint = torch.tensor([[[0, 1], [2, 3], [4, 5], [6, 7]]])
     assert load_balance_loss(even, disjoint, k).item() == pytest.approx(1.0)
     # every circuit on nodes 0 and 1, and the address probability there too: N / k = 4
-    piled = torch.full((1, 4, N), -30.0)
-    piled[..., :2] = 0.0
+    piled = torch.softmax(torch.tensor([0.0, 0.0] + [-30.0] * (N - 2)), 0)
     shared = torch.tensor([[[0, 1]] * 4])
     assert load_balance_loss(piled, shared, k).item() == pytest.approx(N / k, rel=1e-6)
+
+
+@pytest.mark.parametrize("mean_prob,keep", [(False, True), (True, True), (True, False)])
+def test_addresser_equals_scoring_every_node_with_autograd(mean_prob, keep, monkeypatch):
+    """The blocked top-k and mean address probability, values and gradients, against the plain
+    formulas on the whole [B, T, N] score tensor (float64, blocks of 3 rows; the probabilities
+    kept for the backward or recomputed there)."""
+    from onebigstate.model import addressing
+    monkeypatch.setattr(addressing._Address, "BLOCK_FLOATS", 3 * 40)
+    monkeypatch.setattr(addressing._Address, "KEEP_FLOATS", 1 << 20 if keep else 0)
+    torch.manual_seed(0)
+    add = addressing.Addresser(6, 40, 5, 4).double()
+    x = torch.randn(2, 7, 6, dtype=torch.float64)
+    g_vals = torch.randn(2, 7, 4, dtype=torch.float64)
+    g_prob = torch.randn(40, dtype=torch.float64)
+    out = add(x, mean_prob=mean_prob)
+    loss = (out[1] * g_vals).sum() + ((out[2] * g_prob).sum() if mean_prob else 0)
+    loss.backward()
+    fast = [p.grad.clone() for p in add.parameters()]
+    add.zero_grad()
+    scores = (add.query(x) * add.scale) @ add.keys.T
+    top = torch.topk(scores, 4, dim=-1)
+    loss = (top.values * g_vals).sum()
+    if mean_prob:
+        prob = torch.softmax(scores, -1).reshape(-1, 40).mean(0)
+        loss = loss + (prob * g_prob).sum()
+        assert torch.allclose(out[2], prob, rtol=0, atol=1e-15)
+    loss.backward()
+    assert torch.equal(out[0], top.indices)
+    assert torch.allclose(out[1], top.values, rtol=0, atol=1e-14)
+    for a, b in zip(fast, (p.grad for p in add.parameters())):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_balance_cost_adds_to_aux_loss_and_reaches_the_address_keys():

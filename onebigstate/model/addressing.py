@@ -21,56 +21,96 @@ class Addresser(nn.Module):
         self.keys = nn.Parameter(torch.randn(n_nodes, d_key))
         self.scale = 1.0 / math.sqrt(d_key)
 
-    def forward(self, x: torch.Tensor, all_scores: bool = False):
-        """x [B, T, D] -> (circuit_idx [B, T, K] long, scores [B, T, K]); with ``all_scores``
-        also the scores of every node [B, T, N] (for :func:`load_balance_loss`)."""
+    def forward(self, x: torch.Tensor, mean_prob: bool = False):
+        """x [B, T, D] -> (circuit_idx [B, T, K] long, scores [B, T, K]); with ``mean_prob``
+        also every node's address probability (softmax over the N scores) averaged over the B x T
+        positions [N] (for :func:`load_balance_loss`)."""
         q = self.query(x) * self.scale                                           # [B, T, d_key]
-        if all_scores:
-            scores = q @ self.keys.T                                             # [B, T, N]
-            top = torch.topk(scores, self.k_max, dim=-1)
-            return top.indices, top.values, scores
-        values, idx = _TopScores.apply(q, self.keys, self.k_max)
-        return idx, values
+        values, idx, prob = _Address.apply(q, self.keys, self.k_max, mean_prob)
+        return (idx, values, prob) if mean_prob else (idx, values)
 
 
-class _TopScores(torch.autograd.Function):
-    """The top-k of ``q @ keys.T`` per row: (values [..., k], indices [..., k] long).
+class _Address(torch.autograd.Function):
+    """Top-k of the scores ``q @ keys.T`` per row, and optionally the softmax of every row's
+    scores averaged over the rows: (values [..., k], indices [..., k] long, mean probability [N]
+    or an empty tensor).
 
-    The same numbers as ``torch.topk(q @ keys.T, k)``, but the scores of all N nodes are made a
-    block of rows at a time (at most :attr:`BLOCK_FLOATS` of them live at once, not [B, T, N]),
-    and the backward touches only the k chosen keys per row: O(B T k d) instead of two
-    [B T, N] x d matmuls and a [B, T, N] gradient (at N = 16384 those cost most of a step).
+    The same numbers as ``torch.topk(q @ keys.T, k)`` and ``softmax(q @ keys.T).mean``, but the
+    scores of all N nodes exist a block of rows at a time (at most :attr:`BLOCK_FLOATS` of them,
+    never [B, T, N] with gradients). The backward of the top-k touches only the k chosen keys
+    per row, O(B T k d); the mean probability's reaches every score: it keeps the probabilities
+    up to :attr:`KEEP_FLOATS` of them and recomputes each block's beyond. At N = 16384, B = 32,
+    T = 128 the [B, T, N] tensors with gradients cost more than the whole scan.
     """
 
     BLOCK_FLOATS = 1 << 22
+    KEEP_FLOATS = 1 << 24        # the mean probability's backward keeps [B T, N] up to this size
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, k: int):
+    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, k: int, mean_prob: bool):
         rows = q.reshape(-1, q.shape[-1])
-        n_nodes = keys.shape[0]
-        values = rows.new_empty((rows.shape[0], k))
-        idx = torch.empty((rows.shape[0], k), dtype=torch.long, device=rows.device)
-        step = max(1, _TopScores.BLOCK_FLOATS // n_nodes)
-        for i in range(0, rows.shape[0], step):
-            top = torch.topk(rows[i:i + step] @ keys.T, k, dim=-1)
-            values[i:i + step], idx[i:i + step] = top.values, top.indices
-        ctx.save_for_backward(rows, keys, idx)
+        n_rows, n_nodes = rows.shape[0], keys.shape[0]
+        values = rows.new_empty((n_rows, k))
+        idx = torch.empty((n_rows, k), dtype=torch.long, device=rows.device)
+        prob = rows.new_zeros(n_nodes if mean_prob else 0)
+        # small enough: keep the probabilities for the backward instead of recomputing them
+        keep = mean_prob and n_rows * n_nodes <= _Address.KEEP_FLOATS
+        kept = []
+        for _, block in _blocks(n_rows, n_nodes):
+            scores = rows[block] @ keys.T
+            top = torch.topk(scores, k, dim=-1)
+            values[block], idx[block] = top.values, top.indices
+            if mean_prob:
+                scores /= _exp_rows_(scores).unsqueeze(1)       # the rows' softmax, in place
+                prob += scores.sum(0)
+                if keep:
+                    kept.append(scores)
+        prob /= max(n_rows, 1)
+        ctx.save_for_backward(rows, keys, idx, torch.cat(kept) if keep else rows.new_empty(0))
         ctx.q_shape = q.shape
         ctx.mark_non_differentiable(idx)
-        return values.view(*q.shape[:-1], k), idx.view(*q.shape[:-1], k)
+        ctx.set_materialize_grads(False)
+        return values.view(*q.shape[:-1], k), idx.view(*q.shape[:-1], k), prob
 
     @staticmethod
-    def backward(ctx, g_values: torch.Tensor, _g_idx):
-        rows, keys, idx = ctx.saved_tensors
-        g = g_values.reshape(idx.shape)                                          # [R, k]
-        chosen = keys.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)      # [R, k, d]
-        d_q = torch.bmm(g.unsqueeze(1), chosen).squeeze(1).view(ctx.q_shape)
-        d_keys = torch.zeros_like(keys).index_add_(0, idx.reshape(-1),
-                                                   (g.unsqueeze(-1) * rows.unsqueeze(1)).reshape(-1, keys.shape[1]))
-        return d_q, d_keys, None
+    def backward(ctx, g_values, _g_idx, g_prob):
+        rows, keys, idx, kept = ctx.saved_tensors
+        d_q, d_keys = torch.zeros_like(rows), torch.zeros_like(keys)
+        if g_values is not None:
+            g = g_values.reshape(idx.shape)                                      # [R, k]
+            chosen = keys.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # [R, k, d]
+            d_q += torch.bmm(g.unsqueeze(1), chosen).squeeze(1)
+            d_keys.index_add_(0, idx.reshape(-1), (g.unsqueeze(-1) * rows.unsqueeze(1)).reshape(-1, keys.shape[1]))
+        if g_prob is not None and g_prob.numel():
+            # d mean_r softmax(s_r) / d s_r = (diag(p_r) - p_r p_r^T) / R, applied to g_prob
+            g_mean = g_prob / rows.shape[0]
+            for _, block in _blocks(rows.shape[0], keys.shape[0]):
+                if kept.numel():
+                    p = kept[block]
+                else:
+                    p = rows[block] @ keys.T
+                    p /= _exp_rows_(p).unsqueeze(1)                              # softmax, [r, N]
+                g_s = p * (g_mean - (p @ g_mean).unsqueeze(1))
+                d_q[block] += g_s @ keys
+                d_keys += g_s.T @ rows[block]
+        return d_q.view(ctx.q_shape), d_keys, None, None
 
 
-def load_balance_loss(scores: torch.Tensor, circuit_idx: torch.Tensor, k: int) -> torch.Tensor:
+def _exp_rows_(scores: torch.Tensor) -> torch.Tensor:
+    """In place: scores [r, N] -> exp(scores - row max); returns the rows' sums [r] (softmax
+    without a second [r, N] tensor)."""
+    scores.sub_(scores.amax(dim=1, keepdim=True)).exp_()
+    return scores.sum(dim=1)
+
+
+def _blocks(n_rows: int, n_nodes: int):
+    """(index, slice) of row blocks holding at most _Address.BLOCK_FLOATS scores each."""
+    step = max(1, _Address.BLOCK_FLOATS // max(n_nodes, 1))
+    for i, start in enumerate(range(0, n_rows, step)):
+        yield i, slice(start, min(n_rows, start + step))
+
+
+def load_balance_loss(mean_prob: torch.Tensor, circuit_idx: torch.Tensor, k: int) -> torch.Tensor:
     """How unevenly the window's circuits load the nodes (the Switch Transformer's balance loss).
 
     ``N * sum_i f_i p_i``, where f_i is the share of the first ``k`` circuit slots that went to
@@ -79,11 +119,11 @@ def load_balance_loss(scores: torch.Tensor, circuit_idx: torch.Tensor, k: int) -
     probability away from over-used nodes. Shared nodes are where one token's writes land in
     another token's rows, so an even load is what keeps old associations apart.
 
-    scores [B, T, N], circuit_idx [B, T, K] long -> [].
+    mean_prob [N] (``Addresser(x, mean_prob=True)``), circuit_idx [B, T, K] long -> [].
     """
-    N = scores.shape[-1]
-    p = torch.softmax(scores.float(), dim=-1).reshape(-1, N).mean(0)
+    N = mean_prob.shape[-1]
     picked = circuit_idx[..., :k].reshape(-1)
-    f = torch.zeros(N, device=scores.device).index_add_(0, picked, torch.ones_like(picked, dtype=torch.float))
+    f = torch.zeros(N, device=mean_prob.device, dtype=mean_prob.dtype).index_add_(
+        0, picked, torch.ones_like(picked, dtype=mean_prob.dtype))
     f = f / picked.numel()
-    return (N * (f * p).sum()).to(scores.dtype)
+    return N * (f * mean_prob).sum()

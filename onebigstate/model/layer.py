@@ -117,7 +117,7 @@ class OBSLayer(nn.Module):
         cont = self._continuous_flags(continuous, B, T, x)
         balance = self.cfg.balance_cost > 0 and self.training
         if balance:
-            circuit_idx, scores, all_scores = self.addresser(x, all_scores=True)
+            circuit_idx, scores, mean_prob = self.addresser(x, mean_prob=True)
         else:
             circuit_idx, scores = self.addresser(x)
         inputs = ScanInputs(circuit_idx, scores, self.write.features(x), cont)
@@ -134,7 +134,7 @@ class OBSLayer(nn.Module):
         if n_samples > 0:
             aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
         if balance:
-            aux = aux + self.cfg.balance_cost * load_balance_loss(all_scores, circuit_idx, self.cfg.k_min)
+            aux = aux + self.cfg.balance_cost * load_balance_loss(mean_prob, circuit_idx, self.cfg.k_min)
         self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx,
                                    out.read.detach(), aux)
         return y, state

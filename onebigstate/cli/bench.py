@@ -14,7 +14,9 @@ where it stopped (a half-trained cell from its last checkpoint). Then writes
 DOCS/SUITE[_quick|_cpu].md: a table (task setting x model: accuracy mean ± spread over seeds at the
 best lr, parameters, state size in floats, wall time) with its command and commit, and plots.
 Suites: mqar, capacity, extrapolation, retention, sequential, state_tracking, continual (files
-under onebigstate/bench/suites/)."""
+under onebigstate/bench/suites/). The suite `speed` trains nothing: it measures tokens/s and peak
+memory of OBS (each scan backend) and every baseline against sequence length, N and batch
+(--quick: seconds; --cpu: DOCS/speed_cpu.md; --full --device cuda: DOCS/speed_gpu.md)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="cells run at once, each in its own process, longest first (default: 1); on a GPU "
                         "small models are launch-bound, so several jobs share it well")
+    p.add_argument("--threads", type=int,
+                   help="speed only: intra-op threads of every cell (default: all cores); the targets are also "
+                        "measured at 1 thread")
+    p.add_argument("--timeout", type=float, default=1800,
+                   help="speed only: seconds a cell may take before it is recorded as timed out (default: 1800)")
     p.add_argument("--out", default="runs/bench", help="folder of the suite run folders (default: runs/bench)")
     p.add_argument("--docs", default="docs/results", help="folder of the results pages (default: docs/results)")
     p.add_argument("--list", action="store_true", help="print the cells and exit")
@@ -139,7 +146,60 @@ def select_cells(suite, pattern: str):
     return dataclasses.replace(suite, cells=cells)
 
 
+def run_speed(args: argparse.Namespace) -> int:
+    """``obs bench speed``: the cells of bench/speed.py, each in its own process, then the page."""
+    import json
+    import os
+    import re
+
+    import torch
+
+    from onebigstate.bench.runner import device_label
+    from onebigstate.bench.speed import grid, run_grid
+    from onebigstate.bench.speed_report import write_page
+    from onebigstate.config import ConfigError
+
+    threads = args.threads or os.cpu_count() or 1
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    try:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device here")
+        cells = grid(args.mode, args.device, threads, models)
+        if args.cells:
+            rx = re.compile(args.cells)
+            cells = [c for c in cells if rx.search(c.name)]
+            if not cells:
+                raise ValueError(f"--cells '{args.cells}' matches no speed cell (see --list)")
+    except (ValueError, re.error) as err:
+        raise ConfigError(str(err)) from None
+    stem = {"quick": "speed_quick", "cpu": "speed_cpu", "full": "speed_gpu"}[args.mode]
+    if args.cells:   # a page of some cells never replaces the whole grid's
+        stem += "_cells"
+    out_json = Path(args.docs) / f"{stem}.json"
+    command = command_line(args) + (f" --threads {args.threads}" if args.threads else "")
+    if args.list:
+        for c in cells:
+            print(c.name)
+        print(f"{len(cells)} cells")
+        return 0
+    if args.report_only:
+        rows = json.loads(out_json.read_text())
+    else:
+        t0 = time.perf_counter()
+        rows = run_grid(cells, args.device, out_json, args.timeout)
+        print(f"speed: {len(rows)} cells in {time.perf_counter() - t0:.0f} s")
+    machine = device_label(args.device).replace("1 intra-op thread per run", f"{threads} intra-op threads")
+    page = write_page(rows, Path(args.docs) / f"{stem}.md", command, git_commit(),
+                      f"{machine}, torch {torch.__version__}")
+    print(f"wrote {page} and {out_json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "speed":
+        return run_speed(args)
     from onebigstate.bench.cells import Options
     from onebigstate.bench.report import redraw_plots, write_report
     from onebigstate.bench.runner import check_cell_configs, device_label, load_cell, run_suite

@@ -65,7 +65,7 @@ def _default_task() -> SeeHearParams:
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(steps=120, batch_size=16, lr=3e-3, warmup=10, eval_batch_size=64, log_every=10,
+    return TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup=10, eval_batch_size=64, log_every=10,
                        progress=False)
 
 

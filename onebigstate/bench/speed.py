@@ -14,7 +14,7 @@ What a cell measures (``SpeedCell.what``):
 
 ``fwd`` is a forward pass without gradients (evaluation); ``fwd+bwd`` a forward pass with
 gradients plus the backward pass (``train``: plus the optimizer step). Tokens/s = B x T / median
-seconds over the repeats after one warm-up. Peak memory: CPU, the highest resident memory of
+seconds over the repeats (as many as fit in a second, 1 to 5) after one warm-up forward+backward. Peak memory: CPU, the highest resident memory of
 the process during one fwd+bwd above its resident memory once the model was built (VmHWM,
 reset through /proc/self/clear_refs); CUDA, ``torch.cuda.max_memory_allocated`` above what was
 allocated before. Every cell runs in a fresh process (``python -m onebigstate.bench.speed
@@ -233,9 +233,8 @@ def measure(cell: SpeedCell, device: str = "cpu", min_seconds: float = 1.0, max_
                 p.grad = None
 
     def timed(f) -> list[float]:
-        f()          # warm-up (and, the first time, any compile or cache fill)
         times: list[float] = []
-        while len(times) < max_repeats and (sum(times) < min_seconds or len(times) < 2):
+        while len(times) < max_repeats and (not times or sum(times) < min_seconds):
             sync()
             t0 = time.perf_counter()
             f()
@@ -243,19 +242,19 @@ def measure(cell: SpeedCell, device: str = "cpu", min_seconds: float = 1.0, max_
             times.append(time.perf_counter() - t0)
         return times
 
+    # one warm-up (a first call pays for caches, tables and scratch memory), then the forward
+    # passes, then the forward+backward passes (the peak is the high-water mark over them)
+    fwd_bwd()
     t_fwd = timed(fwd)
-    fwd_bwd()                                   # warm-up of the measured peak's step
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
     peak_ok = _reset_peak()
-    fwd_bwd()
-    sync()
+    t_bwd = timed(fwd_bwd)
     if dev.type == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 20
     else:
         peak_mb = _rss_mb("VmHWM") - rss_built if peak_ok else float("nan")
-    t_bwd = timed(fwd_bwd)
     tokens = cell.batch * cell.seq_len
     f, fb = statistics.median(t_fwd), statistics.median(t_bwd)
     return {"s_fwd": f, "s_fwd_bwd": fb, "tok_s_fwd": tokens / f, "tok_s_fwd_bwd": tokens / fb,

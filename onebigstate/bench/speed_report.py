@@ -37,9 +37,10 @@ def _cell_text(r: dict | None) -> str:
     return f"{_fmt_tok(r['tok_s_fwd'])} / {_fmt_tok(r['tok_s_fwd_bwd'])}{mem}"
 
 
-def target_lines(rows: list[dict]) -> list[str]:
-    lines = ["| target | threads | fast path | against | fwd+bwd s (fast / against) | speed-up | aim | met |",
-             "|---|---:|---|---|---|---:|---:|---|"]
+def target_results(rows: list[dict]) -> list[dict]:
+    """Every target measured in ``rows``, at each thread count: the fast path's row, the row it is
+    compared with (None for the seconds aim), the speed-up or seconds, and whether the aim is met."""
+    out = []
     threads = sorted({r["threads"] for r in rows if r["axis"] == "target"})
     for what, fast, slow, aim, setting in TARGETS:
         for t in threads:
@@ -50,22 +51,59 @@ def target_lines(rows: list[dict]) -> list[str]:
             ratio = b[0]["s_fwd_bwd"] / a[0]["s_fwd_bwd"]
             where = ", ".join(f"{k[0].upper() if k != 'n_nodes' else 'N'}={v}" for k, v in setting.items()
                               if v is not None)
-            met = "yes" if ratio >= aim else f"no: {ratio / aim:.2f} of the aim"
-            lines.append(f"| {what} ({where}) | {t} | {fast} | {slow} | {a[0]['s_fwd_bwd']:.3f} / "
-                         f"{b[0]['s_fwd_bwd']:.3f} | {ratio:.1f}x | {aim:g}x | {met} |")
+            out.append(dict(what=f"{what} ({where})", threads=t, fast=a[0], slow=b[0], value=ratio, aim=aim,
+                            met=ratio >= aim, kind="ratio"))
     s = SPARSE_TARGET
     for t in threads:
         a = _find(rows, axis="target", what=s["what"], label=s["label"], threads=t, batch=s["batch"],
                   seq_len=s["seq_len"], n_nodes=s["n_nodes"])
         if a and _ok(a[0]):
-            sec = a[0]["s_fwd_bwd"]
             ref = _find(rows, axis="target", what=s["what"], label="obs (reversible, sparse)", threads=t,
                         batch=s["batch"], seq_len=s["seq_len"], n_nodes=s["n_nodes"])
-            vs = f"{ref[0]['s_fwd_bwd']:.3f}" if ref and _ok(ref[0]) else "-"
-            met = "yes" if sec < s["seconds"] else f"no: {sec / s['seconds']:.2f}x the aim"
-            lines.append(f"| train (B={s['batch']}, T={s['seq_len']}, N={s['n_nodes']}, sparse) | {t} | {s['label']} | "
-                         f"obs (reversible, sparse) | {sec:.3f} / {vs} | - | < {s['seconds']:g} s | {met} |")
+            out.append(dict(what=f"train (B={s['batch']}, T={s['seq_len']}, N={s['n_nodes']}, sparse)", threads=t,
+                            fast=a[0], slow=ref[0] if ref and _ok(ref[0]) else None, value=a[0]["s_fwd_bwd"],
+                            aim=s["seconds"], met=a[0]["s_fwd_bwd"] < s["seconds"], kind="seconds"))
+    return out
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    lines = ["| target | threads | fast path | against | fwd+bwd s (fast / against) | speed-up | aim | met |",
+             "|---|---:|---|---|---|---:|---:|---|"]
+    for r in target_results(rows):
+        slow_s = f"{r['slow']['s_fwd_bwd']:.3f}" if r["slow"] else "-"
+        against = r["slow"]["label"] if r["slow"] else "-"
+        if r["kind"] == "ratio":
+            met = "yes" if r["met"] else f"no: {r['value'] / r['aim']:.2f} of the aim"
+            lines.append(f"| {r['what']} | {r['threads']} | {r['fast']['label']} | {against} | "
+                         f"{r['fast']['s_fwd_bwd']:.3f} / {slow_s} | {r['value']:.1f}x | {r['aim']:g}x | {met} |")
+        else:
+            met = "yes" if r["met"] else f"no: {r['value'] / r['aim']:.2f}x the aim"
+            lines.append(f"| {r['what']} | {r['threads']} | {r['fast']['label']} | {against} | "
+                         f"{r['value']:.3f} / {slow_s} | - | < {r['aim']:g} s | {met} |")
     return lines
+
+
+def missed_fast_rows(rows: list[dict]) -> list[dict]:
+    """The fast path's row of every target missed (to profile)."""
+    return [r["fast"] for r in target_results(rows) if not r["met"]]
+
+
+def profile_lines(rows: list[dict]) -> list[str]:
+    """Where the time goes in the fast path of each missed target (rows given a ``profile``)."""
+    out = []
+    for r in target_results(rows):
+        prof = r["fast"].get("profile")
+        if r["met"] or prof is None:
+            continue
+        out += [f"**{r['what']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}, {r['fast']['label']}**: "
+                "operators by self time in one forward+backward (torch.profiler; the compiled scan's forward is "
+                "the `GeneratedBackwardFor_obs_cpu_scan_forward` node, its backward `obs_cpu::scan_backward`):", ""]
+        if isinstance(prof, str):
+            out += [f"(profile failed: {prof})", ""]
+            continue
+        out += ["| operator | self ms | share |", "|---|---:|---:|"]
+        out += [f"| `{p['op'][:70]}` | {p['self_ms']:.1f} | {100 * p['share']:.0f}% |" for p in prof] + [""]
+    return out
 
 
 def backend_lines(rows: list[dict]) -> list[str]:
@@ -173,6 +211,9 @@ def write_page(rows: list[dict], path: Path, command: str, commit: str, machine:
     bl = backend_lines(rows)
     if bl:
         lines += ["## The OBS scan and layer, backend by backend", ""] + bl
+    pl = profile_lines(rows)
+    if pl:
+        lines += ["## Where the time goes in the targets missed", ""] + pl
     tl = train_lines(rows)
     if tl:
         lines += ["## Training steps", ""] + tl

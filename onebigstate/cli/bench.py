@@ -155,8 +155,9 @@ def run_speed(args: argparse.Namespace) -> int:
     import torch
 
     from onebigstate.bench.runner import device_label
-    from onebigstate.bench.speed import grid, run_grid
-    from onebigstate.bench.speed_report import write_page
+    from onebigstate.bench.speed import SpeedCell, grid, run_grid
+    from onebigstate.bench.speed_profile import run_profile
+    from onebigstate.bench.speed_report import missed_fast_rows, write_page
     from onebigstate.config import ConfigError
 
     threads = args.threads or os.cpu_count() or 1
@@ -190,6 +191,13 @@ def run_speed(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         rows = run_grid(cells, args.device, out_json, args.timeout)
         print(f"speed: {len(rows)} cells in {time.perf_counter() - t0:.0f} s")
+    # where the time goes in every target missed: a profile of its fast path, for the page
+    missed = [r for r in missed_fast_rows(rows) if "profile" not in r]
+    for row in missed:
+        cell = SpeedCell(**{k: row[k] for k in SpeedCell.__dataclass_fields__})
+        row["profile"] = run_profile(cell, args.device, args.timeout)
+    if missed:
+        out_json.write_text(json.dumps(rows, indent=1))
     machine = device_label(args.device).replace("1 intra-op thread per run", f"{threads} intra-op threads")
     page = write_page(rows, Path(args.docs) / f"{stem}.md", command, git_commit(),
                       f"{machine}, torch {torch.__version__}")

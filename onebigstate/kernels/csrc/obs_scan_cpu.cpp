@@ -7,12 +7,13 @@
 // Both ops are functional (they change no input), so torch.library can register autograd for
 // them. The state is read as a *base* (the state at the window's start: a dense [B, N, N]
 // tensor or one [N, N] shared by all streams, or the sparse store's S_0 plus its stored
-// changes) plus the window's own changes, which the op keeps itself (Changes below). The
-// caller applies the returned log of writes (pos, vals) to its store after the op.
+// changes) plus the window's own changes, which the op keeps itself (DirectRows or
+// HashedChanges below). The caller applies the returned log of writes (pos, vals) to its store
+// after the op.
 //
 // The backward never rebuilds the state. The gradient needs the state only where a step read
 // it at its active columns (the R x M grid); the forward logs those values, and dL/dS is kept
-// only where the window wrote (Grad below). Backward memory is O(T (W + R M)) per stream, no
+// only where the window wrote (SlotGrad below). Backward memory is O(T (W + R M)) per stream, no
 // copy of S. Streams are independent and run in parallel (at::parallel_for); nothing in the
 // time loop talks to Python or synchronises.
 //
@@ -270,21 +271,6 @@ void for_writes(const Dims& d, const Plan<T>& pl, const i64* I, const i64* a_pre
   }
 }
 
-// Row and column of write entry k of a step (for_writes' order)
-inline void write_entry(const Dims& d, i64 k, const i64* I, const i64* a_prev, const i64* i_prev, i64* row,
-                        i64* col) {
-  const i64 K = d.K, M = d.M;
-  if (k < d.off_assoc()) { *row = I[k / K]; *col = I[k % K]; return; }
-  k -= d.off_assoc();
-  if (k < M * K) { *row = a_prev[k / K]; *col = I[k % K]; return; }
-  k -= M * K;
-  if (d.chain) {
-    if (k < K * K) { *row = i_prev[k / K]; *col = I[k % K]; return; }
-    k -= K * K;
-  }
-  *row = I[k / M]; *col = a_prev[k % M];
-}
-
 // Spread coefficients of the rows [I_t, A_{t-1}] before row_norm's scales: [alpha, beta w] / K
 template <typename T>
 void read_coeffs(const Dims& d, const Params<T>& P, const Plan<T>& pl, const T* w_prev, T* coeff) {
@@ -397,7 +383,7 @@ struct DirectRows {
     return row(r)[col];
   }
   // act += coeff * scale * (the row as it is now); returns the scale (1 without row_norm)
-  T spread_row(i64 r, T coeff, bool row_norm, T* act, T*, T*) {
+  T spread_row(i64 r, T coeff, bool row_norm, T* act, T*) {
     const T* x = row(r);
     const T scale = row_norm ? T(1) / (T(1) + static_cast<T>(std::sqrt(std::max(sq[r], 0.0)))) : T(1);
     const T cr = coeff * scale;
@@ -507,7 +493,7 @@ struct HashedChanges {
   // row's changes (stored and this window's) are summed per column first; its squared norm is
   // S_0's (the table's row_sq, else one pass) plus their corrections, so a row whose coefficient
   // is 0 (an unused circuit slot) never reads its N values of S_0.
-  T spread_row(i64 row, T coeff, bool row_norm, T* act, T* s0buf, T*) {
+  T spread_row(i64 row, T coeff, bool row_norm, T* act, T* s0buf) {
     if (static_cast<i64>(comb.size()) != N) { comb.assign(N, T(0)); seen.assign(N, 0); }
     cols.clear();
     auto put = [&](i64 c, T v) {
@@ -560,7 +546,7 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
   const i64 T_ = d.T, N = d.N, K = d.K, M = d.M, Dv = d.Dv, G = d.G(), W = d.W(), R = d.R();
   Changes ch(base);
   Plan<T> pl(d);
-  std::vector<T> act(N), rowbuf(N), s0buf(N), coeff(R), scale(R, T(1));
+  std::vector<T> act(N), s0buf(N), coeff(R), scale(R, T(1));
   std::vector<std::pair<T, i64>> cand;
   std::vector<T> maxima;
   std::vector<i64> a_prev(M), i_prev(K);
@@ -594,7 +580,7 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
       for (i64 r = 0; r < R; ++r) {
         const i64 row = r < K ? I[r] : a_prev[r - K];
         if (d.row_norm || coeff[r] != T(0))
-          scale[r] = ch.spread_row(row, coeff[r], d.row_norm, act.data(), s0buf.data(), rowbuf.data());
+          scale[r] = ch.spread_row(row, coeff[r], d.row_norm, act.data(), s0buf.data());
       }
       if (d.circuit_direct != 0.0)
         for (i64 k = 0; k < K; ++k) act[I[k]] += pl.alpha[k] * T(d.circuit_direct / double(K));

@@ -216,6 +216,14 @@ def test_task_batches_are_a_function_of_seed_and_step_and_test_seeds_are_disjoin
     assert xt.shape == (32, 16) and torch.equal(xt, task.test_set()[0])
 
 
+def test_the_scan_backend_is_not_part_of_a_runs_identity():
+    """A run trained on one scan backend resumes and is evaluated on another (same model)."""
+    a = _cfg(["model.mixer.backend=reversible"])
+    b = _cfg(["model.mixer.backend=cpu"])
+    assert a.identity() == b.identity()
+    assert a.identity() != _cfg(["model.mixer.n_nodes=64"]).identity()
+
+
 def test_configs_shipped_in_repo_are_valid():
     from onebigstate.config import load_config
     for name in ("demo", "mqar_64_8", "mqar_256_32"):

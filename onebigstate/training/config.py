@@ -83,6 +83,10 @@ class RunConfig(StrictModel):
                                        "task": self.task.model_copy(update={"params": params})})
 
     def identity(self) -> dict:
-        """What a checkpoint must agree with to be loaded into this run: the task and the model."""
+        """What a checkpoint must agree with to be loaded into this run: the task and the model.
+
+        Not the OBS scan's backend: every backend runs the same model (tests/test_obs_kernels.py),
+        so a run trained on one resumes, evaluates and is compared on another."""
         d = self.resolved().model_dump(mode="json")
+        d["model"]["mixer"].pop("backend", None)
         return {"task": d["task"], "model": d["model"]}

@@ -1,12 +1,10 @@
 """``obs bench speed``: the grid, one cell measured end to end, and the page's target verdicts."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from onebigstate.bench.speed import SpeedCell, grid, measure
-from onebigstate.bench.speed_report import target_lines, write_page
+from onebigstate.bench.speed import SpeedCell, grid, measure, read_rows
+from onebigstate.bench.speed_report import repeat_lines, target_lines
 from training_helpers import obs_cli
 
 
@@ -37,7 +35,7 @@ def test_a_cell_measures_forward_backward_and_memory():
 def _row(label, what, s, threads=1, **kw):
     base = dict(what=what, model=label.split()[0], label=label, batch=32, seq_len=256, n_nodes=1024,
                 threads=threads, axis="target", tok_s_fwd=1.0, tok_s_fwd_bwd=1.0, s_fwd=s, s_fwd_bwd=s,
-                peak_mb=1.0, params=1, width=64, pairs=None)
+                peak_mb=1.0, params=1, width=64, pairs=None, state_backend="dense")
     return {**base, **kw}
 
 
@@ -49,15 +47,35 @@ def test_target_verdicts_are_ratios_of_rows_of_the_run():
     assert "| 15.0x | 10x | yes |" in lines
 
 
+def test_settings_measured_twice_are_listed_with_their_spread():
+    rows = [_row("obs (cpu)", "model", 0.1, axis="seq_len", n_nodes=None, tok_s_fwd_bwd=100.0),
+            _row("obs (cpu)", "model", 0.1, axis="n_nodes", n_nodes=1024, tok_s_fwd_bwd=150.0),
+            _row("lstm", "model", 0.1, axis="seq_len", n_nodes=None)]
+    lines = "\n".join(repeat_lines(rows))
+    assert "| obs (cpu) | 32 | 256 | 100 | 150 | 1.50 |" in lines and "lstm" not in lines
+
+
 def test_obs_bench_speed_quick_writes_its_page(tmp_path):
     obs_cli("bench", "speed", "--quick", "--models", "obs,lstm", "--threads", "1", "--docs", str(tmp_path),
             timeout=300)
-    rows = json.loads((tmp_path / "speed_quick.json").read_text())
+    meta, rows = read_rows(tmp_path / "speed_quick.json")
+    assert meta["command"].startswith("obs bench speed --quick") and meta["commit"]
     assert {r["label"] for r in rows} >= {"obs (cpu)", "obs (reversible)", "lstm"}
     assert all("error" not in r for r in rows), [r.get("error") for r in rows]
     page = (tmp_path / "speed_quick.md").read_text()
     assert "obs bench speed --quick" in page and "| lstm |" in page
     assert (tmp_path / "speed_quick_seq_len.png").exists()
-    # the page can be written again from the rows alone
-    write_page(rows, tmp_path / "again.md", "cmd", "abc", "here")
-    assert "| lstm |" in (tmp_path / "again.md").read_text()
+    # the page can be written again from the rows alone, and says so
+    obs_cli("bench", "speed", "--quick", "--models", "obs,lstm", "--threads", "1", "--docs", str(tmp_path),
+            "--report-only")
+    again = (tmp_path / "speed_quick.md").read_text()
+    assert "| lstm |" in again and "Page written again from its rows" in again
+    assert read_rows(tmp_path / "speed_quick.json")[1] == rows
+
+
+def test_a_profile_names_where_the_time_goes():
+    from onebigstate.bench.speed_profile import profile_cell
+    ops = profile_cell(SpeedCell(what="layer", model="obs", batch=2, seq_len=8, n_nodes=32, backend="cpu"))
+    assert 0 < len(ops) <= 8 and all(o["self_ms"] >= 0 for o in ops)
+    assert sum(o["share"] for o in ops) <= 1 + 1e-9 and ops[0]["share"] >= ops[-1]["share"]
+    assert any("obs_cpu" in o["op"] for o in ops)

@@ -275,20 +275,30 @@ def run_cell(cell: SpeedCell, device: str, timeout: float) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def run_grid(cells: list[SpeedCell], device: str, out_json: Path, timeout: float,
+def write_rows(out_json: Path, meta: dict, rows: list[dict]) -> None:
+    """``{"meta": ..., "rows": [...]}`` to ``out_json``, atomically (a killed run keeps what it had)."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_json.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    tmp.replace(out_json)
+
+
+def read_rows(out_json: Path) -> tuple[dict, list[dict]]:
+    """(meta, rows) written by :func:`write_rows`."""
+    data = json.loads(out_json.read_text())
+    return data["meta"], data["rows"]
+
+
+def run_grid(cells: list[SpeedCell], device: str, out_json: Path, timeout: float, meta: dict,
              log=print) -> list[dict]:
-    """Every cell, each in its own process; rows (cell fields + results) also written to ``out_json``
-    as they finish, so a killed run keeps what it measured."""
-    rows = []
+    """Every cell, each in its own process; the rows (cell fields + results) written to ``out_json``
+    as they finish, with ``meta`` (command, commit, machine)."""
+    rows: list[dict] = []
     for i, cell in enumerate(cells, 1):
         t0 = time.perf_counter()
         res = run_cell(cell, device, timeout)
-        row = {**asdict(cell), "label": cell.label, **res}
-        rows.append(row)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(out_json)
+        rows.append({**asdict(cell), "label": cell.label, **res})
+        write_rows(out_json, meta, rows)
         what = res.get("error") or f"fwd {res['tok_s_fwd']:,.0f} tok/s, fwd+bwd {res['tok_s_fwd_bwd']:,.0f} tok/s"
         log(f"[{i}/{len(cells)}] {cell.name}: {what} ({time.perf_counter() - t0:.0f} s)")
     return rows

@@ -193,11 +193,41 @@ def plot(rows: list[dict], axis: str, key: str, path: Path, xlabel: str) -> Path
     return path
 
 
-def write_page(rows: list[dict], path: Path, command: str, commit: str, machine: str) -> Path:
+def repeat_lines(rows: list[dict]) -> list[str]:
+    """Settings the run measured twice (a sweep's shared point): how far this machine's timings
+    move between two measurements of the same thing."""
+    seen: dict[tuple, dict] = {}
+    pairs = []
+    for r in rows:
+        if not _ok(r) or r["axis"] == "target":
+            continue
+        n = r["n_nodes"] or (1024 if r["model"] == "obs" else None)
+        key = (r["label"], r["what"], r["batch"], r["seq_len"], n, r["width"], r["threads"], r["state_backend"])
+        if key in seen:
+            pairs.append((seen[key], r))
+        else:
+            seen[key] = r
+    if not pairs:
+        return []
+    lines = ["The same setting measured twice in this run (once per sweep that contains it), tokens/s "
+             "forward+backward: the spread is this machine's noise, not the code's.", "",
+             "| model | B | T | first | second | ratio |", "|---|---:|---:|---:|---:|---:|"]
+    for a, b in pairs:
+        ratio = max(a["tok_s_fwd_bwd"], b["tok_s_fwd_bwd"]) / min(a["tok_s_fwd_bwd"], b["tok_s_fwd_bwd"])
+        lines.append(f"| {a['label']} | {a['batch']} | {a['seq_len']} | {_fmt_tok(a['tok_s_fwd_bwd'])} | "
+                     f"{_fmt_tok(b['tok_s_fwd_bwd'])} | {ratio:.2f} |")
+    return lines + [""]
+
+
+def write_page(rows: list[dict], path: Path, meta: dict, rewritten: str | None = None) -> Path:
+    """The page from the rows and their run's ``meta`` (command, commit, machine, started);
+    ``rewritten``: the command that wrote the page again from those rows, if any."""
     stem = path.stem
+    again = f" Page written again from its rows by `{rewritten}`." if rewritten else ""
     lines = [f"# Speed and memory ({stem.replace('_', ' ')})", "",
-             f"Command: `{command}` at commit `{commit}`, on {machine}. Every row comes from this one run; "
-             "every ratio is between rows of it. Cells ran one after another, each in a fresh process.", "",
+             f"Command: `{meta['command']}` at commit `{meta['commit']}`, on {meta['machine']}, started "
+             f"{meta.get('started', '?')}.{again} Every row comes from this one run; every ratio is between rows "
+             "of it. Cells ran one after another, each in a fresh process.", "",
              "Units: tokens/s = batch x sequence length / seconds (the median of the repeats after a warm-up); "
              "`fwd` is a forward pass without gradients, `fwd+bwd` a forward with gradients and the backward "
              "(for training steps also the loss and AdamW). Peak MB: the most resident memory of the process "
@@ -231,6 +261,9 @@ def write_page(rows: list[dict], path: Path, command: str, commit: str, machine:
             body += [f"![{title}]({png.name})", ""]
     if body:
         lines += ["## Sweeps", ""] + body
+    rep = repeat_lines(rows)
+    if rep:
+        lines += ["## Repeatability", ""] + rep
     errors = [r for r in rows if not _ok(r)]
     if errors:
         lines += ["## Cells that did not finish", ""] + [f"- {r['label']} {r['what']} B={r['batch']} "

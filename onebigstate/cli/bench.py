@@ -148,14 +148,13 @@ def select_cells(suite, pattern: str):
 
 def run_speed(args: argparse.Namespace) -> int:
     """``obs bench speed``: the cells of bench/speed.py, each in its own process, then the page."""
-    import json
     import os
     import re
 
     import torch
 
     from onebigstate.bench.runner import device_label
-    from onebigstate.bench.speed import SpeedCell, grid, run_grid
+    from onebigstate.bench.speed import SpeedCell, grid, read_rows, run_grid, write_rows
     from onebigstate.bench.speed_profile import run_profile
     from onebigstate.bench.speed_report import missed_fast_rows, write_page
     from onebigstate.config import ConfigError
@@ -185,22 +184,27 @@ def run_speed(args: argparse.Namespace) -> int:
             print(c.name)
         print(f"{len(cells)} cells")
         return 0
+    machine = device_label(args.device).replace("1 intra-op thread per run", f"{threads} intra-op threads")
     if args.report_only:
-        rows = json.loads(out_json.read_text())
+        if not out_json.exists():
+            raise ConfigError(f"--report-only: no rows at {out_json} (run the suite first)")
+        meta, rows = read_rows(out_json)
+        rewritten = f"{command} --report-only at commit `{git_commit()}`"
     else:
+        meta = {"command": command, "commit": git_commit(), "machine": f"{machine}, torch {torch.__version__}",
+                "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         t0 = time.perf_counter()
-        rows = run_grid(cells, args.device, out_json, args.timeout)
+        rows = run_grid(cells, args.device, out_json, args.timeout, meta)
         print(f"speed: {len(rows)} cells in {time.perf_counter() - t0:.0f} s")
+        rewritten = None
     # where the time goes in every target missed: a profile of its fast path, for the page
     missed = [r for r in missed_fast_rows(rows) if "profile" not in r]
     for row in missed:
         cell = SpeedCell(**{k: row[k] for k in SpeedCell.__dataclass_fields__})
         row["profile"] = run_profile(cell, args.device, args.timeout)
     if missed:
-        out_json.write_text(json.dumps(rows, indent=1))
-    machine = device_label(args.device).replace("1 intra-op thread per run", f"{threads} intra-op threads")
-    page = write_page(rows, Path(args.docs) / f"{stem}.md", command, git_commit(),
-                      f"{machine}, torch {torch.__version__}")
+        write_rows(out_json, meta, rows)
+    page = write_page(rows, Path(args.docs) / f"{stem}.md", meta, rewritten)
     print(f"wrote {page} and {out_json}")
     return 0
 

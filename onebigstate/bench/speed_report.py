@@ -16,6 +16,9 @@ TARGETS = [
 SPARSE_TARGET = dict(what="train", label="obs (cpu, sparse)", batch=32, seq_len=128, n_nodes=16384, seconds=1.0)
 
 
+_SYMBOL = {"batch": "B", "seq_len": "T", "n_nodes": "N"}
+
+
 def _ok(r: dict) -> bool:
     return "error" not in r and r.get("s_fwd_bwd") is not None
 
@@ -49,8 +52,7 @@ def target_results(rows: list[dict]) -> list[dict]:
             if not a or not b or not (_ok(a[0]) and _ok(b[0])):
                 continue
             ratio = b[0]["s_fwd_bwd"] / a[0]["s_fwd_bwd"]
-            where = ", ".join(f"{k[0].upper() if k != 'n_nodes' else 'N'}={v}" for k, v in setting.items()
-                              if v is not None)
+            where = ", ".join(f"{_SYMBOL[k]}={v}" for k, v in setting.items() if v is not None)
             out.append(dict(what=f"{what} ({where})", threads=t, fast=a[0], slow=b[0], value=ratio, aim=aim,
                             met=ratio >= aim, kind="ratio"))
     s = SPARSE_TARGET

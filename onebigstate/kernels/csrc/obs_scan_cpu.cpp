@@ -673,6 +673,15 @@ FwdOut forward_impl(const Dims& d, const Base<T>& base, const Params<T>& P, cons
 }
 
 // ================================ backward ========================================================
+// What the backward reads: the window's inputs, the forward's log and the upstream gradients.
+struct BwdLog {
+  at::Tensor circuit_idx, scores, features, continuous;            // the window's inputs
+  at::Tensor carry_idx, carry_w, carry_cidx, carry_alpha;          // the carry it started from
+  at::Tensor k_hard, active, w_log, alpha_log, scale_log;          // the forward's per-step log
+  at::Tensor write_slot, grid_slot, grid_val, reg_pick;            // written entries and sampled ones
+  at::Tensor g_read, g_k_soft, g_gates, g_reg;                     // upstream gradients
+};
+
 // dL/dS_t of one stream at the window's written entries, by the forward's slot numbers: a small
 // array (about 4 bytes per entry written), not a second N x N state.
 template <typename T>
@@ -685,32 +694,25 @@ struct SlotGrad {
 };
 
 template <typename T>
-void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circuit_idx, const at::Tensor& scores,
-                      const at::Tensor& features, const at::Tensor& continuous, const at::Tensor& carry_idx,
-                      const at::Tensor& carry_w, const at::Tensor& carry_cidx, const at::Tensor& carry_alpha,
-                      const at::Tensor& k_hard, const at::Tensor& active, const at::Tensor& w_log,
-                      const at::Tensor& alpha_log, const at::Tensor& scale_log, const at::Tensor& write_slot,
-                      const at::Tensor& grid_slot, const at::Tensor& grid_val, const at::Tensor& reg_pick,
-                      const at::Tensor& g_read, const at::Tensor& g_k_soft, const at::Tensor& g_gates,
-                      const at::Tensor& g_reg, at::Tensor& d_scores, at::Tensor& d_features, T* gV, T* gWz, T* gWo,
-                      T* gbo, T& gbeta, i64 b0, i64 b1) {
+void backward_streams(const Dims& d, const Params<T>& P, const BwdLog& L, at::Tensor& d_scores,
+                      at::Tensor& d_features, T* gV, T* gWz, T* gWo, T* gbo, T& gbeta, i64 b0, i64 b1) {
   const i64 T_ = d.T, N = d.N, K = d.K, M = d.M, H = d.H, Dv = d.Dv, O = d.O, G = d.G(), W = d.W(), R = d.R();
-  const i64 P_ = reg_pick.numel();
-  const i64* cidx = circuit_idx.data_ptr<i64>();
-  const T *sc = scores.data_ptr<T>(), *ft = features.data_ptr<T>(), *ct = continuous.data_ptr<T>();
-  const i64* pick = reg_pick.data_ptr<i64>();
+  const i64 P_ = L.reg_pick.numel();
+  const i64* cidx = L.circuit_idx.data_ptr<i64>();
+  const T *sc = L.scores.data_ptr<T>(), *ft = L.features.data_ptr<T>(), *ct = L.continuous.data_ptr<T>();
+  const i64* pick = L.reg_pick.data_ptr<i64>();
   const T beta = P.beta;
   SlotGrad<T> Gs;
   Plan<T> pl(d);
   std::vector<T> coeff(R), scale(R, T(1)), a(M), pos(M), w(M), dw(M), da(M), dcoeff(R), dalpha(K), dw_prev(M),
       dal_prev(K), gw_next(M), gal_next(K), dg(G), dout(O), dz(Dv), dp(K);
   for (i64 b = b0; b < b1; ++b) {
-    const int32_t* ws_b = write_slot.data_ptr<int32_t>() + b * T_ * W;
+    const int32_t* ws_b = L.write_slot.data_ptr<int32_t>() + b * T_ * W;
     int32_t n_slots = 0;
     for (i64 e = 0; e < T_ * W; ++e) n_slots = std::max(n_slots, ws_b[e] + 1);
     Gs.begin(n_slots);
     // the regulariser read the final state at sampled writes
-    for (i64 q = 0; q < P_; ++q) Gs.at(ws_b[pick[q]]) += g_reg.data_ptr<T>()[b * P_ + q];
+    for (i64 q = 0; q < P_; ++q) Gs.at(ws_b[pick[q]]) += L.g_reg.data_ptr<T>()[b * P_ + q];
     std::fill(gw_next.begin(), gw_next.end(), T(0));
     std::fill(gal_next.begin(), gal_next.end(), T(0));
     for (i64 t = T_ - 1; t >= 0; --t) {
@@ -719,22 +721,22 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
       const i64 *a_prev, *i_prev;
       const T *w_prev, *al_prev;
       if (t > 0) {
-        a_prev = active.data_ptr<i64>() + (bt - 1) * M; w_prev = w_log.data_ptr<T>() + (bt - 1) * M;
-        i_prev = cidx + (bt - 1) * K; al_prev = alpha_log.data_ptr<T>() + (bt - 1) * K;
+        a_prev = L.active.data_ptr<i64>() + (bt - 1) * M; w_prev = L.w_log.data_ptr<T>() + (bt - 1) * M;
+        i_prev = cidx + (bt - 1) * K; al_prev = L.alpha_log.data_ptr<T>() + (bt - 1) * K;
       } else {
-        a_prev = carry_idx.data_ptr<i64>() + b * M; w_prev = carry_w.data_ptr<T>() + b * M;
-        i_prev = carry_cidx.data_ptr<i64>() + b * K; al_prev = carry_alpha.data_ptr<T>() + b * K;
+        a_prev = L.carry_idx.data_ptr<i64>() + b * M; w_prev = L.carry_w.data_ptr<T>() + b * M;
+        i_prev = L.carry_cidx.data_ptr<i64>() + b * K; al_prev = L.carry_alpha.data_ptr<T>() + b * K;
       }
       const T cont = ct[bt];
-      plan_step(d, P, ft + bt * H, sc + bt * K, a_prev, w_prev, k_hard.data_ptr<i64>()[bt], pl);
+      plan_step(d, P, ft + bt * H, sc + bt * K, a_prev, w_prev, L.k_hard.data_ptr<i64>()[bt], pl);
       read_coeffs(d, P, pl, w_prev, coeff.data());
       if (d.row_norm) {
-        std::copy_n(scale_log.data_ptr<T>() + bt * R, R, scale.data());
+        std::copy_n(L.scale_log.data_ptr<T>() + bt * R, R, scale.data());
         for (i64 r = 0; r < R; ++r) coeff[r] = coeff[r] * scale[r];
       }
-      const i64* A = active.data_ptr<i64>() + bt * M;
-      const T* gv = grid_val.data_ptr<T>() + bt * R * M;
-      const int32_t* gs = grid_slot.data_ptr<int32_t>() + bt * R * M;
+      const i64* A = L.active.data_ptr<i64>() + bt * M;
+      const T* gv = L.grid_val.data_ptr<T>() + bt * R * M;
+      const int32_t* gs = L.grid_slot.data_ptr<int32_t>() + bt * R * M;
       // the activation at A_t, rebuilt from the logged grid
       for (i64 j = 0; j < M; ++j) {
         T acc = 0;
@@ -749,7 +751,7 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
       const T D = sp + T(d.eps);
       for (i64 j = 0; j < M; ++j) w[j] = pos[j] / D * T(K);
       // r_t = sum_j w_j V[A_j] / K
-      const T* gr = g_read.data_ptr<T>() + bt * Dv;
+      const T* gr = L.g_read.data_ptr<T>() + bt * Dv;
       for (i64 j = 0; j < M; ++j) {
         const T* v = P.V + A[j] * Dv;
         T* gv_row = gV + A[j] * Dv;
@@ -788,7 +790,7 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
         }
       }
       // the writes: dL/dvals = dL/dS_t (which now includes this step's own read) at each entry
-      std::copy_n(g_gates.data_ptr<T>() + bt * G, G, dg.data());
+      std::copy_n(L.g_gates.data_ptr<T>() + bt * G, G, dg.data());
       const int32_t* wslot = ws_b + t * W;
       auto dv_at = [&](i64 e) { return Gs.g[wslot[e]]; };
       const T* al = pl.alpha.data();
@@ -832,8 +834,8 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
         const T th = pl.gates[g] / T(d.gate_scale);
         dout[g + 1] = dg[g] * T(d.gate_scale) * (T(1) - th * th);
       }
-      // alpha = mask * softmax(scores) * K, the mask straight-through to k_soft
-      T dk = g_k_soft.data_ptr<T>()[bt];
+      // alpha = mask * softmax(L.scores) * K, the mask straight-through to k_soft
+      T dk = L.g_k_soft.data_ptr<T>()[bt];
       T pdp = 0;
       for (i64 r = 0; r < K; ++r) {
         const T dmask = dalpha[r] * pl.p[r] * T(K);
@@ -875,17 +877,10 @@ void backward_streams(const Dims& d, const Params<T>& P, const at::Tensor& circu
 struct BwdOut { at::Tensor d_scores, d_features, d_value, d_w_summary, d_w_out, d_b_out, d_beta; };
 
 template <typename T>
-BwdOut backward_impl(const Dims& d, const Params<T>& P, const at::Tensor& circuit_idx, const at::Tensor& scores,
-                     const at::Tensor& features, const at::Tensor& continuous, const at::Tensor& carry_idx,
-                     const at::Tensor& carry_w, const at::Tensor& carry_cidx, const at::Tensor& carry_alpha,
-                     const at::Tensor& k_hard, const at::Tensor& active, const at::Tensor& w_log,
-                     const at::Tensor& alpha_log, const at::Tensor& scale_log, const at::Tensor& write_slot,
-                     const at::Tensor& grid_slot, const at::Tensor& grid_val, const at::Tensor& reg_pick,
-                     const at::Tensor& g_read, const at::Tensor& g_k_soft, const at::Tensor& g_gates,
-                     const at::Tensor& g_reg) {
+BwdOut backward_impl(const Dims& d, const Params<T>& P, const BwdLog& L) {
   const i64 B = d.B, T_ = d.T, N = d.N, K = d.K, H = d.H, Dv = d.Dv, O = d.O;
-  TORCH_CHECK(grid_val.size(1) == T_, "obs_scan backward: the forward ran without saving for backward");
-  auto f = scores.options();
+  TORCH_CHECK(L.grid_val.size(1) == T_, "obs_scan backward: the forward ran without saving for backward");
+  auto f = L.scores.options();
   at::Tensor d_scores = at::zeros({B, T_, K}, f), d_features = at::zeros({B, T_, H}, f);
   // parameter gradients: one accumulator per chunk of streams (at most one chunk per thread)
   const i64 n_chunks = std::max<i64>(1, std::min<i64>(B, at::get_num_threads()));
@@ -899,10 +894,7 @@ BwdOut backward_impl(const Dims& d, const Params<T>& P, const at::Tensor& circui
       T* gWo = dWo.data_ptr<T>() + c * O * H;
       T* gbo = dbo.data_ptr<T>() + c * O;
       T& gbeta = dbeta.data_ptr<T>()[c];
-      backward_streams<T>(d, P, circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx,
-                          carry_alpha, k_hard, active, w_log, alpha_log, scale_log, write_slot, grid_slot, grid_val,
-                          reg_pick, g_read, g_k_soft, g_gates, g_reg, d_scores, d_features, gV, gWz, gWo, gbo, gbeta,
-                          b0, b1);
+      backward_streams<T>(d, P, L, d_scores, d_features, gV, gWz, gWo, gbo, gbeta, b0, b1);
     }
   });
   const T beta = P.beta;
@@ -1066,8 +1058,9 @@ Bwd scan_backward(
   BwdOut r;
   AT_DISPATCH_FLOATING_TYPES(c[1].scalar_type(), "obs_scan_backward", [&] {
     const Params<scalar_t> P = params<scalar_t>(c[8], c[9], c[10], c[11], c[12]);
-    r = backward_impl<scalar_t>(d, P, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[13], c[14], c[15], c[16],
-                                c[17], c[18], c[19], c[20], c[21], c[22], c[23], c[24], c[25]);
+    const BwdLog L{c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[13], c[14], c[15], c[16], c[17],
+                   c[18], c[19], c[20], c[21], c[22], c[23], c[24], c[25]};
+    r = backward_impl<scalar_t>(d, P, L);
   });
   return {r.d_scores, r.d_features, r.d_value, r.d_w_summary, r.d_w_out, r.d_b_out, r.d_beta};
 }

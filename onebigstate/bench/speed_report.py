@@ -221,11 +221,12 @@ def repeat_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def write_page(rows: list[dict], path: Path, meta: dict, rewritten: str | None = None) -> Path:
+def write_page(rows: list[dict], path: Path, meta: dict, rewritten: dict | None = None) -> Path:
     """The page from the rows and their run's ``meta`` (command, commit, machine, started);
-    ``rewritten``: the command that wrote the page again from those rows, if any."""
+    ``rewritten``: the command and commit that wrote the page again from those rows, if any."""
     stem = path.stem
-    again = f" Page written again from its rows by `{rewritten}`." if rewritten else ""
+    again = (f" Page written again from its rows by `{rewritten['command']}` at commit `{rewritten['commit']}`."
+             if rewritten else "")
     lines = [f"# Speed and memory ({stem.replace('_', ' ')})", "",
              f"Command: `{meta['command']}` at commit `{meta['commit']}`, on {meta['machine']}, started "
              f"{meta.get('started', '?')}.{again} Every row comes from this one run; every ratio is between rows "

@@ -189,7 +189,7 @@ def run_speed(args: argparse.Namespace) -> int:
         if not out_json.exists():
             raise ConfigError(f"--report-only: no rows at {out_json} (run the suite first)")
         meta, rows = read_rows(out_json)
-        rewritten = f"{command} --report-only at commit `{git_commit()}`"
+        rewritten = {"command": f"{command} --report-only", "commit": git_commit()}
     else:
         meta = {"command": command, "commit": git_commit(), "machine": f"{machine}, torch {torch.__version__}",
                 "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -34,8 +34,11 @@ CASES = {
     "reverse_assoc": dict(T=12, continuous="mixed", carried=True, cfg=dict(reverse_assoc=True)),
     "row_norm": dict(T=14, continuous="mixed", carried=True, cfg=dict(row_norm=True)),
     "circuit_direct": dict(T=12, continuous="mixed", carried=True, cfg=dict(row_norm=True, circuit_direct=2.0)),
+    # a bound small enough that many writes are damped and some entries pinned (factor 0)
+    "state_bound": dict(T=16, continuous="mixed", carried=True, cfg=dict(state_bound=0.3)),
     "every_switch": dict(T=15, continuous="mixed", carried=True, cfg=dict(
-        row_norm=True, circuit_direct=1.0, reverse_assoc=True, gaussian_reg=dict(weight=0.2, n_samples=50))),
+        row_norm=True, circuit_direct=1.0, reverse_assoc=True, state_bound=0.5,
+        gaussian_reg=dict(weight=0.2, n_samples=50))),
 }
 # "cpu_hashed": the compiled backend with the window's changes in its hash map (what it uses
 # when an N x N scratch would exceed cpu.DIRECT_MAX_BYTES), forced at these small sizes

@@ -19,6 +19,7 @@ from tests.helpers import rel_err
 from tests.test_obs_kernels import CASES, FAST_BACKENDS, run
 
 SPARSE_CASES = ["odd_T", "continuous_mixed", "carried_state", "reverse_assoc", "row_norm", "circuit_direct",
+                "state_bound",
                 "gaussian_reg_and_k_cost"]
 
 

@@ -9,8 +9,8 @@ import torch
 
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
-                                      add_direct, choose_active, flat_positions, plan_writes,
-                                      read_rows_and_coeffs, row_scale, spread, take)
+                                      add_direct, bound_factors, choose_active, flat_positions, plan_writes,
+                                      read_rows_and_coeffs, row_scale, scale_plan, spread, take)
 
 
 def scan_reference(store, carry: Carry, inputs: ScanInputs, params: StepParams, cfg: StepConfig,
@@ -25,6 +25,8 @@ def scan_reference(store, carry: Carry, inputs: ScanInputs, params: StepParams, 
         plan = plan_writes(params, cfg, inputs.circuit_idx[:, t], inputs.scores[:, t],
                            inputs.features[:, t], inputs.continuous[:, t], carry, with_chain=with_chain)
         pos = flat_positions(plan.rows, plan.cols, N)
+        if cfg.state_bound > 0:
+            plan = scale_plan(plan, bound_factors(plan.vals, take(S.reshape(-1), pos), cfg))
         S = S.reshape(-1).index_add(0, pos.reshape(-1), plan.vals.reshape(-1)).view(B, N, N)
         with torch.no_grad():
             store.mark_written(pos, plan.vals != 0)

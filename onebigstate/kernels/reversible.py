@@ -24,8 +24,8 @@ import torch
 
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
-                                      add_direct, choose_active, direct_at, flat_positions,
-                                      plan_writes, read_rows_and_coeffs, spread)
+                                      add_direct, bound_factors, choose_active, direct_at, flat_positions,
+                                      plan_writes, read_rows_and_coeffs, scale_plan, spread)
 
 
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
@@ -77,6 +77,11 @@ class _ReversibleScan(torch.autograd.Function):
             plan = plan_writes(params, cfg, circuit_idx[:, t], scores[:, t], features[:, t],
                                continuous[:, t], carry, with_chain=with_chain)
             pos, vals = flat_positions(plan.rows, plan.cols, N), plan.vals
+            if cfg.state_bound > 0:
+                factors = bound_factors(vals, store.values_at(pos), cfg)
+                vals = vals * factors
+                if for_backward:
+                    logs.put("factors", t, factors)
             store.add_(pos, vals)
             store.mark_written(pos, vals != 0)
             rows, coeff = read_rows_and_coeffs(params, cfg, circuit_idx[:, t], plan.alpha, carry)
@@ -105,9 +110,11 @@ class _ReversibleScan(torch.autograd.Function):
             snapshot = store.snapshot()
             snap_keys = sorted(snapshot)
             scale_t = logs["scale"] if cfg.row_norm else w_t.new_zeros((B, 0))
+            factors_t = logs["factors"] if cfg.state_bound > 0 else w_t.new_zeros((B, 0))
             ctx.save_for_backward(*[snapshot[k] for k in snap_keys], circuit_idx, continuous, carry_idx, carry_cidx,
                                   carry_w, carry_alpha, scores, features, k_hard_t, active_t, w_t,
-                                  logs["alpha"], logs["vals"], logs["pos"], sample_pos, scale_t, *param_tensors)
+                                  logs["alpha"], logs["vals"], logs["pos"], sample_pos, scale_t, factors_t,
+                                  *param_tensors)
             ctx.store_cls, ctx.snap_keys = type(store), snap_keys
         ctx.cfg = cfg
         ctx.with_chain = with_chain
@@ -127,7 +134,8 @@ class _ReversibleScan(torch.autograd.Function):
         # The state S_T, rebuilt step by step into earlier states below (our own copy).
         state = ctx.store_cls.from_snapshot(dict(zip(ctx.snap_keys, saved[:n_snap])))
         (circuit_idx, continuous, carry_idx, carry_cidx, carry_w, carry_alpha, scores, features,
-         k_hard, active, w_log, alpha_log, vals_log, pos_log, sample_pos, scale_log, *param_tensors) = saved[n_snap:]
+         k_hard, active, w_log, alpha_log, vals_log, pos_log, sample_pos, scale_log, factors_log,
+         *param_tensors) = saved[n_snap:]
         cfg: StepConfig = ctx.cfg
         B, T, K = circuit_idx.shape
         N, M = cfg.n_nodes, cfg.m_active
@@ -163,6 +171,8 @@ class _ReversibleScan(torch.autograd.Function):
                 carry = Carry(c_idx, w_leaf, c_cidx, a_leaf)
                 plan = plan_writes(params, cfg, circuit_idx[:, t], s_leaf, f_leaf, continuous[:, t],
                                    carry, k_hard=k_hard[:, t], with_chain=ctx.with_chain)
+                if cfg.state_bound > 0:     # the changes as applied (the factors are constants)
+                    plan = scale_plan(plan, factors_log[:, t])
                 pos = flat_positions(plan.rows, plan.cols, N)
                 # S_t -> S_{t-1}: subtract exactly what the forward pass added.
                 state.add_(pos, -vals_log[:, t])

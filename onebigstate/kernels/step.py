@@ -55,6 +55,7 @@ class StepConfig:
     reverse_assoc: bool = False
     row_norm: bool = False
     circuit_direct: float = 0.0
+    state_bound: float = 0.0
     eps: float = 1e-6
 
     @classmethod
@@ -153,6 +154,38 @@ class WritePlan:
     def vals(self) -> torch.Tensor:
         """Signed change of every written entry [B, W]."""
         return torch.cat([v.reshape(v.shape[0], -1) for v in self.block_vals], 1)
+
+
+def bound_factors(vals: torch.Tensor, before: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
+    """The soft bound's factor of every write, detached: [B, W].
+
+    vals [B, W] the planned changes ``v``, before [B, W] the entries' values ``s`` before the
+    step's writes (``S_{t-1}``; an entry written twice in a step uses that value both times).
+    With ``c = cfg.state_bound``, a write moves its entry towards ``sign(v) c`` by the fraction
+    ``1 - exp(-|v| / c)``: the applied change is ``(1 - e^{-|v|/c}) (sign(v) c - s) = v * factor``.
+    A small write adds about ``v (1 - sign(v) s / c)``; no single write carries an entry past
+    ``+-c``, and an entry beyond it (several writes of one step landing on it) is pulled back by
+    the next write. The factor is a constant of the step for the gradient (like ``row_scale``),
+    so writes stay additive for the backward: it subtracts the applied changes and scales the
+    gradient of each planned change by its factor. ``v = 0`` gets factor 1 (no change either way).
+    """
+    c = cfg.state_bound
+    v, s = vals.detach(), before.detach()
+    a = v.abs()
+    moved = -torch.expm1(-a / c) * (c - torch.sign(v) * s) / torch.where(a > 0, a, torch.ones_like(a))
+    return torch.where(a > 0, moved, torch.ones_like(a))
+
+
+def scale_plan(plan: WritePlan, factors: torch.Tensor) -> WritePlan:
+    """``plan`` with every planned change multiplied by its factor (factors [B, W], in
+    :attr:`WritePlan.vals` order): the changes the step actually applies."""
+    blocks, start = [], 0
+    for v in plan.block_vals:
+        n = v.shape[1] * v.shape[2]
+        blocks.append(v * factors[:, start:start + n].view_as(v))
+        start += n
+    return WritePlan(plan.k_soft, plan.k_hard, plan.alpha, plan.gates, plan.block_rows, plan.block_cols,
+                     tuple(blocks))
 
 
 def take(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

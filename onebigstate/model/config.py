@@ -44,6 +44,10 @@ class OBSCoreConfig(StrictModel):
     circuit_direct: float = Field(0.0, ge=0.0, description="the new circuit counts as active directly: each of its "
                                   "nodes adds circuit_direct x alpha / k_max to its activation, so a negative "
                                   "intra-circuit gate cannot push it out of A_t (0: only through its writes)")
+    state_bound: float = Field(0.0, ge=0.0, description="soft bound c on |S|: a write v moves its entry s towards "
+                               "sign(v) c by the fraction 1 - exp(-|v| / c) (about v (1 - sign(v) s / c) for small "
+                               "v), so entries stay near [-c, c] along a stream of any length (0: writes are plain "
+                               "sums, unbounded)")
     beta_init: float = Field(0.02, gt=0.0, lt=1.0, description="initial gate of that spread")
     gate_scale: float = Field(1.0, gt=0.0, description="largest |change| of a write gate")
     gate_init: float = Field(0.5, gt=-1.0, lt=1.0, description="initial value of the write gates (x gate_scale)")

@@ -48,6 +48,7 @@ struct Dims {
   i64 B, T, N, K, M, H, Dv, O, k_min;
   bool spread, reverse, row_norm, chain;
   double gate_scale, tau, circuit_direct, eps;
+  double bound = 0.0;   // state_bound: the soft bound c on |S| (0: plain additive writes)
   i64 G() const { return O - 1; }
   i64 R() const { return K + M; }
   // writes per step, in WritePlan's order: intra K x K, assoc M x K, chain K x K, reverse K x M
@@ -536,7 +537,8 @@ struct HashedChanges {
 // ================================ forward =========================================================
 // The forward's outputs, [B, T, ...] each (the logs only when saving for backward)
 struct FwdOut {
-  at::Tensor read, k_soft, gates, reg, k_hard, active, w, alpha, pos, vals, scale, write_slot, grid_slot, grid_val;
+  at::Tensor read, k_soft, gates, reg, k_hard, active, w, alpha, pos, vals, scale, write_slot, grid_slot, grid_val,
+      write_fac;
 };
 
 template <typename T, typename Changes>
@@ -565,13 +567,33 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
       i64* pos = o.pos.data_ptr<i64>() + bt * W;
       T* vals = o.vals.data_ptr<T>() + bt * W;
       int32_t* wslot = save ? o.write_slot.data_ptr<int32_t>() + bt * W : nullptr;
-      for_writes(d, pl, I, a_prev.data(), w_prev.data(), i_prev.data(), al_prev.data(), ct[bt],
-                 [&](i64 e, i64 row, i64 col, T v) {
-                   pos[e] = (b * N + row) * N + col;
-                   vals[e] = v;
-                   const int32_t s = ch.add(row, col, v);
-                   if (wslot) wslot[e] = s;
-                 });
+      if (d.bound > 0) {
+        // the soft bound: every factor from S_{t-1} (all values read before any write of the step)
+        T* fac = save ? o.write_fac.data_ptr<T>() + bt * W : nullptr;
+        for_writes(d, pl, I, a_prev.data(), w_prev.data(), i_prev.data(), al_prev.data(), ct[bt],
+                   [&](i64 e, i64 row, i64 col, T v) {
+                     pos[e] = (b * N + row) * N + col;
+                     // kernels/step.py bound_factors: s moves towards sign(v) c by 1 - exp(-|v| / c)
+                     const T a = std::abs(v), c = T(d.bound);
+                     const T sgn = T((v > T(0)) - (v < T(0)));
+                     const T f = a > T(0) ? -std::expm1(-a / c) * (c - sgn * ch.value(row, col, nullptr)) / a : T(1);
+                     vals[e] = v * f;
+                     if (fac) fac[e] = f;
+                   });
+        for (i64 e = 0; e < W; ++e) {
+          const i64 rc = pos[e] - b * N * N;
+          const int32_t s = ch.add(rc / N, rc % N, vals[e]);
+          if (wslot) wslot[e] = s;
+        }
+      } else {
+        for_writes(d, pl, I, a_prev.data(), w_prev.data(), i_prev.data(), al_prev.data(), ct[bt],
+                   [&](i64 e, i64 row, i64 col, T v) {
+                     pos[e] = (b * N + row) * N + col;
+                     vals[e] = v;
+                     const int32_t s = ch.add(row, col, v);
+                     if (wslot) wslot[e] = s;
+                   });
+      }
       // 2. spreading activation from the rows [I_t, A_{t-1}], read after the writes
       read_coeffs(d, P, pl, w_prev.data(), coeff.data());
       std::fill(act.begin(), act.end(), T(0));
@@ -656,7 +678,7 @@ FwdOut forward_impl(const Dims& d, const Base<T>& base, const Params<T>& P, cons
            at::empty({B, T_}, l), at::empty({B, T_, M}, l), at::empty({B, T_, M}, f), at::empty({B, T_, K}, f),
            at::empty({B, T_, W}, l), at::empty({B, T_, W}, f), at::empty({B, d.row_norm ? Ts : 0, R}, f),
            at::empty({B, Ts, W}, i32), at::empty({B, Ts, R, M}, i32),
-           at::empty({B, Ts, R, M}, f)};
+           at::empty({B, Ts, R, M}, f), at::empty({B, d.bound > 0 ? Ts : 0, W}, f)};
   const i64* cidx = circuit_idx.data_ptr<i64>();
   const T *sc = scores.data_ptr<T>(), *ft = features.data_ptr<T>(), *ct = continuous.data_ptr<T>();
   const i64 *c_idx = carry_idx.data_ptr<i64>(), *c_cidx = carry_cidx.data_ptr<i64>(), *pick = reg_pick.data_ptr<i64>();
@@ -680,6 +702,7 @@ struct BwdLog {
   at::Tensor k_hard, active, w_log, alpha_log, scale_log;          // the forward's per-step log
   at::Tensor write_slot, grid_slot, grid_val, reg_pick;            // written entries and sampled ones
   at::Tensor g_read, g_k_soft, g_gates, g_reg;                     // upstream gradients
+  at::Tensor write_fac;                                            // the soft bound's factors (or empty)
 };
 
 // dL/dS_t of one stream at the window's written entries, by the forward's slot numbers: a small
@@ -792,7 +815,9 @@ void backward_streams(const Dims& d, const Params<T>& P, const BwdLog& L, at::Te
       // the writes: dL/dvals = dL/dS_t (which now includes this step's own read) at each entry
       std::copy_n(L.g_gates.data_ptr<T>() + bt * G, G, dg.data());
       const int32_t* wslot = ws_b + t * W;
-      auto dv_at = [&](i64 e) { return Gs.g[wslot[e]]; };
+      const T* wfac = d.bound > 0 ? L.write_fac.data_ptr<T>() + bt * W : nullptr;
+      // dL/d(planned change) = dL/dS_t at its entry, times its soft-bound factor (a constant)
+      auto dv_at = [&](i64 e) { return wfac ? Gs.g[wslot[e]] * wfac[e] : Gs.g[wslot[e]]; };
       const T* al = pl.alpha.data();
       const T g_in = pl.gates[0], g_as = pl.gates[1];
       for (i64 i = 0; i < K; ++i)
@@ -914,7 +939,7 @@ void check_indices(const at::Tensor& idx, i64 N, const char* name) {
 
 struct Options {
   i64 n_nodes, k_min, k_max, m_active, s0_seed;
-  double gate_scale, k_mask_temperature, circuit_direct, eps, s0_std;
+  double gate_scale, k_mask_temperature, circuit_direct, eps, s0_std, state_bound;
   bool spread_from_active, reverse_assoc, row_norm, with_chain;
 };
 
@@ -926,6 +951,7 @@ Dims make_dims(const Options& o, const at::Tensor& circuit_idx, const at::Tensor
   d.H = features.size(2); d.Dv = value.size(1); d.O = w_out.size(0);
   d.spread = o.spread_from_active; d.reverse = o.reverse_assoc; d.row_norm = o.row_norm; d.chain = o.with_chain;
   d.gate_scale = o.gate_scale; d.tau = o.k_mask_temperature; d.circuit_direct = o.circuit_direct; d.eps = o.eps;
+  d.bound = o.state_bound;
   TORCH_CHECK(d.K == o.k_max, "obs_scan: circuit_idx must be [B, T, k_max=", o.k_max, "], got K=", d.K);
   TORCH_CHECK(d.O == (o.reverse_assoc ? 5 : 4), "obs_scan: w_out must have ", (o.reverse_assoc ? 5 : 4),
               " rows (k logit and the gates), got ", d.O);
@@ -974,9 +1000,9 @@ Base<T> make_base(const Dims& d, const Options& o, const at::Tensor& dense_S, co
 // ================================ the ops ========================================================
 Options options(i64 n_nodes, i64 k_min, i64 k_max, i64 m_active, double gate_scale, double k_mask_temperature,
                 bool spread_from_active, bool reverse_assoc, bool row_norm, double circuit_direct, double eps,
-                bool with_chain, double s0_std, i64 s0_seed) {
+                bool with_chain, double s0_std, i64 s0_seed, double state_bound) {
   return Options{n_nodes, k_min, k_max, m_active, s0_seed, gate_scale, k_mask_temperature, circuit_direct, eps,
-                 s0_std, spread_from_active, reverse_assoc, row_norm, with_chain};
+                 s0_std, state_bound, spread_from_active, reverse_assoc, row_norm, with_chain};
 }
 
 template <typename T>
@@ -1001,7 +1027,7 @@ void check_dtypes(const std::vector<at::Tensor>& c, std::initializer_list<int> w
 }
 
 using Tn = at::Tensor;
-using Fwd = std::tuple<Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn>;
+using Fwd = std::tuple<Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn, Tn>;
 using Bwd = std::tuple<Tn, Tn, Tn, Tn, Tn, Tn, Tn>;
 
 Fwd scan_forward(
@@ -1013,9 +1039,9 @@ Fwd scan_forward(
     const at::Tensor& main_vals, const at::Tensor& recent_keys, const at::Tensor& recent_vals,
     const at::Tensor& reg_pick, i64 n_nodes, i64 k_min, i64 k_max, i64 m_active, double gate_scale,
     double k_mask_temperature, bool spread_from_active, bool reverse_assoc, bool row_norm, double circuit_direct,
-    double eps, bool with_chain, i64 direct_max_bytes, double s0_std, i64 s0_seed, bool save) {
+    double eps, bool with_chain, i64 direct_max_bytes, double s0_std, i64 s0_seed, double state_bound, bool save) {
   const Options o = options(n_nodes, k_min, k_max, m_active, gate_scale, k_mask_temperature, spread_from_active,
-                            reverse_assoc, row_norm, circuit_direct, eps, with_chain, s0_std, s0_seed);
+                            reverse_assoc, row_norm, circuit_direct, eps, with_chain, s0_std, s0_seed, state_bound);
   auto c = contiguous({circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha,
                        value, w_summary, w_out, b_out, beta_logit, dense_S, s0_table, s0_row_sq, main_keys,
                        main_vals, recent_keys, recent_vals, reg_pick});
@@ -1034,7 +1060,7 @@ Fwd scan_forward(
                                direct_max_bytes);
   });
   return {r.read, r.k_soft, r.gates, r.reg, r.k_hard, r.active, r.w, r.alpha, r.pos, r.vals, r.scale,
-          r.write_slot, r.grid_slot, r.grid_val};
+          r.write_slot, r.grid_slot, r.grid_val, r.write_fac};
 }
 
 Bwd scan_backward(
@@ -1044,22 +1070,24 @@ Bwd scan_backward(
     const at::Tensor& w_summary, const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& beta_logit,
     const at::Tensor& k_hard, const at::Tensor& active, const at::Tensor& w_log, const at::Tensor& alpha_log,
     const at::Tensor& scale_log, const at::Tensor& write_slot, const at::Tensor& grid_slot,
-    const at::Tensor& grid_val, const at::Tensor& reg_pick, const at::Tensor& g_read, const at::Tensor& g_k_soft,
-    const at::Tensor& g_gates, const at::Tensor& g_reg, i64 n_nodes, i64 k_min, i64 k_max, i64 m_active,
-    double gate_scale, double k_mask_temperature, bool spread_from_active, bool reverse_assoc, bool row_norm,
-    double circuit_direct, double eps, bool with_chain) {
+    const at::Tensor& grid_val, const at::Tensor& write_fac, const at::Tensor& reg_pick, const at::Tensor& g_read,
+    const at::Tensor& g_k_soft, const at::Tensor& g_gates, const at::Tensor& g_reg, i64 n_nodes, i64 k_min,
+    i64 k_max, i64 m_active, double gate_scale, double k_mask_temperature, bool spread_from_active,
+    bool reverse_assoc, bool row_norm, double circuit_direct, double eps, bool with_chain, double state_bound) {
   const Options o = options(n_nodes, k_min, k_max, m_active, gate_scale, k_mask_temperature, spread_from_active,
-                            reverse_assoc, row_norm, circuit_direct, eps, with_chain, 0.0, 0);
+                            reverse_assoc, row_norm, circuit_direct, eps, with_chain, 0.0, 0, state_bound);
   auto c = contiguous({circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha,
                        value, w_summary, w_out, b_out, beta_logit, k_hard, active, w_log, alpha_log, scale_log,
-                       write_slot, grid_slot, grid_val, reg_pick, g_read, g_k_soft, g_gates, g_reg});
+                       write_slot, grid_slot, grid_val, reg_pick, g_read, g_k_soft, g_gates, g_reg, write_fac});
   const Dims d = make_dims(o, c[0], c[2], c[8], c[10]);
-  check_dtypes(c, {1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 22, 23, 24, 25});
+  check_dtypes(c, {1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 22, 23, 24, 25, 26});
   BwdOut r;
   AT_DISPATCH_FLOATING_TYPES(c[1].scalar_type(), "obs_scan_backward", [&] {
     const Params<scalar_t> P = params<scalar_t>(c[8], c[9], c[10], c[11], c[12]);
     const BwdLog L{c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[13], c[14], c[15], c[16], c[17],
-                   c[18], c[19], c[20], c[21], c[22], c[23], c[24], c[25]};
+                   c[18], c[19], c[20], c[21], c[22], c[23], c[24], c[25], c[26]};
+    TORCH_CHECK(d.bound <= 0 || L.write_fac.numel() == d.B * d.T * d.W(),
+                "obs_scan backward: state_bound > 0 needs the forward's write factors [B, T, W]");
     r = backward_impl<scalar_t>(d, P, L);
   });
   return {r.d_scores, r.d_features, r.d_value, r.d_w_summary, r.d_w_out, r.d_b_out, r.d_beta};
@@ -1075,18 +1103,18 @@ TORCH_LIBRARY(obs_cpu, m) {
         "Tensor recent_vals, Tensor reg_pick, int n_nodes, int k_min, int k_max, int m_active, "
         "float gate_scale, float k_mask_temperature, bool spread_from_active, bool reverse_assoc, "
         "bool row_norm, float circuit_direct, float eps, bool with_chain, int direct_max_bytes, float s0_std, "
-        "int s0_seed, "
+        "int s0_seed, float state_bound, "
         "bool save) -> (Tensor read, Tensor k_soft, Tensor gates, Tensor reg_values, Tensor k_hard, "
         "Tensor active_idx, Tensor active_w, Tensor alpha, Tensor pos, Tensor vals, Tensor scale, "
-        "Tensor write_slot, Tensor grid_slot, Tensor grid_val)");
+        "Tensor write_slot, Tensor grid_slot, Tensor grid_val, Tensor write_fac)");
   m.def("scan_backward(Tensor circuit_idx, Tensor scores, Tensor features, Tensor continuous, "
         "Tensor carry_idx, Tensor carry_w, Tensor carry_cidx, Tensor carry_alpha, "
         "Tensor value, Tensor w_summary, Tensor w_out, Tensor b_out, Tensor beta_logit, "
         "Tensor k_hard, Tensor active, Tensor w_log, Tensor alpha_log, Tensor scale_log, Tensor write_slot, "
-        "Tensor grid_slot, Tensor grid_val, Tensor reg_pick, Tensor g_read, Tensor g_k_soft, Tensor g_gates, "
-        "Tensor g_reg, int n_nodes, int k_min, int k_max, int m_active, float gate_scale, "
+        "Tensor grid_slot, Tensor grid_val, Tensor write_fac, Tensor reg_pick, Tensor g_read, Tensor g_k_soft, "
+        "Tensor g_gates, Tensor g_reg, int n_nodes, int k_min, int k_max, int m_active, float gate_scale, "
         "float k_mask_temperature, bool spread_from_active, bool reverse_assoc, bool row_norm, "
-        "float circuit_direct, float eps, bool with_chain) -> (Tensor d_scores, "
+        "float circuit_direct, float eps, bool with_chain, float state_bound) -> (Tensor d_scores, "
         "Tensor d_features, "
         "Tensor d_value, Tensor d_w_summary, Tensor d_w_out, Tensor d_b_out, Tensor d_beta_logit)");
 }

@@ -47,7 +47,7 @@ def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0
                 x = data.inputs[b0:b0 + batch_size, t0:t0 + step].to(device)
                 y = data.labels[b0:b0 + batch_size, t0:t0 + step].to(device)
                 g = data.groups[b0:b0 + batch_size, t0:t0 + step].to(device)
-                h, states = model.hidden(x, states)
+                h, states = model.hidden(x, states, in_place=True)   # the old window is not read again
                 bar.update()
                 if on_window is not None:
                     on_window(states, t0 + x.shape[1])

@@ -89,7 +89,7 @@ def stream_predictions(model: SeqModel, batch: StreamBatch, window: int) -> torc
         for start in range(0, T, window):
             x = packed[:, start:start + window].to(device=device, dtype=dtype)
             y = batch.target[:, start:start + window]
-            out, states = model(x, states)
+            out, states = model(x, states, in_place=True)
             if (y != IGNORE).any():
                 pred[:, start:start + window] = grouped_predictions(out.float().cpu(), y)
     finally:

@@ -24,7 +24,7 @@ from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser, load_balance_loss
 from onebigstate.model.config import OBSConfig
 from onebigstate.model.regularizer import gaussian_strength_loss
-from onebigstate.model.sparse_state import hashed_initial_state
+from onebigstate.model.sparse_state import SparseState, hashed_initial_state
 from onebigstate.model.state import StateStore, initial_state, make_state
 from onebigstate.model.write_module import WriteModule
 
@@ -41,6 +41,10 @@ class OBSStats:
     circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
     read: torch.Tensor         # [B, T, Dv] read vector r_t (detached), for analysis
     aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser + load balance, weighted by the config
+
+
+class NonFiniteInput(ValueError):
+    """The layer's input holds NaN or inf; refused before anything is written into the state."""
 
 
 class OBSLayer(nn.Module):
@@ -103,17 +107,22 @@ class OBSLayer(nn.Module):
 
     # ---- interfaces ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: StateStore | None = None,
-                continuous: torch.Tensor | bool | None = None) -> tuple[torch.Tensor, StateStore]:
-        """x [B, T, D] -> (y [B, T, D], state). ``state=None`` starts every stream afresh."""
+                continuous: torch.Tensor | bool | None = None, *,
+                in_place: bool = False) -> tuple[torch.Tensor, StateStore]:
+        """x [B, T, D] -> (y [B, T, D], new state). ``state=None`` starts every stream afresh.
+
+        The state handed in is left as it was: the returned state is a new object, and calling
+        the layer twice from one state gives the same outputs. ``in_place=True`` advances the
+        state handed in instead and returns that same object, which saves a copy of B x N^2
+        floats per call; lifelong training and streamed evaluation ask for it (the caller must
+        not need the old state afterwards).
+        """
         self._check_input(x)
         B, T, _ = x.shape
         if state is None:
-            state = self.init_state(B)
-        elif state.batch != B or state.n_nodes != self.cfg.n_nodes:
-            raise ValueError(f"state holds {state.batch} streams of N={state.n_nodes} nodes, but the input "
-                             f"has {B} streams and the layer N={self.cfg.n_nodes}")
-        elif state.dtype != x.dtype:
-            raise ValueError(f"state dtype {state.dtype} does not match input dtype {x.dtype}")
+            state, in_place = self.init_state(B), True      # a fresh state is ours to advance
+        else:
+            self._check_state(state, x)
         cont = self._continuous_flags(continuous, B, T, x)
         balance = self.cfg.balance_cost > 0 and self.training
         if balance:
@@ -123,9 +132,8 @@ class OBSLayer(nn.Module):
         inputs = ScanInputs(circuit_idx, scores, self.write.features(x), cont)
         reg = self.cfg.gaussian_reg
         n_samples = reg.n_samples if (reg.weight > 0 and self.training) else 0
-        # in place: the state handed in is advanced (lifelong windows); a fresh one is ours anyway
         out = obs_scan(state, state.carry, inputs, self.step_params(), self.step_cfg, backend=self.cfg.backend,
-                       in_place=True, n_reg_samples=n_samples)
+                       in_place=in_place, n_reg_samples=n_samples)
         hidden = F.gelu(self.controller(x))
         y = self.out(torch.cat([hidden, self.read_norm(out.read)], dim=-1))
         aux = x.new_zeros(())
@@ -137,16 +145,18 @@ class OBSLayer(nn.Module):
             aux = aux + self.cfg.balance_cost * load_balance_loss(mean_prob, circuit_idx, self.cfg.k_min)
         self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx,
                                    out.read.detach(), aux)
-        return y, state
+        return y, out.state
 
     def step(self, x: torch.Tensor, state: StateStore | None = None,
-             continuous: torch.Tensor | bool | None = None) -> tuple[torch.Tensor, StateStore]:
-        """One step: x [B, D] -> (y [B, D], state). Equal to ``forward`` on the whole sequence."""
+             continuous: torch.Tensor | bool | None = None, *,
+             in_place: bool = False) -> tuple[torch.Tensor, StateStore]:
+        """One step: x [B, D] -> (y [B, D], new state). Equal to ``forward`` on the whole
+        sequence; like it, leaves ``state`` unchanged unless ``in_place=True``."""
         if x.dim() != 2:
             raise ValueError(f"step expects x of shape [B, d_model={self.cfg.d_model}], got {tuple(x.shape)}")
         if isinstance(continuous, torch.Tensor):
             continuous = continuous.reshape(-1, 1)
-        y, state = self.forward(x.unsqueeze(1), state, continuous)
+        y, state = self.forward(x.unsqueeze(1), state, continuous, in_place=in_place)
         return y.squeeze(1), state
 
     # ---- helpers -------------------------------------------------------------------------
@@ -161,15 +171,50 @@ class OBSLayer(nn.Module):
             raise ValueError(f"input dtype {x.dtype} does not match the layer's parameters ({self.value.dtype})")
         if x.shape[1] == 0:
             raise ValueError("OBSLayer needs at least one step (T >= 1)")
+        if x.shape[0] == 0:
+            raise ValueError("OBSLayer needs at least one stream (a batch of 0 was given)")
+        if not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).any(-1)                        # [B, T]
+            streams = bad.any(1).nonzero().flatten().tolist()
+            first = {b: int(bad[b].nonzero()[0]) for b in streams[:8]}
+            raise NonFiniteInput(f"OBSLayer input holds NaN or inf in {len(streams)} stream(s) (stream: first step "
+                             f"{first}); refused, so that nothing non-finite is written into the big state")
+
+    def _check_state(self, state, x: torch.Tensor) -> None:
+        """A state this layer can continue: its store kind, sizes, dtype and carry."""
+        c = self.cfg
+        if not isinstance(state, StateStore):
+            raise TypeError(f"state must be a StateStore returned by this layer (or None for a fresh one), "
+                            f"got {type(state).__name__}")
+        kind = "sparse" if isinstance(state, SparseState) else "dense"
+        if kind != c.state_backend:
+            raise ValueError(f"state is a {kind}-store state but the layer has state_backend='{c.state_backend}'")
+        B = x.shape[0]
+        if state.batch != B or state.n_nodes != c.n_nodes:
+            raise ValueError(f"state holds {state.batch} streams of N={state.n_nodes} nodes, but the input "
+                             f"has {B} streams and the layer N={c.n_nodes}")
+        if state.dtype != x.dtype:
+            raise ValueError(f"state dtype {state.dtype} does not match input dtype {x.dtype}")
+        carry = state.carry
+        if carry is not None and (carry.active_idx.shape[-1] != c.m_active or carry.circuit_idx.shape[-1] != c.k_max):
+            raise ValueError(f"state comes from a layer with m_active={carry.active_idx.shape[-1]}, "
+                             f"k_max={carry.circuit_idx.shape[-1]}; this layer has m_active={c.m_active}, "
+                             f"k_max={c.k_max}")
 
     def _continuous_flags(self, continuous, B: int, T: int, x: torch.Tensor) -> torch.Tensor:
         if continuous is None:
             continuous = self.cfg.continuous
         if isinstance(continuous, bool):
             return x.new_full((B, T), float(continuous))
+        if not isinstance(continuous, torch.Tensor):
+            raise TypeError(f"continuous must be a bool or a [B, T] tensor of flags in [0, 1], "
+                            f"got {type(continuous).__name__} {continuous!r}")
         cont = continuous.to(x.dtype)
         if cont.shape != (B, T):
             raise ValueError(f"continuous flags must be [B, T] = {(B, T)}, got {tuple(cont.shape)}")
+        if cont.numel() and not bool(((cont >= 0) & (cont <= 1)).all()):
+            raise ValueError(f"continuous flags must lie in [0, 1] (they scale the chain write), got values in "
+                             f"[{float(cont.min())}, {float(cont.max())}]")
         return cont
 
 

@@ -66,17 +66,19 @@ class SeqModel(nn.Module):
                 self.head.weight = self.embed.weight
 
     def forward(self, x: torch.Tensor, states: list | None = None,
-                continuous: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
-        """x -> (outputs [B, T, n_out], states).
+                continuous: torch.Tensor | None = None, *, in_place: bool = False) -> tuple[torch.Tensor, list]:
+        """x -> (outputs [B, T, n_out], new states).
 
         ``continuous`` [B, T] bool marks continuous-modality steps; it reaches the mixers that
         use it (OBS chains consecutive circuits of continuous input) and no others.
+        ``states`` are left unchanged unless ``in_place=True``, which lets mixers that can
+        (OBS) advance the states handed in rather than copy them (lifelong windows).
         """
-        h, new_states = self.hidden(x, states, continuous)
+        h, new_states = self.hidden(x, states, continuous, in_place=in_place)
         return self.head(h), new_states
 
     def hidden(self, x: torch.Tensor, states: list | None = None,
-               continuous: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+               continuous: torch.Tensor | None = None, *, in_place: bool = False) -> tuple[torch.Tensor, list]:
         """x -> (normalised hidden [B, T, d_model], states); ``self.head(h[mask])`` gives outputs.
 
         Tasks that score only a few positions (MQAR) apply the head there alone, which saves
@@ -97,7 +99,7 @@ class SeqModel(nn.Module):
         for i, (norm, mixer, mlp) in enumerate(zip(self.norms, self.mixers, self.mlps)):
             state = None if states is None else states[i]
             if getattr(mixer, "uses_continuous_flags", False):
-                y, st = mixer(norm(h), state, continuous=continuous)
+                y, st = mixer(norm(h), state, continuous=continuous, in_place=in_place)
             else:
                 y, st = mixer(norm(h), state)
             h = h + y

@@ -72,12 +72,13 @@ class Task(ABC):
         return build_model(cfg, self.n_out, vocab_size=self.vocab_size, d_input=self.d_input)
 
     def forward(self, model: "SeqModel", inputs: torch.Tensor, labels: torch.Tensor,
-                states: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
+                states: list | None = None, *, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Run the model on a batch: (outputs, labels, states), the pair :meth:`loss` and
         :meth:`metrics` take. The default runs the whole model; a task that scores only a few
         positions (MQAR) may apply the output head there alone and return those labels.
+        ``in_place``: the model may advance ``states`` rather than copy them (lifelong training).
         """
-        outputs, states = model(inputs, states)
+        outputs, states = model(inputs, states, in_place=in_place)
         return outputs, labels, states
 
     @abstractmethod

@@ -68,11 +68,11 @@ class LabelledTokenTask(Task):
 
     # ---- model, loss, metrics ----------------------------------------------------------
     def forward(self, model, inputs: torch.Tensor, labels: torch.Tensor,
-                states: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
+                states: list | None = None, *, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Outputs at the scored positions only: (outputs [Q, n_out], labels [Q], states)."""
         if not hasattr(model, "hidden"):
-            return super().forward(model, inputs, labels, states)
-        h, states = model.hidden(inputs, states)
+            return super().forward(model, inputs, labels, states, in_place=in_place)
+        h, states = model.hidden(inputs, states, in_place=in_place)
         mask = labels != IGNORE
         return model.head(h[mask]), labels[mask], states
 

@@ -48,9 +48,9 @@ class GridWorldTask(Task):
         return self._batch(self.cfg.test_size, heldout_seed(self.cfg.seed))
 
     def forward(self, model, inputs: torch.Tensor, labels: torch.Tensor,
-                states: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
+                states: list | None = None, *, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Logits at the labelled (action) steps only: (outputs [P, 4], labels [P, 2], states)."""
-        h, states = model.hidden(inputs, states, continuous_flags(inputs))
+        h, states = model.hidden(inputs, states, continuous_flags(inputs), in_place=in_place)
         mask = labels[..., 0] != IGNORE
         return model.head(h[mask]), labels[mask], states
 

@@ -75,12 +75,12 @@ class StreamSeqModel(SeqModel):
         self.layout = layout
 
     def hidden(self, x: torch.Tensor, states: list | None = None,
-               continuous: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+               continuous: torch.Tensor | None = None, *, in_place: bool = False) -> tuple[torch.Tensor, list]:
         if x.dim() != 3 or x.shape[-1] != self.layout.packed_dim:
             raise ValueError(f"expected packed steps [B, T, {self.layout.packed_dim}], got {tuple(x.shape)}")
         if continuous is None:
             continuous = x[..., -1] > 0.5
-        return super().hidden(x, states, continuous)
+        return super().hidden(x, states, continuous, in_place=in_place)
 
 
 def grouped_predictions(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

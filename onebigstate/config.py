@@ -7,6 +7,8 @@ the wrong type is an error that names the key. Overrides use dotted paths, as in
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,10 +51,60 @@ class StrictModel(BaseModel):
         return self.to_yaml()
 
 
-def parse_value(text: str) -> Any:
-    """Parse an override value: YAML scalars/lists (``3e-3``, ``true``, ``[1,2]``), else a string."""
+class DuplicateKeyError(ConfigError):
+    """A config's YAML sets one key twice in the same section."""
+
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(f"key '{key}' appears twice in one section: at line {first_line} and again at "
+                         f"line {line} (YAML would silently keep the last value); remove one")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML for configs: a duplicated key is an error, and ``1e3``, ``2.5e4``, ``1E-3`` are numbers.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so ``1e3`` would be
+    the string '1e3' (and ``train.steps: 1e3`` an error); YAML 1.2 and Python read it as 1000.0,
+    which an int field takes as 1000 (and ``1e3.5`` stays a string that no number field takes)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` is overridden by design
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # the base class reports unhashable keys
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise DuplicateKeyError(key, first_line[key], line)
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse a config file's text (:class:`ConfigLoader`); a problem is a :class:`ConfigError` naming ``source``."""
     try:
-        return yaml.safe_load(text)
+        return _parse_yaml(text)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML: {err}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as config YAML (``3e-3``, ``1e3``, ``true``, ``[1,2]``), else a string."""
+    try:
+        return _parse_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -116,10 +168,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            base = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        base = load_yaml(path.read_text(), f"config file {path}") or {}
         if not isinstance(base, dict):
             raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(base).__name__}")
         source = str(path)

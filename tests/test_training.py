@@ -313,9 +313,9 @@ def test_training_and_evaluation_drop_each_batchs_states_before_the_next_forward
     refs, alive_at_call = [], []
     forward = MQARTask.forward
 
-    def spy(self, model, x, y, states=None):
+    def spy(self, model, x, y, states=None, **kw):
         alive_at_call.append(sum(r() is not None for r in refs))
-        out = forward(self, model, x, y, states)
+        out = forward(self, model, x, y, states, **kw)
         refs.extend(weakref.ref(s) for s in out[2])
         return out
 

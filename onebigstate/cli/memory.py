@@ -5,9 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
 
-from onebigstate.config import ConfigError
+from onebigstate.config import ConfigError, load_yaml
 
 HELP = """Drive each MODEL with i.i.d. uniform scalar input (through a fixed random input projection)
 and measure how well the input tau steps back is read linearly from its state: MF(tau), and
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.config)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = load_yaml(path.read_text(), str(path)) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at top level")
     names = [n for m in args.models for n in (INITS if m == "s4d" else (m,))]

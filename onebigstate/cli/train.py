@@ -9,17 +9,20 @@ from rich.console import Console
 
 from onebigstate.cli.eval import results_rows, results_table
 from onebigstate.config import ConfigError, build_config, load_config
-from onebigstate.training.checkpoint import check_same_run, read_checkpoint
+from onebigstate.training.checkpoint import read_checkpoint, step_folders
 from onebigstate.training.config import RunConfig
-from onebigstate.training.trainer import CKPT_DIR, METRICS_FILE, train
+from onebigstate.training.trainer import CKPT_DIR, CONFIG_FILE, METRICS_FILE, check_resume, check_run_folder, train
 
 HELP = """Train a model on a task. CONFIG is a YAML run config (see configs/); key=value
 overrides use dotted keys, e.g. `obs train configs/mqar_64_8.yaml train.steps=500
 model.mixer.n_nodes=1024`. The run folder (--out, else out_dir/run_name) receives config.yaml,
-metrics.jsonl, TensorBoard logs (tb/), checkpoints/ and, at the end, results.json.
+metrics.jsonl, TensorBoard logs (tb/), checkpoints/ and, at the end, results.json; a run
+folder that holds no checkpoint yet (a run stopped early) is started again, if its config.yaml
+names the same task and model.
 --resume RUN continues a stopped run from its last checkpoint, with the same metrics an
 uninterrupted run would have written; there CONFIG may be left out (the checkpoint's config is
-used) and overrides may only change train.* keys, e.g. train.steps to extend the run."""
+used) and overrides may only change train.* keys, e.g. train.steps to extend the run. The
+checkpoint must be of the run folder's own task and model (its config.yaml)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,28 +48,41 @@ def _split(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 def run(args: argparse.Namespace) -> int:
     config, overrides = _split(args)
     if args.resume is None:
-        if config is None:
-            raise ConfigError("obs train needs a CONFIG file (or --resume RUN)")
-        cfg = load_config(RunConfig, config, overrides)
-        run_dir = Path(args.out) if args.out else Path(cfg.out_dir) / (
-            cfg.run_name or f"{Path(config).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-        if (run_dir / METRICS_FILE).exists() or (run_dir / CKPT_DIR).exists():
-            raise ConfigError(f"run folder {run_dir} already holds a run; continue it with "
-                              f"`obs train --resume {run_dir}` or choose another --out")
-        _print_results(train(cfg, run_dir), cfg)
-        return 0
+        return _start(config, overrides, args.out)
+    return _resume(args.resume, config, overrides, args.out)
 
-    ckpt = read_checkpoint(args.resume)
+
+def _start(config: str | None, overrides: list[str], out: str | None) -> int:
+    """A new run, or a run stopped before its first checkpoint started again."""
+    if config is None:
+        raise ConfigError("obs train needs a CONFIG file (or --resume RUN)")
+    cfg = load_config(RunConfig, config, overrides)
+    run_dir = Path(out) if out else Path(cfg.out_dir) / (
+        cfg.run_name or f"{Path(config).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    if step_folders(run_dir / CKPT_DIR):
+        raise ConfigError(f"run folder {run_dir} already holds a run; continue it with "
+                          f"`obs train --resume {run_dir}` or choose another --out")
+    check_run_folder(run_dir, cfg)
+    if (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists():
+        print(f"note: {run_dir} holds a run stopped before its first checkpoint; starting it again from step 0")
+    _print_results(train(cfg, run_dir), cfg)
+    return 0
+
+
+def _resume(source: str, config: str | None, overrides: list[str], out: str | None) -> int:
+    """Continue a run from a checkpoint (of its run folder, or of another run into ``out``)."""
+    ckpt = read_checkpoint(source)
     if config is not None:
         cfg = load_config(RunConfig, config, overrides)
     else:
         cfg = build_config(RunConfig, ckpt.config.model_dump(mode="json"), overrides,
                            source=f"{ckpt.path}/config.yaml")
-    check_same_run(ckpt, cfg)
-    run_dir = Path(args.out) if args.out else ckpt.run_dir
+    check_resume(ckpt, cfg)
+    run_dir = Path(out) if out else ckpt.run_dir
     if run_dir is None:
         raise ConfigError(f"checkpoint {ckpt.path} is not inside a run folder (RUN/checkpoints/...); "
                           f"say where the continued run goes with --out DIR")
+    check_run_folder(run_dir, cfg, ckpt)
     changed = [k for k, v in cfg.train.model_dump().items() if ckpt.config.train.model_dump()[k] != v]
     if changed:
         print(f"note: continuing with changed train settings: {', '.join(changed)}")

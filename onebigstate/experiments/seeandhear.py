@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from pydantic import Field
 
-from onebigstate.config import ConfigError, StrictModel, build_config
+from onebigstate.config import ConfigError, StrictModel, build_config, load_yaml
 from onebigstate.data.streams import StreamConfig, generate_streams
 from onebigstate.experiments import plots
 from onebigstate.experiments.obs_state import inspect_pairing
@@ -113,7 +112,7 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | None 
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"experiment config {path} does not exist")
-        tree = _merge(tree, yaml.safe_load(path.read_text()) or {})
+        tree = _merge(tree, load_yaml(path.read_text(), str(path)) or {})
         source = str(path)
     return build_config(SeeHearExperiment, tree, overrides, source=source)
 

@@ -15,9 +15,12 @@ A run folder keeps its checkpoints under ``checkpoints/``:
 A checkpoint is written into a temporary folder, every file flushed to disk, then renamed to
 its final name (``os.replace``); only then does ``last`` move to it, and only then are older
 checkpoints removed. A run killed at any moment leaves ``last`` pointing at a complete
-checkpoint. Reading checks that every file is there, has the recorded size and checksum and
-parses, and that the weights fit the model; every failure is a :class:`CheckpointError`
-(a ``ValueError``) that names the file and the problem.
+checkpoint. Every file gets the mode a plain ``open()`` gives under the umask (safetensors
+alone would make its files 0600, unreadable to others sharing the run folder). Reading checks
+that every file is there, has the recorded size and checksum and parses, and that the weights
+fit the model; every failure is a :class:`CheckpointError` (a ``ValueError``) that names the
+file and the problem. A run folder without a usable ``last`` (none yet, or one pointing at a
+deleted folder) is reported with the complete checkpoints that remain and the command to run.
 """
 from __future__ import annotations
 
@@ -32,12 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from onebigstate.config import ConfigError, config_diff
-from onebigstate.files import sha256_of
+from onebigstate.config import ConfigError, build_config, load_yaml
+from onebigstate.files import atomic_write_text, fsync_dir, fsync_file, plain_file_mode, sha256_of
 from onebigstate.model.state import StateStore
 from onebigstate.training.config import RunConfig
 
@@ -145,17 +147,10 @@ def states_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, st
 
 
 # ---- writing ----------------------------------------------------------------------------------
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _settle(path: Path) -> None:
+    """Give a written file the plain mode (safetensors creates 0600 files) and flush it to disk."""
+    os.chmod(path, plain_file_mode())
+    fsync_file(path)
 
 
 def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -174,6 +169,14 @@ def _step_of(path: Path) -> int | None:
     return None
 
 
+def step_folders(root: Path) -> list[Path]:
+    """The ``step_*`` folders under a ``checkpoints`` folder, oldest first (complete or not)."""
+    if not root.is_dir():
+        return []
+    found = [(s, p) for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (s := _step_of(p)) is not None]
+    return [p for _, p in sorted(found)]
+
+
 def save_checkpoint(root: str | Path, step: int, cfg: RunConfig, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, trainer_state: dict,
                     states: list | None = None, keep: int = 1) -> Path:
@@ -188,18 +191,19 @@ def save_checkpoint(root: str | Path, step: int, cfg: RunConfig, model: torch.nn
     save_file(_plain(model.state_dict()), str(tmp / MODEL_FILE), metadata={"format": FORMAT})
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_states(), "trainer": trainer_state}, tmp / TRAINER_FILE)
-    files = [MODEL_FILE, TRAINER_FILE, CONFIG_FILE]
+    binary = [MODEL_FILE, TRAINER_FILE]
     if states is not None:
         tensors, metadata = states_to_tensors(states)
         save_file(_plain(tensors), str(tmp / STATES_FILE), metadata={"format": FORMAT, **metadata})
-        files.append(STATES_FILE)
-    (tmp / CONFIG_FILE).write_text(cfg.resolved().to_yaml())
+        binary.append(STATES_FILE)
+    for f in binary:
+        _settle(tmp / f)
+    atomic_write_text(tmp / CONFIG_FILE, cfg.resolved().to_yaml())
+    files = binary + [CONFIG_FILE]
     meta = {"format": FORMAT, "step": step, "torch": torch.__version__,
             "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_of(tmp / f)} for f in files}}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    for f in files + [META_FILE]:
-        _fsync_file(tmp / f)
-    _fsync_dir(tmp)
+    atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
+    fsync_dir(tmp)
     last = root / LAST
     if final.exists():
         if last.is_symlink() and os.readlink(last) == final.name:
@@ -209,7 +213,7 @@ def save_checkpoint(root: str | Path, step: int, cfg: RunConfig, model: torch.nn
         shutil.rmtree(final)
     os.replace(tmp, final)
     _point_last(root, final.name)
-    _fsync_dir(root)
+    fsync_dir(root)
     _prune(root, step, keep)
     return final
 
@@ -225,8 +229,7 @@ def _point_last(root: Path, target: str) -> None:
 
 def _prune(root: Path, step: int, keep: int) -> None:
     """Keep the ``keep`` newest checkpoints up to ``step``; drop later ones (a killed branch) and temp folders."""
-    done = sorted((s, p) for p in root.iterdir() if p.is_dir() and not p.is_symlink()
-                  and (s := _step_of(p)) is not None)
+    done = [(_step_of(p), p) for p in step_folders(root)]
     older = [p for s, p in done if s <= step]
     for p in older[:-keep] + [p for s, p in done if s > step]:
         shutil.rmtree(p, ignore_errors=True)
@@ -250,10 +253,41 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for candidate in (p / LAST, p / "checkpoints" / LAST):
         if candidate.exists():
             return candidate.resolve()
-    if (p / "checkpoints").is_dir() or p.name == "checkpoints":
-        raise CheckpointError(f"no complete checkpoint in {p}: 'last' is missing (the run was stopped "
-                              f"before its first checkpoint was written)")
+    root = p if p.name == "checkpoints" else p / "checkpoints"
+    if root.is_dir() or (p / CONFIG_FILE).exists():
+        raise CheckpointError(_why_no_last(root))
     raise CheckpointError(f"{p} is not a checkpoint (no {META_FILE}) nor a run folder (no checkpoints/last)")
+
+
+def _why_no_last(root: Path) -> str:
+    """Why the ``checkpoints`` folder ``root`` gives no ``last`` checkpoint, and what to run instead."""
+    run, last = root.parent, root / LAST
+    complete = complete_checkpoints(root)
+    if last.is_symlink():
+        why = f"{last} points at a missing folder ({os.readlink(last)})"
+    elif complete:
+        why = f"{last} is missing"
+    else:
+        why = f"{run} has no checkpoint yet (the run was stopped before its first checkpoint was written)"
+    if complete:
+        return (f"{why}; complete checkpoints that remain: {', '.join(c.name for c in complete)}; resume from "
+                f"one, e.g. the newest: `obs train --resume {complete[-1]}`")
+    if step_folders(root):
+        return f"{why}, and no complete checkpoint remains in {root}; move {run} away to start the run again"
+    config = run / CONFIG_FILE if (run / CONFIG_FILE).exists() else "CONFIG"
+    return f"{why}; start it again with `obs train {config} --out {run}`"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint folders under ``root`` whose files are all there at their recorded sizes, oldest first."""
+    complete = []
+    for folder in step_folders(root):
+        try:
+            _read_meta(folder, verify=False)
+        except CheckpointError:
+            continue
+        complete.append(folder)
+    return complete
 
 
 @dataclass
@@ -317,6 +351,18 @@ def _load_safetensors(f: Path) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     """Find and validate a checkpoint: files present, sizes and checksums as recorded, config valid."""
     ckpt_dir = resolve_checkpoint(path)
+    meta = _read_meta(ckpt_dir, verify)
+    cfg_f = ckpt_dir / CONFIG_FILE
+    try:
+        config = build_config(RunConfig, load_yaml(cfg_f.read_text(), str(cfg_f)), source=str(cfg_f))
+    except ConfigError as err:
+        raise CheckpointError(f"{cfg_f} is not a valid run config: {err}") from None
+    return Checkpoint(ckpt_dir, meta, config)
+
+
+def _read_meta(ckpt_dir: Path, verify: bool) -> dict:
+    """A checkpoint's ``meta.json``, once every file it records is there at its recorded size (and
+    checksum, with ``verify``)."""
     meta_f = ckpt_dir / META_FILE
     if not meta_f.exists():
         raise CheckpointError(f"{ckpt_dir} is not an onebigstate checkpoint: {META_FILE} is missing")
@@ -338,14 +384,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
         if verify and sha256_of(f) != rec["sha256"]:
             raise CheckpointError(f"{f} is corrupt: its sha256 differs from the one recorded in {META_FILE} "
                                   f"(the file was changed or replaced after the checkpoint was written)")
-    cfg_f = ckpt_dir / CONFIG_FILE
-    try:
-        tree = yaml.safe_load(cfg_f.read_text())
-        from onebigstate.config import build_config
-        config = build_config(RunConfig, tree, source=str(cfg_f))
-    except (yaml.YAMLError, ConfigError) as err:
-        raise CheckpointError(f"{cfg_f} is not a valid run config: {err}") from None
-    return Checkpoint(ckpt_dir, meta, config)
+    return meta
 
 
 def load_model_weights(ckpt: Checkpoint, model: torch.nn.Module) -> None:
@@ -371,7 +410,7 @@ def load_model_weights(ckpt: Checkpoint, model: torch.nn.Module) -> None:
 
 def check_same_run(ckpt: Checkpoint, cfg: RunConfig) -> None:
     """A run can continue from ``ckpt`` only if the task and model configs agree."""
-    diff = config_diff(ckpt.config.identity(), cfg.identity(), "checkpoint", "config")
+    diff = ckpt.config.identity_diff(cfg, "checkpoint", "config")
     if diff:
         raise CheckpointError(f"checkpoint {ckpt.path} belongs to another run (its {CONFIG_FILE} differs): "
                               + "; ".join(diff[:10]))

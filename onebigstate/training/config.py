@@ -10,21 +10,29 @@ built, so a bad value is reported before anything runs.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from onebigstate.config import StrictModel
+from onebigstate.config import StrictModel, config_diff
 from onebigstate.nets.stack import ModelConfig
 from onebigstate.tasks.base import TaskConfig
 
 
+# An Adam beta is a decay factor of a running mean: 1 or above never forgets (or grows), below 0 flips.
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class TrainConfig(StrictModel):
+    """How to train. Every float must be finite (``inf``/``nan`` are errors naming the key)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
     steps: int = Field(1000, ge=1, description="optimizer steps in the whole run")
     batch_size: int = Field(32, ge=1, description="sequences (streams) per step")
     lr: float = Field(3e-3, gt=0.0, description="peak learning rate")
     weight_decay: float = Field(0.1, ge=0.0, description="AdamW decay of weight matrices (not biases, norms, embeddings)")
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.98), description="AdamW's (beta1, beta2), each in [0, 1)")
     warmup: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
     cosine: bool = Field(True, description="cosine decay from lr to min_lr_ratio*lr after warm-up (else constant)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -90,3 +98,8 @@ class RunConfig(StrictModel):
         d = self.resolved().model_dump(mode="json")
         d["model"]["mixer"].pop("backend", None)
         return {"task": d["task"], "model": d["model"]}
+
+    def identity_diff(self, other: "RunConfig", name: str, other_name: str) -> list[str]:
+        """The task and model keys on which this run and ``other`` differ (empty: the same run),
+        each as ``key: <name> a vs <other_name> b``; train.* keys may differ."""
+        return config_diff(self.identity(), other.identity(), name, other_name)

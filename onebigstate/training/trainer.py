@@ -20,6 +20,11 @@ weights, the optimizer, the LR schedule, the RNG states, the carried states (lif
 and the running sums of the current logging window are all in the checkpoint; and the
 metrics a killed run wrote after its last checkpoint are dropped when it resumes.
 
+A run folder holds one run: its config.yaml must name the same task and model as the config
+(or the checkpoint) written into it (:func:`check_run_folder`). Everything a resume needs is
+checked and loaded before the first file is written, and every rewrite of a file (config.yaml,
+the trimming of metrics.jsonl, results.json) is atomic, so a refusal or a kill loses nothing.
+
 The trainer owns the process's RNGs for the run: it seeds them from ``train.seed`` at the start
 and restores them from the checkpoint on resumption.
 """
@@ -37,11 +42,14 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from onebigstate.config import ConfigError, load_config
+from onebigstate.files import atomic_write_text
+from onebigstate.model.layer import NonFiniteInput
 from onebigstate.nets.stack import SeqModel, count_params
 from onebigstate.tasks.base import Task
 from onebigstate.tasks.registry import build_task
-from onebigstate.training.checkpoint import (Checkpoint, CheckpointError, detach_states, load_model_weights,
-                                             read_checkpoint, save_checkpoint, set_rng_states)
+from onebigstate.training.checkpoint import (Checkpoint, CheckpointError, check_same_run, detach_states,
+                                             load_model_weights, read_checkpoint, save_checkpoint, set_rng_states)
 from onebigstate.training.config import RunConfig
 from onebigstate.training.optim import build_optimizer, build_scheduler
 
@@ -137,8 +145,15 @@ def _finite(x: float) -> bool:
     return math.isfinite(x)
 
 
+def _params_finite(params: list[torch.Tensor]) -> bool:
+    """Whether every parameter is finite (one host sync: NaN and inf survive amax)."""
+    return bool(torch.isfinite(torch.stack([p.detach().abs().amax() for p in params])).all())
+
+
 def _keep_metrics_until(path: Path, step: int) -> None:
-    """Drop the records a killed run wrote after its last checkpoint (and a torn last line)."""
+    """Drop the records a killed run wrote after its last checkpoint (and a torn last line).
+
+    The file is replaced atomically: a kill while it is rewritten leaves every record."""
     if not path.exists():
         return
     kept = []
@@ -149,7 +164,35 @@ def _keep_metrics_until(path: Path, step: int) -> None:
             continue
         if rec.get("step", 0) <= step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def check_run_folder(run_dir: Path, cfg: RunConfig, resume: Checkpoint | None = None) -> None:
+    """Refuse to write ``cfg``'s run (continued from ``resume``) into ``run_dir`` if the folder's
+    config.yaml names another task or model.
+
+    A run folder holds one run: train.* keys may change (a run continued for longer, at
+    another lr), the task and the model may not."""
+    saved = run_dir / CONFIG_FILE
+    if not saved.exists():
+        return
+    name, source = ("checkpoint", f"checkpoint {resume.path}") if resume is not None else ("config", "the config")
+    diff = load_config(RunConfig, saved).identity_diff(cfg, "run folder", name)
+    if diff:
+        raise ConfigError(f"{run_dir} holds another run: its {CONFIG_FILE} names another task or model than "
+                          f"{source}: " + "; ".join(diff[:10]) + "; write this run into another folder (--out)")
+
+
+def check_resume(resume: Checkpoint, cfg: RunConfig) -> None:
+    """What a checkpoint must agree with before a run continues from it, beyond loading: the
+    same task and model, and for lifelong runs the batch the carried states were made with."""
+    check_same_run(resume, cfg)
+    saved_batch, batch = resume.config.train.batch_size, cfg.train.batch_size
+    if cfg.train.carry_state and resume.has_states and saved_batch != batch:
+        raise ConfigError(f"train.batch_size={batch}, but checkpoint {resume.path} carries the states of "
+                          f"{saved_batch} streams (train.carry_state=true continues the same streams): resume "
+                          f"with train.batch_size={saved_batch} (or with train.carry_state=false, which "
+                          f"carries no states)")
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
@@ -157,8 +200,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     """Run (or continue) training; returns what ``results.json`` holds."""
     tc = cfg.train
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = log or (lambda msg: tqdm.write(msg))
+    # Everything is checked before the first file of the run folder is written (see below).
+    check_run_folder(run_dir, cfg, resume)
+    if resume is not None:
+        check_resume(resume, cfg)
     device, dtype = resolve_device(tc.device), getattr(torch, tc.dtype)
 
     if tc.threads:
@@ -197,13 +243,18 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         last_ckpt = resume.path
         log(f"resuming {run_dir} from {resume.path} (step {step} of {tc.steps})")
 
-    (run_dir / CONFIG_FILE).write_text(cfg.resolved().to_yaml())
+    # Validated and loaded: from here on the run folder is written.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, cfg.resolved().to_yaml())
     metrics_path = run_dir / METRICS_FILE
     if resume is None:
-        metrics_path.write_text("")
+        atomic_write_text(metrics_path, "")
     else:
         _keep_metrics_until(metrics_path, step)
-    writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=step + 1 if resume is not None else None)
+    # Hide the events a killed run logged after its last checkpoint (all of them, when a run
+    # stopped before its first checkpoint starts again).
+    purge = step + 1 if resume is not None else (0 if (run_dir / TB_DIR).exists() else None)
+    writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=purge)
     log(f"run {run_dir}: task {cfg.task.name}, model {cfg.model.name}, {n_params:,} parameters, "
         f"{tc.steps} steps of batch {tc.batch_size} on {device}")
 
@@ -243,7 +294,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         while step < tc.steps:
             x, y = task.train_batch(step, tc.batch_size)
             x, y = _to_device(x, device, dtype), y.to(device)
-            out, y, new_states = task.forward(model, x, y, states if tc.carry_state else None)
+            # lifelong: the carried states are advanced in place (the old ones are not read again)
+            try:
+                out, y, new_states = task.forward(model, x, y, states if tc.carry_state else None,
+                                                  in_place=tc.carry_state)
+            except NonFiniteInput as err:       # weights or activations overflowed: divergence
+                raise TrainingDiverged(f"the forward pass of step {step + 1} fed NaN or inf to an OBS layer "
+                                       f"({err}): training stopped; {_last_good(last_ckpt)}") from None
             task_loss = task.loss(out, y)
             aux = model.aux_loss()
             loss = task_loss + aux
@@ -260,6 +317,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
                                        f"{_last_good(last_ckpt)}")
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
+            if not _params_finite(params):
+                raise TrainingDiverged(f"the update of step {step + 1} (lr {lr:g}) left parameters holding NaN or inf: "
+                                       f"training stopped; {_last_good(last_ckpt)}")
             scheduler.step()
             if tc.carry_state:
                 states = detach_states(new_states)
@@ -300,9 +360,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     results = {"run": str(run_dir), "step": step, "task": cfg.task.name, "model": cfg.model.name,
                "metrics": metrics, "n_params": n_params, "state_size": state_size_of(model, task),
                "wall_time_s": round(wall, 3), "checkpoint": str(last_ckpt) if last_ckpt else None}
-    tmp = run_dir / (RESULTS_FILE + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(run_dir / RESULTS_FILE)
+    atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     log(f"done: step {step}, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         + f", {wall:.1f} s; results in {run_dir / RESULTS_FILE}")
     return results

@@ -128,6 +128,27 @@ def test_retention_queries_ask_the_written_values_at_the_given_distances():
             assert pos == [6 + d]                      # 3 writes = 6 tokens, then the distance
 
 
+@pytest.mark.parametrize("window", [2, 6, 64])
+def test_retention_stream_made_window_by_window_has_the_lifelong_sets_layout(window):
+    from onebigstate.tasks.retention import RetentionConfig, generate_retention, retention_stream
+    cfg = RetentionConfig(vocab_size=64, n_pairs=4, seq_len=32)
+    dists = [10, 30, 101]
+    x, y, g = generate_retention(cfg, 3, np.random.default_rng(0), distances=dists)
+    parts = list(retention_stream(cfg, 3, dists, window, np.random.default_rng(0)))
+    assert all(p[0].shape[1] == window for p in parts[:-1])
+    X, Y, G = (np.concatenate([p[i] for p in parts], 1) for i in range(3))
+    # the same writes, queries, labels and groups; only the distractors are drawn otherwise
+    assert X.shape == x.shape and (Y == y).all() and (G == g).all()
+    assert (X[:, :8] == x[:, :8]).all() and (X[y != IGNORE] == x[y != IGNORE]).all()
+    q = np.argwhere(y != IGNORE)
+    assert (X[q[:, 0], q[:, 1] + 1] == 0).all()                        # every query is followed by its pad
+    for row in range(3):
+        distractors = X[row, 8::2][Y[row, 8::2] == IGNORE]
+        assert not np.isin(distractors, x[row, :8:2]).any()             # never a written key
+    with pytest.raises(ValueError, match="even"):
+        next(retention_stream(cfg, 3, dists, 5, np.random.default_rng(0)))
+
+
 def test_continual_probe_asks_each_phase_and_current_is_a_repeat():
     t = _task("continual")
     g = t.grouped_test_set()

@@ -58,7 +58,10 @@ VARIANTS = {"obs_plain": {},     # the layer's own defaults: no balance cost, no
             # 1.0 at N = 16384 gains at 1024 and 2047 pairs without extra writes; between N = 1024
             # (seeds spread at 1024 pairs) and 16384: is it a default candidate at every N?
             "obs_balanced_rownorm_n2048_direct1": {**_BR, "n_nodes": 2048, "circuit_direct": 1.0},
-            "obs_balanced_rownorm_n4096_direct1": {**_BR, "n_nodes": 4096, "circuit_direct": 1.0}}
+            "obs_balanced_rownorm_n4096_direct1": {**_BR, "n_nodes": 4096, "circuit_direct": 1.0},
+            # the recipe with a soft bound c on |S| (state_bound): does a bounded lifelong state keep
+            # recall? (docs/results/bounded_state.md)
+            **{f"obs_bound{c:g}": {**OBS_RECIPE, "state_bound": float(c)} for c in (1, 4, 16)}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.

@@ -25,6 +25,8 @@ Train batches from ``batch_seed(seed, step)``; held-out and lifelong sets from
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from pydantic import Field, model_validator
@@ -108,6 +110,63 @@ def generate_retention(cfg: RetentionConfig, n: int, rng: np.random.Generator,
     np.put_along_axis(y, qpos, values, axis=1)
     np.put_along_axis(g, qpos, group_of, axis=1)
     return x, y, g
+
+
+def retention_stream(cfg: RetentionConfig, n: int, distances: list[int], window: int,
+                     rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The lifelong set's streams made window by window, for distances too long to hold at once.
+
+    Yields ``(inputs, labels, groups)`` [n, window] int64 (the last window shorter) until the
+    farthest query: the same layout as ``generate_retention(cfg, n, rng, distances)`` (writes,
+    then two-token slots of distractor traffic, key i queried ``distances[i % len]`` tokens
+    after the writes, group ``i % len``), but the distractors are drawn per window, so a stream
+    of 10^7 tokens costs memory for one window only.
+    """
+    if window < 2 or window % 2:
+        raise ValueError(f"window must be an even number >= 2, got {window}")
+    P, V = cfg.n_pairs, cfg.vocab_size
+    half = V // 2
+    keys = distinct_rows(rng, n, half - 1, P, offset=1)
+    values = rng.integers(half, V, size=(n, P))
+    slot_of = np.array([distances[i % len(distances)] // 2 for i in range(P)])
+    for i in range(P):                                   # two keys at one distance: neighbouring slots
+        while (slot_of[:i] == slot_of[i]).any():
+            slot_of[i] += 1
+    written = np.zeros((n, half), dtype=bool)
+    np.put_along_axis(written, keys, True, axis=1)
+    head = np.stack([keys, values], axis=2).reshape(n, 2 * P)
+    total = 2 * P + 2 * (int(slot_of.max()) + 1)
+    for t0 in range(0, total, window):
+        t1 = min(t0 + window, total)
+        x = np.empty((n, t1 - t0), dtype=np.int64)
+        y = np.full_like(x, IGNORE)
+        g = np.full_like(x, -1)
+        # distractor slots covering [t0, t1), then the head and the queries that fall inside
+        s0, s1 = max(0, (t0 - 2 * P) // 2), (t1 - 2 * P + 1) // 2
+        if s1 > s0:
+            dk = rng.integers(1, half, size=(n, s1 - s0))
+            bad = np.take_along_axis(written, dk, axis=1)
+            while bad.any():
+                dk[bad] = rng.integers(1, half, size=int(bad.sum()))
+                bad = np.take_along_axis(written, dk, axis=1)
+            dv = rng.integers(half, V, size=(n, s1 - s0))
+            slots = np.stack([dk, dv], axis=2).reshape(n, -1)            # tokens 2P + 2 s0 ...
+            a = 2 * P + 2 * s0
+            lo, hi = max(t0, a), min(t1, a + slots.shape[1])
+            x[:, lo - t0:hi - t0] = slots[:, lo - a:hi - a]
+        if t0 < 2 * P:
+            x[:, :min(t1, 2 * P) - t0] = head[:, t0:min(t1, 2 * P)]
+        for i in range(P):
+            q = 2 * P + 2 * int(slot_of[i])
+            if t0 <= q < t1:
+                x[:, q - t0] = keys[:, i]
+                if q + 1 < t1:
+                    x[:, q + 1 - t0] = PAD
+                y[:, q - t0] = values[:, i]
+                g[:, q - t0] = i % len(distances)
+            if t0 <= q + 1 < t1 and q < t0:               # the query's pad opens this window
+                x[:, q + 1 - t0] = PAD
+        yield x, y, g
 
 
 @register_task("retention", RetentionConfig)

@@ -97,3 +97,15 @@ def test_the_soft_bound_keeps_every_entry_within_c_where_plain_writes_grow(backe
     # carries an entry past c, also where single writes are far larger than c (c = 0.05)
     assert sizes[0.0] > 5
     assert sizes[c] <= c * (1 + 1e-5)
+
+
+def test_a_stream_read_in_place_window_after_window_keeps_no_growing_log():
+    # every window's written-entry marks were kept until someone read the map: 24 GB after 10^6
+    # tokens of 8 streams at N = 1024 (benchmarks/bounded_state.py was killed by the OOM killer)
+    m = layer().eval()
+    state = None
+    with torch.no_grad():
+        for _ in range(40):
+            _, state = m(torch.randn(2, 30, 16), state, in_place=True)
+    pending = sum(p.numel() for p, _ in state._marks)
+    assert pending * 9 <= 2 * 32 * 32

@@ -232,6 +232,11 @@ class DenseState(StateStore):
             return
         if self._touched is None:
             self._marks.append((pos.reshape(-1), written.reshape(-1)))
+            # pending marks past the map's own size are built into it: a stream read window after
+            # window without anyone asking for the map held every window's marks (24 GB after
+            # 10^6 tokens of 8 streams at N = 1024)
+            if sum(p.numel() for p, _ in self._marks) * 9 > self.batch * self.n_nodes * self.n_nodes:
+                self.touched
         else:
             self._touched.view(-1)[pos[written]] = True
 

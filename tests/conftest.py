@@ -3,6 +3,10 @@ import os
 import pytest
 import torch
 
+# No GPU: Triton kernels run in Triton's interpreter on CPU tensors (read when triton is imported)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Two cores on CI: keep intra-op threads predictable (OMP_NUM_THREADS wins when set).
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 

@@ -57,27 +57,28 @@ def backend_mode(backend: str):
         cpu_backend.DIRECT_MAX_BYTES = saved
 
 
-def run(backend: str, case: dict, seed: int = 0, dtype: torch.dtype = torch.float64):
+def run(backend: str, case: dict, seed: int = 0, dtype: torch.dtype = torch.float64, device: str = "cpu"):
     with backend_mode(backend) as name:
         cfg = OBSConfig(**{**BASE, **case.get("cfg", {}), "backend": name})
         torch.manual_seed(seed)
-        layer = OBSLayer(cfg).to(dtype).train()
+        layer = OBSLayer(cfg).to(dtype=dtype, device=device).train()
         B, T = case.get("B", 3), case["T"]
-        # drawn in float64 whatever the dtype, so that runs in two dtypes see the same numbers
-        x = torch.randn(B, T, cfg.d_model, dtype=torch.float64).to(dtype).requires_grad_(True)
+        # drawn in float64 on the CPU whatever the dtype and device, so that every run sees the same numbers
+        x = torch.randn(B, T, cfg.d_model, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_(True)
         cont = None
         if case.get("continuous") == "mixed":
-            cont = torch.rand(B, T, generator=torch.Generator().manual_seed(1)) > 0.5
+            cont = (torch.rand(B, T, generator=torch.Generator().manual_seed(1)) > 0.5).to(device)
         state = None
         if case.get("carried"):
             with torch.no_grad():
-                _, state = layer(torch.randn(B, 5, cfg.d_model, dtype=torch.float64).to(dtype))
+                _, state = layer(torch.randn(B, 5, cfg.d_model, dtype=torch.float64).to(dtype=dtype, device=device))
         y, state = layer(x, state, continuous=cont)
-        gy = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(dtype)
-        loss = (y * gy).sum() + layer.last_stats.aux_loss + (layer.last_stats.k_soft ** 2).sum()
+        gy = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        loss = (y * gy.to(dtype=dtype, device=device)).sum() + layer.last_stats.aux_loss \
+            + (layer.last_stats.k_soft ** 2).sum()
         loss.backward()
-    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
-    return y.detach(), x.grad.clone(), grads, state, layer.last_stats
+    grads = {n: p.grad.detach().cpu().clone() for n, p in layer.named_parameters() if p.grad is not None}
+    return y.detach().cpu(), x.grad.cpu().clone(), grads, state, layer.last_stats
 
 
 def assert_grads_close(g_fast: dict, g_ref: dict, tol: float) -> None:

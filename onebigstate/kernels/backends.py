@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-BACKENDS = ("auto", "cpu", "reversible", "reference")
+BACKENDS = ("auto", "cpu", "reversible", "reference", "triton")
 
 _said: set[str] = set()
 
@@ -26,8 +26,10 @@ def resolve_backend(name: str, device: torch.device) -> str:
     """The backend that runs for ``name`` on ``device``.
 
     ``auto``: ``cpu`` (compiled) on CPU tensors when it builds and loads here; otherwise
-    ``reversible``, saying once per process why. On CUDA, ``reversible`` for now. A backend
-    named explicitly runs or raises: ``cpu`` that cannot load raises with the cause.
+    ``reversible``, saying once per process why. On CUDA, ``reversible`` for now: ``triton`` is
+    checked only by Triton's interpreter until a device check has run it on a GPU. A backend named
+    explicitly runs or raises: ``cpu`` that cannot load raises with the cause, ``triton`` off CUDA
+    (without ``TRITON_INTERPRET=1``) too.
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown scan backend '{name}'; expected one of {list(BACKENDS)}")
@@ -50,6 +52,8 @@ def run_backend(name: str, state, carry, inputs, params, cfg, n_reg_samples: int
         from onebigstate.kernels.reversible import scan_reversible as run
     elif name == "cpu":
         from onebigstate.kernels.cpu import scan_cpu as run
+    elif name == "triton":
+        from onebigstate.kernels.triton_scan import scan_triton as run
     else:
         raise ValueError(f"backend '{name}' must be resolved before it runs (resolve_backend)")
     return run(state, carry, inputs, params, cfg, n_reg_samples)

@@ -56,10 +56,10 @@ class OBSCoreConfig(StrictModel):
     balance_cost: float = Field(0.0, ge=0.0, description="weight of the node load-balancing loss on addressing "
                                                          "(spreads circuits over the nodes; 1.0 = even load)")
     continuous: bool = Field(False, description="default modality flag when none is passed")
-    backend: Literal["auto", "cpu", "reversible", "reference"] = Field(
+    backend: Literal["auto", "cpu", "reversible", "reference", "triton"] = Field(
         "auto", description="scan backend (kernels/scan.py): cpu (compiled), reversible (the Python loop), "
-                            "reference (the specification, small sizes); auto: cpu on CPU when it builds, "
-                            "else reversible")
+                            "reference (the specification, small sizes), triton (fused GPU kernels, dense "
+                            "store); auto: cpu on CPU when it builds, else reversible")
     state_backend: Literal["dense", "sparse"] = Field(
         "dense", description="dense: one N x N tensor per stream; sparse: a hash-generated S_0 plus the entries "
                              "written (memory grows with what was written, not N^2)")

@@ -77,6 +77,28 @@ def _row_scale(row):
 
 
 @triton.jit
+def _axes(K: tl.constexpr, M: tl.constexpr, H: tl.constexpr, DV: tl.constexpr, O: tl.constexpr,
+          KP: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr, DVP: tl.constexpr, OP: tl.constexpr):
+    """The small axes (circuit slots, active nodes, write-module width, value width, write-module
+    outputs), padded to powers of two, and their masks."""
+    k = tl.arange(0, KP)
+    m = tl.arange(0, MP)
+    h = tl.arange(0, HP)
+    d = tl.arange(0, DVP)
+    o = tl.arange(0, OP)
+    return k, k < K, m, m < M, h, h < H, d, d < DV, o, o < O
+
+
+@triton.jit
+def _load_weights(Wz, Wo, bo, beta_logit, h, hm, d, dm, o, om, H: tl.constexpr, DV: tl.constexpr):
+    """The write module's W_z [H, DV], W_o [O, H], b_o [O] as padded tiles, and beta = sigmoid(logit)."""
+    wz = tl.load(Wz + h[:, None] * DV + d[None, :], mask=hm[:, None] & dm[None, :], other=0.0)
+    wo = tl.load(Wo + o[:, None] * H + h[None, :], mask=om[:, None] & hm[None, :], other=0.0)
+    bov = tl.load(bo + o, mask=om, other=0.0)
+    return wz, wo, bov, tl.sigmoid(tl.load(beta_logit))
+
+
+@triton.jit
 def _obs_scan_fwd(S, cidx, scores, feats, cont, c_idx, c_w, c_cidx, c_alpha, V, Wz, Wo, bo, beta_logit,
                   o_read, o_ksoft, o_gates, o_khard, o_active, o_w, o_alpha, o_pos, o_vals, o_fac, o_scale, o_grid,
                   T,
@@ -87,26 +109,14 @@ def _obs_scan_fwd(S, cidx, scores, feats, cont, c_idx, c_w, c_cidx, c_alpha, V, 
                   EPS: tl.constexpr, SPREAD: tl.constexpr, REVERSE: tl.constexpr, ROW_NORM: tl.constexpr,
                   CHAIN: tl.constexpr, SAVE: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    k = tl.arange(0, KP)
-    km = k < K
-    m = tl.arange(0, MP)
-    mm = m < M
-    h = tl.arange(0, HP)
-    hm = h < H
-    d = tl.arange(0, DVP)
-    dm = d < DV
-    o = tl.arange(0, OP)
-    om = o < O
+    k, km, m, mm, h, hm, d, dm, o, om = _axes(K, M, H, DV, O, KP, MP, HP, DVP, OP)
     n = tl.arange(0, NP)
     nm = n < N
     R: tl.constexpr = K + M
     OFF_CHAIN: tl.constexpr = K * K + M * K
     OFF_REV: tl.constexpr = OFF_CHAIN + (K * K if CHAIN else 0)
     Sb = S + b * N * N
-    wz = tl.load(Wz + h[:, None] * DV + d[None, :], mask=hm[:, None] & dm[None, :], other=0.0)
-    wo = tl.load(Wo + o[:, None] * H + h[None, :], mask=om[:, None] & hm[None, :], other=0.0)
-    bov = tl.load(bo + o, mask=om, other=0.0)
-    beta = tl.sigmoid(tl.load(beta_logit))
+    wz, wo, bov, beta = _load_weights(Wz, Wo, bo, beta_logit, h, hm, d, dm, o, om, H, DV)
     a_prev = tl.load(c_idx + b * M + m, mask=mm, other=0)
     w_prev = tl.load(c_w + b * M + m, mask=mm, other=0.0)
     i_prev = tl.load(c_cidx + b * K + k, mask=km, other=0)
@@ -239,16 +249,7 @@ def _obs_scan_bwd(G, cidx, scores, feats, cont, c_idx, c_w, c_cidx, c_alpha, V, 
     to this program's rows of d_Wz [B, H, DV], d_Wo [B, O, H], d_bo [B, O], d_beta [B]; V's are
     added into d_V [N, DV] atomically."""
     b = tl.program_id(0).to(tl.int64)
-    k = tl.arange(0, KP)
-    km = k < K
-    m = tl.arange(0, MP)
-    mm = m < M
-    h = tl.arange(0, HP)
-    hm = h < H
-    d = tl.arange(0, DVP)
-    dm = d < DV
-    o = tl.arange(0, OP)
-    om = o < O
+    k, km, m, mm, h, hm, d, dm, o, om = _axes(K, M, H, DV, O, KP, MP, HP, DVP, OP)
     R: tl.constexpr = K + M
     OFF_CHAIN: tl.constexpr = K * K + M * K
     OFF_REV: tl.constexpr = OFF_CHAIN + (K * K if CHAIN else 0)
@@ -260,10 +261,7 @@ def _obs_scan_bwd(G, cidx, scores, feats, cont, c_idx, c_w, c_cidx, c_alpha, V, 
     km_ = km[:, None] & mm[None, :]
     mmm = mm[:, None] & mm[None, :]
     md = mm[:, None] & dm[None, :]
-    wz = tl.load(Wz + h[:, None] * DV + d[None, :], mask=hd, other=0.0)
-    wo = tl.load(Wo + o[:, None] * H + h[None, :], mask=oh, other=0.0)
-    bov = tl.load(bo + o, mask=om, other=0.0)
-    beta = tl.sigmoid(tl.load(beta_logit))
+    wz, wo, bov, beta = _load_weights(Wz, Wo, bo, beta_logit, h, hm, d, dm, o, om, H, DV)
     kf = k.to(wz.dtype)
     gwz = tl.zeros([HP, DVP], dtype=wz.dtype)
     gwo = tl.zeros([OP, HP], dtype=wz.dtype)

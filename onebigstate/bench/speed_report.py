@@ -149,21 +149,29 @@ def train_lines(rows: list[dict]) -> list[str]:
 
 
 def sweep_lines(rows: list[dict], axis: str, key: str, title: str) -> list[str]:
+    """One table per setting of the other knobs (batch, length, width, threads): the GPU grid
+    sweeps N at two batches and two widths."""
     sel = [r for r in rows if r["axis"] == axis]
     if not sel:
         return []
-    values = sorted({r[key] for r in sel})
-    labels = sorted({r["label"] for r in sel}, key=lambda s: (not s.startswith("obs"), s))
-    fixed = {k: sel[0][k] for k in ("batch", "seq_len", "width", "threads") if k != key}
-    head = ", ".join(f"{k} {v}" for k, v in fixed.items())
-    lines = [f"### {title}", "", f"tokens/s forward / tokens/s forward+backward / peak MB of a forward+backward "
-             f"({head}):", "", "| model | parameters | " + " | ".join(f"{key} = {v}" for v in values) + " |",
-             "|---|---:|" + "---|" * len(values)]
-    for lab in labels:
-        by = {r[key]: r for r in sel if r["label"] == lab}
-        params = next((f"{r['params']:,}" for r in by.values() if _ok(r)), "")
-        lines.append(f"| {lab} | {params} | " + " | ".join(_cell_text(by.get(v)) for v in values) + " |")
-    return lines + [""]
+    knobs = [k for k in ("batch", "seq_len", "width", "threads") if k != key]
+    groups: dict[tuple, list[dict]] = {}
+    for r in sel:
+        groups.setdefault(tuple(r[k] for k in knobs), []).append(r)
+    lines = [f"### {title}", ""]
+    for fixed, group in groups.items():
+        values = sorted({r[key] for r in group})
+        labels = sorted({r["label"] for r in group}, key=lambda s: (not s.startswith("obs"), s))
+        head = ", ".join(f"{k} {v}" for k, v in zip(knobs, fixed))
+        lines += [f"tokens/s forward / tokens/s forward+backward / peak MB of a forward+backward ({head}):", "",
+                  "| model | parameters | " + " | ".join(f"{key} = {v}" for v in values) + " |",
+                  "|---|---:|" + "---|" * len(values)]
+        for lab in labels:
+            by = {r[key]: r for r in group if r["label"] == lab}
+            params = next((f"{r['params']:,}" for r in by.values() if _ok(r)), "")
+            lines.append(f"| {lab} | {params} | " + " | ".join(_cell_text(by.get(v)) for v in values) + " |")
+        lines.append("")
+    return lines
 
 
 def plot(rows: list[dict], axis: str, key: str, path: Path, xlabel: str) -> Path | None:

@@ -302,8 +302,14 @@ def direct_at(active_idx: torch.Tensor, circuit_idx: torch.Tensor, alpha: torch.
 
 
 def choose_active(activation: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
-    """A_t: indices of the top-m activations [B, N] -> [B, M] long."""
-    return torch.topk(activation, cfg.m_active, dim=-1).indices
+    """A_t: indices of the top-m activations [B, N] -> [B, M] long, largest first, ties to the
+    smaller index (NaN counts as largest), as the compiled and Triton backends choose.
+
+    Ties are common, not a corner case: with ``state_bound`` many entries sit exactly at +-c,
+    and nodes whose read columns are all saturated get equal activations. ``torch.topk`` leaves
+    the order of ties unspecified, and its choice differed from the other backends' on a state
+    that had lived 10^7 tokens (``docs/results/bounded_state.md``); a stable sort does not."""
+    return torch.sort(activation, dim=-1, descending=True, stable=True).indices[:, :cfg.m_active]
 
 
 def active_weights_and_read(p: StepParams, cfg: StepConfig, act_at_active: torch.Tensor,

@@ -189,3 +189,12 @@ def test_without_gradients_gives_the_same_outputs_and_state(name, backend, monke
     assert torch.equal(layer.last_stats.active_idx, st_ref.active_idx)
     assert rel_err(y, y_ref) < 1e-12 and rel_err(state.S, s_ref.S) < 1e-12
     assert torch.equal(state.touched, s_ref.touched)
+
+
+def test_active_set_ties_go_to_the_smaller_index_as_in_the_compiled_backends():
+    from onebigstate.kernels.step import StepConfig, choose_active
+    cfg = StepConfig(n_nodes=8, k_min=1, k_max=1, m_active=4)
+    act = torch.tensor([[0.5, 2.0, 1.0, 2.0, 2.0, 3.0, 2.0, 2.0]])
+    assert choose_active(act, cfg).tolist() == [[5, 1, 3, 4]]
+    act = torch.tensor([[0.5, float("nan"), 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]])      # NaN counts as largest
+    assert choose_active(act, cfg).tolist() == [[1, 2, 3, 5]]

@@ -104,19 +104,32 @@ def backend_parity(model, states, task, T: int = 32) -> list[dict]:
             gy = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
         (out * gy.to(dtype)).sum().backward()
         grads = {n: p.grad.detach().double().clone() for n, p in m.named_parameters() if p.grad is not None}
-        results[(backend, dtype)] = (out.detach().double(), grads, new[0].as_dense().double())
+        active = obs_layers(m)[0].last_stats.active_idx.detach().cpu()
+        results[(backend, dtype)] = (out.detach().double(), grads, new[0].as_dense().double(), active)
     model.float()
     for layer in layers:
         layer.cfg.backend = "auto"
-    ref_out, ref_grads, ref_state = results[("reference", torch.float64)]
+    ref_out, ref_grads, ref_state, ref_active = results[("reference", torch.float64)]
     rows = []
-    for (backend, dtype), (out, grads, state) in results.items():
+    for (backend, dtype), (out, grads, state, active) in results.items():
         if backend == "reference":
             continue
         g_err = max(_rel(grads[n], ref_grads[n]) for n in ref_grads if ref_grads[n].abs().max() > 0)
+        # the first step whose active set (as a set) differs from the reference's, if any
+        differ = [t for t in range(active.shape[1])
+                  if not torch.equal(active[:, t].sort(-1).values, ref_active[:, t].sort(-1).values)]
         rows.append({"backend": backend, "dtype": str(dtype).replace("torch.", ""), "output": _rel(out, ref_out),
-                     "grads": g_err, "state": _rel(state, ref_state)})
+                     "grads": g_err, "state": _rel(state, ref_state),
+                     "first_step_active_set_differs": differ[0] if differ else None})
     return rows
+
+
+def saturated_share(states, bound: float) -> float | None:
+    """Share of the entries of the first OBS state within 1e-6 of +-c (None without a bound)."""
+    if bound <= 0:
+        return None
+    S = states[0].as_dense()
+    return float((S.abs() >= bound * (1 - 1e-6)).double().mean())
 
 
 def plot(curves: dict, path: Path) -> None:
@@ -156,14 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         bound = obs_layers(model)[0].cfg.state_bound
         name = Path(run).name
         acc, sizes, states, rate = stream(model, task, distances, args.streams, args.window, args.every)
+        sat = saturated_share(states, bound)
         par = backend_parity(model, states, task)
         finite = not any(np.isnan(s) for _, s in sizes)
         rows.append({"run": name, "state_bound": bound, "acc": acc, "largest": sizes[-1][1],
-                     "finite": finite, "tokens_per_s": rate, "parity": par})
+                     "finite": finite, "saturated_share": sat, "tokens_per_s": rate, "parity": par})
         curves[f"{name} (c={bound:g})"] = sizes
         print(json.dumps(rows[-1]), flush=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows, "curves": curves}, indent=1))
-    plot(curves, out.with_suffix(".png"))
+        # after every run, so a run cut short keeps the finished ones
+        out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows, "curves": curves},
+                                                       indent=1))
+        plot(curves, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
 

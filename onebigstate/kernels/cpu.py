@@ -176,10 +176,7 @@ def scan_cpu(state, carry: Carry, inputs: ScanInputs, params: StepParams, cfg: S
     if inputs.scores.device.type != "cpu":
         raise ValueError(f"the 'cpu' scan backend runs on CPU tensors; got {inputs.scores.device}")
     dtype = inputs.scores.dtype
-    for name, t in zip(("value", "w_summary", "w_out", "b_out", "beta_logit"), params.tensors()):
-        if t.dtype != dtype:
-            raise ValueError(f"the 'cpu' scan backend needs every tensor in one dtype; {name} is {t.dtype}, "
-                             f"the scores {dtype}")
+    params.require_dtype(dtype, "cpu")
     B, T, _ = inputs.circuit_idx.shape
     # one host sync per window (not per step): without continuous inputs the chain block is left out
     with_chain = bool(inputs.continuous.any())

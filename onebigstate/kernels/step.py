@@ -84,6 +84,13 @@ class StepParams:
     def tensors(self) -> list[torch.Tensor]:
         return [self.value, self.w_summary, self.w_out, self.b_out, self.beta_logit]
 
+    def require_dtype(self, dtype: torch.dtype, backend: str) -> None:
+        """A compiled backend computes in one dtype: every parameter must be in ``dtype`` (the scores')."""
+        for name, t in zip(("value", "w_summary", "w_out", "b_out", "beta_logit"), self.tensors()):
+            if t.dtype != dtype:
+                raise ValueError(f"the '{backend}' scan backend needs every tensor in one dtype; {name} is "
+                                 f"{t.dtype}, the scores {dtype}")
+
     @staticmethod
     def from_tensors(ts: list[torch.Tensor]) -> "StepParams":
         return StepParams(*ts)

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_indices
+from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import Carry, StepConfig, StepParams, n_write_outputs
 
 MAX_NODES = 8192
@@ -48,7 +48,7 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"the triton backend runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device}"
 
 
-def _launch_dims(cfg: StepConfig, inputs: ScanInputs, params: StepParams, with_chain: bool) -> dict:
+def _launch_dims(cfg: StepConfig, params: StepParams, with_chain: bool) -> dict:
     """The kernels' sizes and switches (constexpr arguments)."""
     K, M, N = cfg.k_max, cfg.m_active, cfg.n_nodes
     H, Dv = params.w_summary.shape
@@ -59,6 +59,11 @@ def _launch_dims(cfg: StepConfig, inputs: ScanInputs, params: StepParams, with_c
                 DIRECT=float(cfg.circuit_direct), BOUND=float(cfg.state_bound), EPS=float(cfg.eps),
                 SPREAD=bool(cfg.spread_from_active), REVERSE=bool(cfg.reverse_assoc), ROW_NORM=bool(cfg.row_norm),
                 CHAIN=bool(with_chain))
+
+
+def _values_at(S: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """S at flat positions [B, P] (the regulariser's sampled written entries)."""
+    return S.reshape(-1)[positions.reshape(-1)].view(positions.shape)
 
 
 def _forward(S: torch.Tensor, dims: dict, tensors: list[torch.Tensor], save: bool) -> dict:
@@ -87,10 +92,10 @@ class _TritonScan(torch.autograd.Function):
     of the graph: the backward reads the logged grid, never the state)."""
 
     @staticmethod
-    def forward(ctx, S, dims, pick, *tensors):
+    def forward(ctx, S, dims, n_reg_samples, *tensors):
         out = _forward(S, dims, list(tensors), save=True)
-        sample = out["pos"].reshape(S.shape[0], -1)[:, pick]
-        reg = S.reshape(-1)[sample.reshape(-1)].view(sample.shape)
+        sample = sample_positions(out["pos"], n_reg_samples)
+        reg = _values_at(S, sample)
         ctx.dims = dims
         ctx.shape = S.shape
         ctx.save_for_backward(sample, *tensors, out["k_hard"], out["active"], out["w"], out["alpha"],
@@ -120,7 +125,7 @@ class _TritonScan(torch.autograd.Function):
                             d_scores, d_feats, d_V, d_Wz, d_Wo, d_bo, d_beta, T, **ctx.dims)
         beta = torch.sigmoid(beta_logit.detach())
         d_beta_logit = (d_beta.sum() * beta * (1 - beta)).reshape(beta_logit.shape)
-        # (S, dims, pick), then circuit_idx, scores, features, continuous, the carry's 4, the 5 parameters
+        # (S, dims, n_reg_samples), then circuit_idx, scores, features, continuous, the carry's 4, the 5 parameters
         return (None, None, None, None, d_scores, d_feats, None, None, None, None, None,
                 d_V, d_Wz.sum(0), d_Wo.sum(0), d_bo.sum(0), d_beta_logit)
 
@@ -142,12 +147,9 @@ def scan_triton(state, carry: Carry, inputs: ScanInputs, params: StepParams, cfg
         raise ValueError(f"the 'triton' scan backend holds all N activations in one program: N <= {MAX_NODES}, "
                          f"got {cfg.n_nodes}")
     dtype = inputs.scores.dtype
-    for name, t in zip(("value", "w_summary", "w_out", "b_out", "beta_logit"), params.tensors()):
-        if t.dtype != dtype:
-            raise ValueError(f"the 'triton' scan backend needs every tensor in one dtype; {name} is {t.dtype}")
-    B, T, _ = inputs.circuit_idx.shape
+    params.require_dtype(dtype, "triton")
     with_chain = bool(inputs.continuous.any())
-    dims = _launch_dims(cfg, inputs, params, with_chain)
+    dims = _launch_dims(cfg, params, with_chain)
     S = state.S
     if not S.is_contiguous():
         raise ValueError("the 'triton' scan backend writes into a contiguous [B, N, N] state")
@@ -155,16 +157,14 @@ def scan_triton(state, carry: Carry, inputs: ScanInputs, params: StepParams, cfg
     tensors = [c(inputs.circuit_idx), c(inputs.scores), c(inputs.features), c(inputs.continuous.to(dtype)),
                c(carry.active_idx), c(carry.active_w), c(carry.circuit_idx), c(carry.alpha),
                *(c(p) for p in params.tensors())]
-    pick = sample_indices(T * dims["W"], n_reg_samples, device)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         (read, k_soft, gates, reg_values, k_hard, active, w_log, alpha, pos, vals) = _TritonScan.apply(
-            S, dims, pick, *tensors)
+            S, dims, n_reg_samples, *tensors)
     else:
         out = _forward(S, dims, [t.detach() for t in tensors], save=False)
         read, k_soft, gates, k_hard, active, w_log, alpha, pos, vals = (
             out[k] for k in ("read", "k_soft", "gates", "k_hard", "active", "w", "alpha", "pos", "vals"))
-        sample = pos.reshape(B, -1)[:, pick]
-        reg_values = S.reshape(-1)[sample.reshape(-1)].view(sample.shape)
+        reg_values = _values_at(S, sample_positions(pos, n_reg_samples))
     with torch.no_grad():
         state.mark_written(pos, vals != 0)
     final = Carry(active[:, -1], w_log[:, -1], inputs.circuit_idx[:, -1], alpha[:, -1])

@@ -145,11 +145,6 @@ def _finite(x: float) -> bool:
     return math.isfinite(x)
 
 
-def _params_finite(params: list[torch.Tensor]) -> bool:
-    """Whether every parameter is finite (one host sync: NaN and inf survive amax)."""
-    return bool(torch.isfinite(torch.stack([p.detach().abs().amax() for p in params])).all())
-
-
 def _keep_metrics_until(path: Path, step: int) -> None:
     """Drop the records a killed run wrote after its last checkpoint (and a torn last line).
 
@@ -317,9 +312,6 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
                                        f"{_last_good(last_ckpt)}")
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
-            if not _params_finite(params):
-                raise TrainingDiverged(f"the update of step {step + 1} (lr {lr:g}) left parameters holding NaN or inf: "
-                                       f"training stopped; {_last_good(last_ckpt)}")
             scheduler.step()
             if tc.carry_state:
                 states = detach_states(new_states)

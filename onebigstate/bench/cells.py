@@ -61,7 +61,10 @@ VARIANTS = {"obs_plain": {},     # the layer's own defaults: no balance cost, no
             "obs_balanced_rownorm_n4096_direct1": {**_BR, "n_nodes": 4096, "circuit_direct": 1.0},
             # the recipe with a soft bound c on |S| (state_bound): does a bounded lifelong state keep
             # recall? (docs/results/bounded_state.md)
-            **{f"obs_bound{c:g}": {**OBS_RECIPE, "state_bound": float(c)} for c in (1, 4, 16)}}
+            **{f"obs_bound{c:g}": {**OBS_RECIPE, "state_bound": float(c)} for c in (1, 4, 16)},
+            # the recipe trained in chunked mode: chunks of 16 steps, 2 sweeps each
+            # (kernels/chunked.py; docs/results/chunked.md)
+            "obs_chunk16": {**OBS_RECIPE, "scan_mode": "chunked", "max_chunk": 16, "chunk_sweeps": 2}}
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.

@@ -62,6 +62,8 @@ class ScanOutputs:
     active_w: torch.Tensor    # [B, T, M]  w_t (detached, for inspection)
     state: object = None      # the final state (a StateStore; its .carry is the final carry too)
     carry: Carry | None = None  # the final carry (A_T, w_T, I_T, alpha_T), detached
+    chunk_lengths: list[int] | None = None  # chunked mode: the length of every chunk
+    chunk_sweeps: list[int] | None = None   # chunked mode: the sweeps every chunk took
 
 
 @dataclass
@@ -99,7 +101,7 @@ def sample_positions(pos_log: torch.Tensor, n_samples: int) -> torch.Tensor:
 
 
 def obs_scan(state, carry: Carry | None, inputs: ScanInputs, params: StepParams, cfg: StepConfig, *,
-             backend: str = "auto", in_place: bool = False, n_reg_samples: int = 0) -> ScanOutputs:
+             backend: str = "auto", in_place: bool = False, n_reg_samples: int = 0, chunks=None) -> ScanOutputs:
     """Run the recurrence over a window of T >= 1 steps.
 
     state: a :class:`~onebigstate.model.state.StateStore` (B streams of N x N). It is *not*
@@ -109,7 +111,10 @@ def obs_scan(state, carry: Carry | None, inputs: ScanInputs, params: StepParams,
     with an empty active set). inputs: what was computed in parallel over time; params: the
     weights used inside the recurrence; cfg: sizes and switches. ``n_reg_samples`` > 0 also
     returns the final state at that many of the window's written entries (the Gaussian
-    regulariser's sample). Nothing else is changed: ``carry``, ``inputs`` and ``params`` are read
+    regulariser's sample). ``chunks``, a :class:`~onebigstate.kernels.chunked.ChunkSpec`, runs
+    the chunked mode (``kernels/chunked.py``): ``reference`` by its specification, ``auto`` and
+    ``reversible`` by the chunk-parallel path; the compiled backends run the sequential mode only
+    and raise. Nothing else is changed: ``carry``, ``inputs`` and ``params`` are read
     only. ``out.state.carry`` is set to the final carry as well (stores keep it for checkpoints).
     """
     from onebigstate.kernels.backends import resolve_backend, run_backend
@@ -128,7 +133,21 @@ def obs_scan(state, carry: Carry | None, inputs: ScanInputs, params: StepParams,
         state = state.clone()
     if carry is None:
         carry = Carry.empty(B, cfg, inputs.scores.dtype, inputs.scores.device)
-    out = run_backend(name, state, carry.detach(), inputs, params, cfg, n_reg_samples)
+    if chunks is not None:
+        out = _run_chunked(backend, name, state, carry.detach(), inputs, params, cfg, n_reg_samples, chunks)
+    else:
+        out = run_backend(name, state, carry.detach(), inputs, params, cfg, n_reg_samples)
     out.carry = out.carry.detach()
     out.state.carry = out.carry
     return out
+
+
+def _run_chunked(asked: str, name: str, state, carry, inputs, params, cfg, n_reg_samples, spec) -> ScanOutputs:
+    from onebigstate.kernels.chunked import scan_chunked, scan_chunked_reference
+
+    if name == "reference":
+        return scan_chunked_reference(state, carry, inputs, params, cfg, n_reg_samples, spec)
+    if asked in ("auto", "reversible"):
+        return scan_chunked(state, carry, inputs, params, cfg, n_reg_samples, spec)
+    raise ValueError(f"scan_mode 'chunked' runs on backend 'auto' or 'reversible' (the chunk-parallel PyTorch "
+                     f"path) or 'reference' (its specification); backend '{asked}' runs the sequential mode only")

@@ -60,6 +60,16 @@ class OBSCoreConfig(StrictModel):
         "auto", description="scan backend (kernels/scan.py): cpu (compiled), reversible (the Python loop), "
                             "reference (the specification, small sizes), triton (fused GPU kernels, dense "
                             "store); auto: cpu on CPU when it builds, else reversible")
+    scan_mode: Literal["sequential", "chunked"] = Field(
+        "sequential", description="sequential: each step handed the previous step's carry; chunked: chunks of up "
+                                  "to max_chunk steps computed in parallel sweeps, each step handed the previous "
+                                  "sweep's carry (kernels/chunked.py; exact after as many sweeps as steps)")
+    max_chunk: int = Field(16, ge=1, description="chunked mode: longest chunk C")
+    chunk_sweeps: int = Field(2, ge=0, description="chunked mode: sweeps per chunk (at most C are used); 0: sweep "
+                                                   "until the active sets and weights stop changing (exact)")
+    chunk_gate: Literal["none", "rule"] = Field(
+        "none", description="chunked mode: none, chunks of max_chunk; rule, also cut before a step that re-reads a "
+                            "circuit of the chunk or a continuous input whose circuit shares no node with the last")
     state_backend: Literal["dense", "sparse"] = Field(
         "dense", description="dense: one N x N tensor per stream; sparse: a hash-generated S_0 plus the entries "
                              "written (memory grows with what was written, not N^2)")

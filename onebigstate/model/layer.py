@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onebigstate.kernels.chunked import ChunkSpec
 from onebigstate.kernels.scan import ScanInputs, obs_scan
 from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser, load_balance_loss
@@ -41,6 +42,8 @@ class OBSStats:
     circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
     read: torch.Tensor         # [B, T, Dv] read vector r_t (detached), for analysis
     aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser + load balance, weighted by the config
+    chunk_lengths: list[int] | None = None  # chunked mode: every chunk's length
+    chunk_sweeps: list[int] | None = None   # chunked mode: the sweeps every chunk took
 
 
 class NonFiniteInput(ValueError):
@@ -52,6 +55,7 @@ class OBSLayer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.step_cfg = StepConfig.from_config(cfg)
+        self.chunk_spec = ChunkSpec.from_config(cfg)
         self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
         self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init, cfg.reverse_assoc)
         self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value) * (0.1 if cfg.value_from_key else 1.0))
@@ -133,7 +137,7 @@ class OBSLayer(nn.Module):
         reg = self.cfg.gaussian_reg
         n_samples = reg.n_samples if (reg.weight > 0 and self.training) else 0
         out = obs_scan(state, state.carry, inputs, self.step_params(), self.step_cfg, backend=self.cfg.backend,
-                       in_place=in_place, n_reg_samples=n_samples)
+                       in_place=in_place, n_reg_samples=n_samples, chunks=self.chunk_spec)
         hidden = F.gelu(self.controller(x))
         y = self.out(torch.cat([hidden, self.read_norm(out.read)], dim=-1))
         aux = x.new_zeros(())
@@ -144,7 +148,7 @@ class OBSLayer(nn.Module):
         if balance:
             aux = aux + self.cfg.balance_cost * load_balance_loss(mean_prob, circuit_idx, self.cfg.k_min)
         self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx,
-                                   out.read.detach(), aux)
+                                   out.read.detach(), aux, out.chunk_lengths, out.chunk_sweeps)
         return y, out.state
 
     def step(self, x: torch.Tensor, state: StateStore | None = None,

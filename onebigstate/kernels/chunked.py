@@ -76,13 +76,14 @@ class ChunkSpec:
 def gate_bounds(inputs: ScanInputs, cfg: StepConfig, max_chunk: int) -> list[tuple[int, int]]:
     """The rule gate: chunks of at most ``max_chunk`` steps, cut before step t when
 
-    - *re-read*: one of the step's sure circuit nodes (its first k_min candidates, which every
-      circuit uses) is a sure node of an earlier circuit of the chunk: the step would read rows
-      the chunk wrote, where the approximate carries matter most (a query of a key stored in
-      the same chunk);
-    - *novel*: the input is continuous (a frame, a sound) and its sure nodes share none with
-      the previous step's: the scene changed, and the carries of the steps before say little
-      about the ones after.
+    - *re-read* (a token, ``continuous == 0``): one of its sure circuit nodes (its first k_min
+      candidates, which every circuit uses) is a sure node of an earlier circuit of the chunk:
+      the step reads rows the chunk wrote, where the approximate carries matter most (a query
+      of a key stored in the same chunk);
+    - *novel* (a continuous input: a frame, a sound): its sure nodes share none with the
+      previous step's. The scene changed, and the carries before say little about those after.
+      Frames of one scene share nodes step after step, and chunks run through them: that is
+      where the carries change slowly and the chunk's approximation holds.
 
     Rows written through the active set (``S[A_{t-1}, I_t]``) are not known before the scan and
     are not checked. The cuts are the union over the batch's streams. Returns [(t0, t1), ...].
@@ -91,12 +92,13 @@ def gate_bounds(inputs: ScanInputs, cfg: StepConfig, max_chunk: int) -> list[tup
     core = inputs.circuit_idx[:, :, :cfg.k_min]                            # [B, T, k_min]
     overlap_prev = (core[:, 1:].unsqueeze(3) == core[:, :-1].unsqueeze(2)).any(3).any(2)   # [B, T-1]
     novel = ((inputs.continuous[:, 1:] > 0) & ~overlap_prev).any(0).tolist()
+    token = inputs.continuous == 0                                          # [B, T]
     seen = torch.zeros(B, cfg.n_nodes, dtype=torch.bool, device=core.device)
     rows = torch.arange(B, device=core.device).unsqueeze(1)
     bounds, start = [], 0
     seen[rows, core[:, 0]] = True
     for t in range(1, T):
-        reread = bool(seen[rows, core[:, t]].any())
+        reread = bool((seen[rows, core[:, t]].any(1) & token[:, t]).any())
         if t - start >= max_chunk or reread or novel[t - 1]:
             bounds.append((start, t))
             start = t

@@ -1,0 +1,202 @@
+"""Sequential against chunked OBS: accuracy of trained cells in every mode, and tokens/s.
+
+    # a bench cell's evaluations (and the share of steps whose active set differs from
+    # sequential, the chunk lengths and sweeps taken) in each mode, without retraining
+    python benchmarks/chunked_modes.py eval runs/chunked/extrapolation_cpu/<cell> --suite extrapolation \
+        --out docs/results/chunked/<name>.json
+    # see-and-hear: recall against delay and exposures of a demo run's OBS models in each mode
+    python benchmarks/chunked_modes.py seeandhear runs/chunked/seeandhear --out docs/results/chunked/seeandhear.json
+    # tokens/s of the OBS layer, forward and forward+backward, batch 1 and 8
+    python benchmarks/chunked_modes.py speed --out docs/results/chunked/speed_cpu.json
+
+Modes: ``sequential`` (backend auto: the compiled scan on CPU), ``sequential_python`` (the
+reversible Python loop, the path the chunked one is written in), ``C4``/``C16``/``C64`` (chunks of
+that many steps, 2 sweeps), ``C16x1`` (1 sweep), ``exact`` (chunks of 16, sweeps until the carries
+settle), ``gated`` (the rule gate, chunks of at most 64, 2 sweeps). Results page:
+docs/results/chunked.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from onebigstate import OBSConfig, OBSLayer
+from onebigstate.kernels.chunked import ChunkSpec
+from onebigstate.model.layer import obs_layers
+
+MODES = {"sequential": None, "C4": ChunkSpec(4, 2), "C16": ChunkSpec(16, 2), "C64": ChunkSpec(64, 2),
+         "C16x1": ChunkSpec(16, 1), "exact": ChunkSpec(16, 0), "gated": ChunkSpec(64, 2, "rule")}
+SETTINGS = {"C4": dict(max_chunk=4), "C16": dict(max_chunk=16), "C64": dict(max_chunk=64),
+            "C16x1": dict(max_chunk=16, chunk_sweeps=1), "exact": dict(max_chunk=16, chunk_sweeps=0),
+            "gated": dict(max_chunk=64, chunk_gate="rule")}
+
+
+def set_mode(model, spec: ChunkSpec | None) -> None:
+    """Run every OBS layer of ``model`` in sequential mode (None) or chunked by ``spec``."""
+    for layer in obs_layers(model):
+        layer.chunk_spec = spec
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def step_stats(model, inputs: torch.Tensor) -> dict:
+    """Active sets [B, T, M] (sorted: compared as sets), chunk lengths and sweeps of one pass."""
+    model.eval()
+    model.hidden(inputs)
+    st = obs_layers(model)[0].last_stats
+    return {"active": st.active_idx.sort(-1).values, "lengths": st.chunk_lengths, "sweeps": st.chunk_sweeps}
+
+
+def eval_cell(args) -> None:
+    from onebigstate.bench.cells import Options
+    from onebigstate.bench.evaluate import run_eval
+    from onebigstate.bench.suites import build_suite
+    from onebigstate.training.checkpoint import read_checkpoint
+    from onebigstate.training.trainer import model_from_checkpoint
+
+    cell_dir = Path(args.cell)
+    who = json.loads((cell_dir / "cell.json").read_text())
+    suite = build_suite(args.suite, Options(mode=args.mode, models=[who["model"]], seeds=[who["seed"]],
+                                            lrs=[who["lr"]]))
+    cell = next(c for c in suite.cells if c.name == who["cell"])
+    task, model = model_from_checkpoint(read_checkpoint(cell_dir), device="cpu")
+    torch.set_num_threads(args.threads)
+    out_path = Path(args.out)
+    out = json.loads(out_path.read_text()) if out_path.exists() else {}
+    out.update(cell=str(cell_dir), model=who["model"], trained_mode=obs_layers(model)[0].cfg.scan_mode,
+               command="python " + " ".join(sys.argv))
+    probe = task.test_set()[0][:args.probe]
+    set_mode(model, None)
+    seq_active = step_stats(model, probe)["active"]
+    for name in args.modes.split(","):
+        if name in out.get("modes", {}):
+            continue
+        set_mode(model, MODES[name])
+        t0 = time.perf_counter()
+        cols = {}
+        for ev in cell.evals:
+            cols.update(run_eval(ev, model, task, cell.config))
+            print(name, cols, flush=True)
+        st = step_stats(model, probe)
+        differ = float((st["active"] != seq_active).any(-1).double().mean())
+        lengths = st["lengths"] or [1] * probe.shape[1]
+        sweeps = st["sweeps"] or [1] * len(lengths)
+        out.setdefault("modes", {})[name] = {
+            "evals": cols, "active_set_differs": differ, "mean_chunk": sum(lengths) / len(lengths),
+            "chunk_lengths": lengths, "mean_sweeps": sum(sweeps) / len(sweeps), "sweeps": sweeps,
+            "eval_s": round(time.perf_counter() - t0, 1)}
+        _write(out_path, out)
+
+
+def seeandhear(args) -> None:
+    from onebigstate.experiments.recall import RecallGrid, measure_recall
+    from onebigstate.experiments.seeandhear import _streams, load_experiment
+    from onebigstate.training.checkpoint import read_checkpoint
+    from onebigstate.training.trainer import model_from_checkpoint
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run)
+    exp = load_experiment(run_dir / "experiment.yaml")
+    grid = RecallGrid(tuple(exp.grid.exposures), tuple(exp.grid.delays), exp.grid.exposure_delay)
+    out_path = Path(args.out)
+    out = json.loads(out_path.read_text()) if out_path.exists() else {}
+    out.update(run=str(run_dir), command="python " + " ".join(sys.argv))
+    for spec in exp.models:
+        if spec.model.name != "obs":
+            continue
+        _, model = model_from_checkpoint(read_checkpoint(run_dir / "models" / spec.label), device="cpu")
+        model.eval()
+        seq_active = None
+        for name in args.modes.split(","):
+            if name in out.get(spec.label, {}):
+                continue
+            set_mode(model, MODES[name])
+            t0 = time.perf_counter()
+            rec = measure_recall(model, _streams(exp, "novel", image_queries=False), grid, exp.grid.n_streams,
+                                 exp.eval_seed, window=exp.grid.window).to_json()
+            # the last window read (the grid's last condition, the same streams in every mode)
+            st = obs_layers(model)[0].last_stats
+            active = st.active_idx.sort(-1).values
+            if seq_active is None or name == "sequential":
+                seq_active = active
+            lengths = st.chunk_lengths or [1] * active.shape[1]
+            out.setdefault(spec.label, {})[name] = {
+                "recall": rec, "active_set_differs_last_window": float((active != seq_active).any(-1).double().mean()),
+                "mean_chunk": sum(lengths) / len(lengths), "chunk_lengths": lengths,
+                "mean_sweeps": (sum(st.chunk_sweeps) / len(st.chunk_sweeps)) if st.chunk_sweeps else 1.0,
+                "eval_s": round(time.perf_counter() - t0, 1)}
+            print(spec.label, name, {k: v for k, v in out[spec.label][name].items() if k != "chunk_lengths"},
+                  flush=True)
+            _write(out_path, out)
+
+
+def speed(args) -> None:
+    torch.set_num_threads(args.threads)
+    base = dict(d_model=64, n_nodes=args.nodes, balance_cost=0.1, row_norm=True, circuit_direct=1.0)
+    modes = {"sequential": {}, "sequential_python": {"backend": "reversible"},
+             **{k: {"scan_mode": "chunked", **v} for k, v in SETTINGS.items()}}
+    rows = []
+    for B in args.batches:
+        x = torch.randn(B, args.seq_len, 64, generator=torch.Generator().manual_seed(0))
+        for train in (False, True):
+            row = {"batch": B, "pass": "fwd+bwd" if train else "fwd"}
+            for name, settings in modes.items():
+                torch.manual_seed(0)
+                layer = OBSLayer(OBSConfig(**base, **settings))
+                times = []
+                for _ in range(args.repeats + 1):            # the first is a warm-up
+                    t = time.perf_counter()
+                    if train:
+                        y, _ = layer(x)
+                        y.square().mean().backward()
+                    else:
+                        with torch.no_grad():
+                            layer(x)
+                    times.append(time.perf_counter() - t)
+                row[name] = round(B * args.seq_len / min(times[1:]))
+            rows.append(row)
+            print(row, flush=True)
+    _write(Path(args.out), {"command": "python " + " ".join(sys.argv), "threads": args.threads,
+                            "nodes": args.nodes, "seq_len": args.seq_len, "rows": rows})
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("eval", help="a trained bench cell's evaluations in each mode")
+    e.add_argument("cell")
+    e.add_argument("--suite", required=True)
+    e.add_argument("--mode", default="cpu", help="the bench mode the cell was trained under")
+    e.add_argument("--modes", default=",".join(MODES))
+    e.add_argument("--probe", type=int, default=32, help="held-out sequences for the active-set comparison")
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--out", required=True)
+    h = sub.add_parser("seeandhear", help="a see-and-hear demo run's OBS models in each mode")
+    h.add_argument("run")
+    h.add_argument("--modes", default="sequential,C4,C16,C64,C16x1,gated")
+    h.add_argument("--threads", type=int, default=1)
+    h.add_argument("--out", required=True)
+    s = sub.add_parser("speed", help="tokens/s of the layer in each mode")
+    s.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    s.add_argument("--seq-len", type=int, default=256)
+    s.add_argument("--nodes", type=int, default=1024)
+    s.add_argument("--repeats", type=int, default=2)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    {"eval": eval_cell, "seeandhear": seeandhear, "speed": speed}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

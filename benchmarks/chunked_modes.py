@@ -50,10 +50,11 @@ def _write(path: Path, obj) -> None:
 
 
 @torch.no_grad()
-def step_stats(model, inputs: torch.Tensor) -> dict:
-    """Active sets [B, T, M] (sorted: compared as sets), chunk lengths and sweeps of one pass."""
+def step_stats(task, model, inputs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Active sets [B, T, M] (sorted: compared as sets), chunk lengths and sweeps of one pass
+    (through the task, which passes the inputs' continuous flags)."""
     model.eval()
-    model.hidden(inputs)
+    task.forward(model, inputs, labels)
     st = obs_layers(model)[0].last_stats
     return {"active": st.active_idx.sort(-1).values, "lengths": st.chunk_lengths, "sweeps": st.chunk_sweeps}
 
@@ -65,32 +66,38 @@ def eval_cell(args) -> None:
     from onebigstate.training.checkpoint import read_checkpoint
     from onebigstate.training.trainer import model_from_checkpoint
 
+    from onebigstate.training.trainer import evaluate
+
     cell_dir = Path(args.cell)
-    who = json.loads((cell_dir / "cell.json").read_text())
-    suite = build_suite(args.suite, Options(mode=args.mode, models=[who["model"]], seeds=[who["seed"]],
-                                            lrs=[who["lr"]]))
-    cell = next(c for c in suite.cells if c.name == who["cell"])
-    task, model = model_from_checkpoint(read_checkpoint(cell_dir), device="cpu")
+    ckpt = read_checkpoint(cell_dir)
+    task, model = model_from_checkpoint(ckpt, device="cpu")
+    if args.suite:          # a bench cell: its suite's evaluations
+        who = json.loads((cell_dir / "cell.json").read_text())
+        suite = build_suite(args.suite, Options(mode=args.mode, models=[who["model"]], seeds=[who["seed"]],
+                                                lrs=[who["lr"]]))
+        cell = next(c for c in suite.cells if c.name == who["cell"])
+        run_evals = lambda: {k: v for ev in cell.evals for k, v in run_eval(ev, model, task, cell.config).items()}
+    else:                   # any run: the task's own held-out metrics
+        run_evals = lambda: evaluate(model, task, ckpt.config.train.eval_batch_size, task.test_set())
     torch.set_num_threads(args.threads)
     out_path = Path(args.out)
     out = json.loads(out_path.read_text()) if out_path.exists() else {}
-    out.update(cell=str(cell_dir), model=who["model"], trained_mode=obs_layers(model)[0].cfg.scan_mode,
+    out.update(run=str(cell_dir), trained_mode=obs_layers(model)[0].cfg.scan_mode,
                command="python " + " ".join(sys.argv))
-    probe = task.test_set()[0][:args.probe]
+    inputs, labels = task.test_set()
+    probe = (inputs[:args.probe], labels[:args.probe])
     set_mode(model, None)
-    seq_active = step_stats(model, probe)["active"]
+    seq_active = step_stats(task, model, *probe)["active"]
     for name in args.modes.split(","):
         if name in out.get("modes", {}):
             continue
         set_mode(model, MODES[name])
         t0 = time.perf_counter()
-        cols = {}
-        for ev in cell.evals:
-            cols.update(run_eval(ev, model, task, cell.config))
-            print(name, cols, flush=True)
-        st = step_stats(model, probe)
+        cols = run_evals()
+        print(name, cols, flush=True)
+        st = step_stats(task, model, *probe)
         differ = float((st["active"] != seq_active).any(-1).double().mean())
-        lengths = st["lengths"] or [1] * probe.shape[1]
+        lengths = st["lengths"] or [1] * probe[0].shape[1]
         sweeps = st["sweeps"] or [1] * len(lengths)
         out.setdefault("modes", {})[name] = {
             "evals": cols, "active_set_differs": differ, "mean_chunk": sum(lengths) / len(lengths),
@@ -174,9 +181,9 @@ def speed(args) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("eval", help="a trained bench cell's evaluations in each mode")
-    e.add_argument("cell")
-    e.add_argument("--suite", required=True)
+    e = sub.add_parser("eval", help="a trained run's evaluations in each mode")
+    e.add_argument("cell", help="a run folder (a bench cell with --suite: its suite's evaluations)")
+    e.add_argument("--suite", default=None)
     e.add_argument("--mode", default="cpu", help="the bench mode the cell was trained under")
     e.add_argument("--modes", default=",".join(MODES))
     e.add_argument("--probe", type=int, default=32, help="held-out sequences for the active-set comparison")

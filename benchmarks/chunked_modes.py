@@ -6,6 +6,8 @@
         --out docs/results/chunked/<name>.json
     # see-and-hear: recall against delay and exposures of a demo run's OBS models in each mode
     python benchmarks/chunked_modes.py seeandhear runs/chunked/seeandhear --out docs/results/chunked/seeandhear.json
+    # training loss curves of runs on one plot
+    python benchmarks/chunked_modes.py curves sequential=RUN chunked=RUN --out docs/results/chunked/x.png
     # tokens/s of the OBS layer, forward and forward+backward, batch 1 and 8
     python benchmarks/chunked_modes.py speed --out docs/results/chunked/speed_cpu.json
 
@@ -148,6 +150,74 @@ def seeandhear(args) -> None:
             _write(out_path, out)
 
 
+def curves(args) -> None:
+    """Training loss against step of run folders (LABEL=RUN ...) on one plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for item in args.runs:
+        label, run = item.split("=", 1)
+        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("kind") == "train"]
+        ax.plot([r["step"] for r in rows], [r["task_loss"] for r in rows], label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss (task)")
+    ax.set_yscale("log")
+    ax.set_title(args.title)
+    ax.legend()
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(args.out)
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def report(args) -> None:
+    """Markdown tables of the JSON files written by ``eval``, ``seeandhear`` and ``speed``."""
+    from onebigstate.experiments.recall import RecallResult
+
+    for path in args.files:
+        d = json.loads(Path(path).read_text())
+        print(f"\n`{d['command']}`\n")
+        if "rows" in d:                                     # speed
+            modes = [k for k in d["rows"][0] if k not in ("batch", "pass")]
+            print("| batch | pass | " + " | ".join(modes) + " |")
+            print("|---|---|" + "---:|" * len(modes))
+            for r in d["rows"]:
+                print(f"| {r['batch']} | {r['pass']} | " + " | ".join(f"{r[m]:,}" for m in modes) + " |")
+        elif "modes" in d:                                  # eval
+            cols = list(next(iter(d["modes"].values()))["evals"])
+            print("| mode | " + " | ".join(cols) + " | active set differs | mean chunk | mean sweeps | eval s |")
+            print("|---|" + "---:|" * (len(cols) + 4))
+            for name, m in d["modes"].items():
+                print(f"| {name} | " + " | ".join(_fmt(m["evals"][c]) for c in cols)
+                      + f" | {m['active_set_differs']:.3f} | {m['mean_chunk']:.1f} | {m['mean_sweeps']:.2f} | {m['eval_s']} |")
+        else:                                               # seeandhear
+            for label, modes in d.items():
+                if not isinstance(modes, dict) or label in ("run", "command"):
+                    continue
+                first = RecallResult.from_json(next(iter(modes.values()))["recall"])
+                delays = sorted({dl for (_, e, dl) in first.counts if e == 1})
+                grid_d = [x for x in (10, 100, 1000, 10_000) if any(x <= dl < x + max(8, x // 10) for dl in delays)]
+                exps = sorted({e for (_, e, _) in first.counts})
+                print(f"model trained as `{label}`:\n")
+                print("| mode | " + " | ".join(f"delay {x}" for x in grid_d) + " | "
+                      + " | ".join(f"{e} exp." for e in exps) + " | active set differs (last window) | mean chunk |")
+                print("|---|" + "---:|" * (len(grid_d) + len(exps) + 2))
+                for name, m in modes.items():
+                    r = RecallResult.from_json(m["recall"])
+                    kind = next(iter(r.counts))[0]
+                    print(f"| {name} | " + " | ".join(f"{r.accuracy(kind, 1, x)[0]:.3f}" for x in grid_d) + " | "
+                          + " | ".join(f"{r.accuracy(kind, e, 100)[0]:.3f}" for e in exps)
+                          + f" | {m['active_set_differs_last_window']:.3f} | {m['mean_chunk']:.1f} |")
+                print()
+
+
 def speed(args) -> None:
     torch.set_num_threads(args.threads)
     base = dict(d_model=64, n_nodes=args.nodes, balance_cost=0.1, row_norm=True, circuit_direct=1.0)
@@ -194,6 +264,12 @@ def main(argv=None) -> None:
     h.add_argument("--modes", default="sequential,C4,C16,C64,C16x1,gated")
     h.add_argument("--threads", type=int, default=1)
     h.add_argument("--out", required=True)
+    c = sub.add_parser("curves", help="training loss curves of runs on one plot")
+    c.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
+    c.add_argument("--title", default="")
+    c.add_argument("--out", required=True)
+    r = sub.add_parser("report", help="markdown tables of the JSON files")
+    r.add_argument("files", nargs="+")
     s = sub.add_parser("speed", help="tokens/s of the layer in each mode")
     s.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     s.add_argument("--seq-len", type=int, default=256)
@@ -202,7 +278,7 @@ def main(argv=None) -> None:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    {"eval": eval_cell, "seeandhear": seeandhear, "speed": speed}[args.cmd](args)
+    {"eval": eval_cell, "seeandhear": seeandhear, "curves": curves, "report": report, "speed": speed}[args.cmd](args)
 
 
 if __name__ == "__main__":

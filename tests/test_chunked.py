@@ -183,3 +183,30 @@ def test_gate_cuts_at_max_chunk_and_takes_the_union_over_streams():
     idx = torch.tensor([c[:4], second])
     inputs = ScanInputs(idx, torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), torch.zeros(2, 4))
     assert gate_bounds(inputs, CFG, max_chunk=16) == [(0, 2), (2, 4)]
+
+
+# ---- training in chunked mode -------------------------------------------------------------------
+
+def test_chunked_training_learns_and_a_stopped_lifelong_run_resumes_exactly(tmp_path):
+    from onebigstate.config import build_config
+    from onebigstate.training.checkpoint import read_checkpoint
+    from onebigstate.training.config import RunConfig
+    from onebigstate.training.trainer import train
+    from tests.training_helpers import read_metrics, single_thread, tiny_tree
+
+    def cfg(steps):
+        tree = tiny_tree(steps=steps, carry_state=True, cosine=False, warmup=0, eval_every=6, ckpt_every=6,
+                         log_every=2)
+        tree["model"]["mixer"].update(scan_mode="chunked", max_chunk=5, chunk_sweeps=2)
+        return build_config(RunConfig, tree)
+
+    with single_thread():
+        train(cfg(12), tmp_path / "whole", log=lambda m: None)
+        train(cfg(6), tmp_path / "parts", log=lambda m: None)
+        train(cfg(12), tmp_path / "parts", resume=read_checkpoint(tmp_path / "parts"), log=lambda m: None)
+    whole = read_metrics(tmp_path / "whole")
+    assert whole == read_metrics(tmp_path / "parts")
+    losses = [r["loss"] for r in whole if r.get("kind") == "train"]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    (s_parts,), (s_whole,) = read_checkpoint(tmp_path / "parts").states(), read_checkpoint(tmp_path / "whole").states()
+    assert torch.equal(s_parts.S, s_whole.S)

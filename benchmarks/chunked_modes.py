@@ -6,6 +6,8 @@
         --out docs/results/chunked/<name>.json
     # see-and-hear: recall against delay and exposures of a demo run's OBS models in each mode
     python benchmarks/chunked_modes.py seeandhear runs/chunked/seeandhear --out docs/results/chunked/seeandhear.json
+    # the rule gate's chunk lengths stream by stream (batch 1) on runs' held-out data
+    python benchmarks/chunked_modes.py gate mqar=RUN retention=RUN --out docs/results/chunked/gate.json
     # training loss curves of runs on one plot
     python benchmarks/chunked_modes.py curves sequential=RUN chunked=RUN --out docs/results/chunked/x.png
     # tokens/s of the OBS layer, forward and forward+backward, batch 1 and 8
@@ -158,7 +160,7 @@ def curves(args) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for item in args.runs:
-        label, run = item.split("=", 1)
+        label, run = item.rsplit("=", 1)
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
         rows = [r for r in rows if r.get("kind") == "train"]
         ax.plot([r["step"] for r in rows], [r["task_loss"] for r in rows], label=label)
@@ -171,6 +173,53 @@ def curves(args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
     print(args.out)
+
+
+@torch.no_grad()
+def gate_per_stream(task, model, inputs: torch.Tensor, labels: torch.Tensor, max_chunk: int = 64) -> dict:
+    """The rule gate's chunk lengths stream by stream (batch 1: no union over streams), from the
+    circuits and continuous flags the OBS layer sees in one sequential pass through the task."""
+    from onebigstate.kernels.chunked import gate_bounds
+    from onebigstate.kernels.scan import ScanInputs
+
+    layer = obs_layers(model)[0]
+    seen = {}
+
+    def hook(mod, args, kwargs):
+        x = args[0]
+        cont = args[2] if len(args) > 2 else kwargs.get("continuous")
+        seen["cont"] = mod._continuous_flags(cont, x.shape[0], x.shape[1], x)
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    set_mode(model, None)
+    try:
+        step_stats(task, model, inputs, labels)
+    finally:
+        handle.remove()
+    idx, cont = layer.last_stats.circuit_idx, seen["cont"]
+    lengths = []
+    for b in range(idx.shape[0]):
+        one = ScanInputs(idx[b:b + 1], idx.new_zeros(1, idx.shape[1], idx.shape[2]).float(),
+                         cont.new_zeros(1, idx.shape[1], 1), cont[b:b + 1])
+        lengths += [t1 - t0 for t0, t1 in gate_bounds(one, layer.step_cfg, max_chunk)]
+    hist = {n: lengths.count(n) for n in sorted(set(lengths))}
+    return {"streams": idx.shape[0], "steps": idx.shape[1], "max_chunk": max_chunk,
+            "mean_chunk": sum(lengths) / len(lengths), "share_of_steps_in_chunks_of_1": hist.get(1, 0) * 1 / sum(lengths),
+            "hist": hist}
+
+
+def gate(args) -> None:
+    from onebigstate.training.checkpoint import read_checkpoint
+    from onebigstate.training.trainer import model_from_checkpoint
+
+    out = {"command": "python " + " ".join(sys.argv), "runs": {}}
+    for item in args.runs:
+        label, run = item.rsplit("=", 1)
+        task, model = model_from_checkpoint(read_checkpoint(run), device="cpu")
+        inputs, labels = task.test_set()
+        out["runs"][label] = {"run": run, **gate_per_stream(task, model, inputs[:args.probe], labels[:args.probe])}
+        print(label, {k: v for k, v in out["runs"][label].items() if k != "hist"}, flush=True)
+    _write(Path(args.out), out)
 
 
 def _fmt(v) -> str:
@@ -268,6 +317,10 @@ def main(argv=None) -> None:
     c.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
     c.add_argument("--title", default="")
     c.add_argument("--out", required=True)
+    g = sub.add_parser("gate", help="the rule gate's chunk lengths stream by stream on runs' held-out data")
+    g.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
+    g.add_argument("--probe", type=int, default=64)
+    g.add_argument("--out", required=True)
     r = sub.add_parser("report", help="markdown tables of the JSON files")
     r.add_argument("files", nargs="+")
     s = sub.add_parser("speed", help="tokens/s of the layer in each mode")
@@ -278,7 +331,7 @@ def main(argv=None) -> None:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    {"eval": eval_cell, "seeandhear": seeandhear, "curves": curves, "report": report, "speed": speed}[args.cmd](args)
+    {"eval": eval_cell, "seeandhear": seeandhear, "curves": curves, "gate": gate, "report": report, "speed": speed}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from onebigstate import OBSConfig, OBSLayer
+from onebigstate.files import atomic_write_text
 from onebigstate.kernels.chunked import ChunkSpec
 from onebigstate.model.layer import obs_layers
 
@@ -48,9 +49,7 @@ def set_mode(model, spec: ChunkSpec | None) -> None:
 
 def _write(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 @torch.no_grad()
@@ -233,7 +232,16 @@ def report(args) -> None:
     for path in args.files:
         d = json.loads(Path(path).read_text())
         print(f"\n`{d['command']}`\n")
-        if "rows" in d:                                     # speed
+        if "runs" in d:                                     # gate
+            bins = [(1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 10 ** 9)]
+            print("| task | mean chunk | chunks of 1 | 2 | 3-4 | 5-8 | 9-16 | > 16 |")
+            print("|---|" + "---:|" * 7)
+            for label, g in d["runs"].items():
+                hist = {int(n): c for n, c in g["hist"].items()}
+                total = sum(hist.values())
+                shares = [sum(c for n, c in hist.items() if lo <= n <= hi) / total for lo, hi in bins]
+                print(f"| {label} | {g['mean_chunk']:.1f} | " + " | ".join(f"{x:.2f}" for x in shares) + " |")
+        elif "rows" in d:                                   # speed
             modes = [k for k in d["rows"][0] if k not in ("batch", "pass")]
             print("| batch | pass | " + " | ".join(modes) + " |")
             print("|---|---|" + "---:|" * len(modes))

@@ -40,8 +40,8 @@ import torch
 
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read, add_direct,
-                                      bound_factors, choose_active, direct_at, plan_writes, read_rows_and_coeffs,
-                                      scale_plan, spread)
+                                      bound_factors, choose_active, direct_at, flat_positions, plan_writes,
+                                      read_rows_and_coeffs, scale_plan, spread)
 
 GATES = ("none", "rule")
 
@@ -191,21 +191,12 @@ def _flat_carry(c: Carry) -> Carry:
     return Carry(*[_flat(getattr(c, f.name)) for f in fields(Carry)])
 
 
-@dataclass
-class _Chunk:
-    """The inputs of one chunk as [B, L, ...] slices."""
-
-    circuit_idx: torch.Tensor
-    scores: torch.Tensor
-    features: torch.Tensor
-    continuous: torch.Tensor
-
-    @staticmethod
-    def of(circuit_idx, scores, features, continuous, t0: int, t1: int) -> "_Chunk":
-        return _Chunk(circuit_idx[:, t0:t1], scores[:, t0:t1], features[:, t0:t1], continuous[:, t0:t1])
+def _chunk(circuit_idx, scores, features, continuous, t0: int, t1: int) -> ScanInputs:
+    """The inputs of steps t0..t1-1 as [B, L, ...] slices."""
+    return ScanInputs(circuit_idx[:, t0:t1], scores[:, t0:t1], features[:, t0:t1], continuous[:, t0:t1])
 
 
-def _plan(params: StepParams, cfg: StepConfig, ch: _Chunk, handed: Carry, with_chain: bool,
+def _plan(params: StepParams, cfg: StepConfig, ch: ScanInputs, handed: Carry, with_chain: bool,
           k_hard: torch.Tensor | None = None):
     """The write plans and read coefficients of a chunk's B x L steps in one batch.
     Returns (plan over B*L, pos [B, L, W], rows [B, L, R], coeff [B, L, R])."""
@@ -215,17 +206,9 @@ def _plan(params: StepParams, cfg: StepConfig, ch: _Chunk, handed: Carry, with_c
     plan = plan_writes(params, cfg, _flat(ch.circuit_idx), _flat(ch.scores), _flat(ch.features),
                        _flat(ch.continuous), hc, k_hard=None if k_hard is None else _flat(k_hard),
                        with_chain=with_chain)
-    stream = torch.arange(B, device=ch.circuit_idx.device).repeat_interleave(L).unsqueeze(1)
-    pos = ((stream * N + plan.rows) * N + plan.cols).view(B, L, -1)
+    pos = flat_positions(plan.rows.view(B, -1), plan.cols.view(B, -1), N).view(B, L, -1)
     rows, coeff = read_rows_and_coeffs(params, cfg, _flat(ch.circuit_idx), plan.alpha, hc)
     return plan, pos, rows.view(B, L, -1), coeff.view(B, L, -1)
-
-
-def _grid_positions(rows: torch.Tensor, active: torch.Tensor, n_nodes: int) -> torch.Tensor:
-    """Flat positions of the grid rows x active columns: rows [B, R], active [B, M] -> [B, R, M]."""
-    B = rows.shape[0]
-    b = torch.arange(B, device=rows.device).view(B, 1, 1)
-    return (b * n_nodes + rows.unsqueeze(2)) * n_nodes + active.unsqueeze(1)
 
 
 @dataclass
@@ -242,10 +225,11 @@ class _Sweep:
     factors: torch.Tensor | None = None  # [B, L, W] state_bound's factors
     scale: torch.Tensor | None = None    # [B, L, R] row_norm's scales
     grid: torch.Tensor | None = None     # [B, L, R, M] S_t[rows_t, A_t], read after the step's writes
+    grid_pos: torch.Tensor | None = None  # [B, L, R, M] flat positions of that grid
     rows: torch.Tensor | None = None     # [B, L, R]
 
 
-def _sweep(store, params: StepParams, cfg: StepConfig, ch: _Chunk, handed: Carry, with_chain: bool) -> _Sweep:
+def _sweep(store, params: StepParams, cfg: StepConfig, ch: ScanInputs, handed: Carry, with_chain: bool) -> _Sweep:
     """One sweep, writes left in ``store``: batch the plans, then per step write and spread."""
     B, L = ch.circuit_idx.shape[:2]
     N = cfg.n_nodes
@@ -274,12 +258,15 @@ def _sweep(store, params: StepParams, cfg: StepConfig, ch: _Chunk, handed: Carry
 
 def _walk_back(store, sw: _Sweep, cfg: StepConfig) -> None:
     """Undo a sweep's writes step by step from the last, logging each step's grid on the way."""
-    B, L = sw.pos.shape[:2]
-    grids = []
+    B, L, R = sw.rows.shape
+    M = cfg.m_active
+    sw.grid_pos = flat_positions(sw.rows.view(B, L * R, 1).expand(B, L * R, M),
+                                 sw.carries.active_idx.unsqueeze(2).expand(B, L, R, M).reshape(B, L * R, M),
+                                 cfg.n_nodes).view(B, L, R, M)
+    sw.grid = torch.empty(sw.grid_pos.shape, dtype=sw.vals.dtype, device=sw.vals.device)
     for i in range(L - 1, -1, -1):
-        grids.append(store.values_at(_grid_positions(sw.rows[:, i], sw.carries.active_idx[:, i], cfg.n_nodes)))
+        sw.grid[:, i] = store.values_at(sw.grid_pos[:, i])
         store.add_(sw.pos[:, i], -sw.vals[:, i])
-    sw.grid = torch.stack(grids[::-1], 1)
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -295,7 +282,7 @@ class _ChunkedScan(torch.autograd.Function):
         out = {k: [] for k in ("read", "k_soft", "gates", "k_hard", "active", "w", "pos")}
         chunks, sweeps_used = [], []
         for t0, t1 in bounds:
-            ch = _Chunk.of(circuit_idx, scores, features, continuous, t0, t1)
+            ch = _chunk(circuit_idx, scores, features, continuous, t0, t1)
             L, n = t1 - t0, spec.sweeps_for(t1 - t0)
             done_sweeps: list[_Sweep] = []
             for j in range(n):
@@ -347,7 +334,7 @@ class _ChunkedScan(torch.autograd.Function):
          *param_tensors) = ctx.saved_tensors
         cfg: StepConfig = ctx.cfg
         B, T, K = circuit_idx.shape
-        M, N = cfg.m_active, cfg.n_nodes
+        M = cfg.m_active
         zeros = lambda *shape: torch.zeros(*shape, dtype=scores.dtype, device=scores.device)
         shapes = StepParams.from_tensors(param_tensors)
         g_read = g_read if g_read is not None else zeros(B, T, shapes.value.shape[1])
@@ -364,7 +351,7 @@ class _ChunkedScan(torch.autograd.Function):
         carry0s = _chunk_start_carries(ctx.chunks, Carry(carry_idx, carry_w, carry_cidx, carry_alpha))
         for (t0, t1, sweeps), carry0 in zip(reversed(ctx.chunks), reversed(carry0s)):
             L = t1 - t0
-            ch = _Chunk.of(circuit_idx, scores, features, continuous, t0, t1)
+            ch = _chunk(circuit_idx, scores, features, continuous, t0, t1)
             g_w_out, g_a_out = zeros(B, L, M), zeros(B, L, K)
             g_w_out[:, -1], g_a_out[:, -1] = g_carry_w, g_carry_a
             g_carry_w, g_carry_a = zeros(B, M), zeros(B, K)
@@ -377,7 +364,7 @@ class _ChunkedScan(torch.autograd.Function):
                     s_leaf = ch.scores.detach().requires_grad_(True)
                     f_leaf = ch.features.detach().requires_grad_(True)
                     grid = sw.grid.detach().requires_grad_(True)
-                    leaf_chunk = _Chunk(ch.circuit_idx, s_leaf, f_leaf, ch.continuous)
+                    leaf_chunk = ScanInputs(ch.circuit_idx, s_leaf, f_leaf, ch.continuous)
                     plan, pos, rows, coeff = _plan(params, cfg, leaf_chunk,
                                                    Carry(handed.active_idx, w_in, handed.circuit_idx, a_in),
                                                    ctx.with_chain, k_hard=sw.k_hard)
@@ -398,8 +385,7 @@ class _ChunkedScan(torch.autograd.Function):
                     # dL/d(the step's writes): every read of the entry at or after the step
                     # (this sweep's; for the last sweep, also every later chunk's, already in G)
                     Gj = G if last else WriteSetGradient(sw.pos, sw.vals.dtype)
-                    read_pos = torch.stack([_grid_positions(sw.rows[:, i], sw.carries.active_idx[:, i], N)
-                                            for i in range(L)], 1)                                   # [B, L, R, M]
+                    read_pos = sw.grid_pos
                     d_vals = torch.empty_like(sw.vals)
                     for i in range(L - 1, -1, -1):
                         Gj.add_(read_pos[:, i], d_grid[:, i])

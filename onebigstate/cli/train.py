@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -9,6 +12,7 @@ from rich.console import Console
 
 from onebigstate.cli.eval import results_rows, results_table
 from onebigstate.config import ConfigError, build_config, load_config
+from onebigstate.distributed.launch import finish, is_main
 from onebigstate.training.checkpoint import read_checkpoint, step_folders
 from onebigstate.training.config import RunConfig
 from onebigstate.training.trainer import CKPT_DIR, CONFIG_FILE, METRICS_FILE, check_resume, check_run_folder, train
@@ -32,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT",
                    help="run folder or checkpoint folder to continue from")
     p.add_argument("--out", metavar="DIR", help="run folder (default: out_dir/run_name from the config)")
+    p.add_argument("--nproc", type=int, default=1, metavar="P",
+                   help="train data parallel in P processes on this machine (launches torchrun; "
+                        "train.batch_size is the global batch and must divide by P)")
     p.set_defaults(func=run)
 
 
@@ -46,10 +53,15 @@ def _split(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc != 1:
+        return _launch(args)
     config, overrides = _split(args)
-    if args.resume is None:
-        return _start(config, overrides, args.out)
-    return _resume(args.resume, config, overrides, args.out)
+    try:
+        if args.resume is None:
+            return _start(config, overrides, args.out)
+        return _resume(args.resume, config, overrides, args.out)
+    finally:
+        finish()
 
 
 def _start(config: str | None, overrides: list[str], out: str | None) -> int:
@@ -57,16 +69,19 @@ def _start(config: str | None, overrides: list[str], out: str | None) -> int:
     if config is None:
         raise ConfigError("obs train needs a CONFIG file (or --resume RUN)")
     cfg = load_config(RunConfig, config, overrides)
-    run_dir = Path(out) if out else Path(cfg.out_dir) / (
-        cfg.run_name or f"{Path(config).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    run_dir = Path(out) if out else _default_run_dir(cfg, config)
     if step_folders(run_dir / CKPT_DIR):
         raise ConfigError(f"run folder {run_dir} already holds a run; continue it with "
                           f"`obs train --resume {run_dir}` or choose another --out")
     check_run_folder(run_dir, cfg)
     if (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists():
-        print(f"note: {run_dir} holds a run stopped before its first checkpoint; starting it again from step 0")
+        _note(f"note: {run_dir} holds a run stopped before its first checkpoint; starting it again from step 0")
     _print_results(train(cfg, run_dir), cfg)
     return 0
+
+
+def _default_run_dir(cfg: RunConfig, config: str) -> Path:
+    return Path(cfg.out_dir) / (cfg.run_name or f"{Path(config).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
 
 
 def _resume(source: str, config: str | None, overrides: list[str], out: str | None) -> int:
@@ -85,11 +100,42 @@ def _resume(source: str, config: str | None, overrides: list[str], out: str | No
     check_run_folder(run_dir, cfg, ckpt)
     changed = [k for k, v in cfg.train.model_dump().items() if ckpt.config.train.model_dump()[k] != v]
     if changed:
-        print(f"note: continuing with changed train settings: {', '.join(changed)}")
+        _note(f"note: continuing with changed train settings: {', '.join(changed)}")
     _print_results(train(cfg, run_dir, resume=ckpt), cfg)
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """``obs train --nproc P ...``: the same command in P processes under torchrun, which stops
+    every process (and exits non-zero) when one of them fails."""
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    out = args.out
+    if out is None and args.resume is None:
+        # one run folder for every process (each would stamp its own time otherwise)
+        config, overrides = _split(args)
+        if config is None:
+            raise ConfigError("obs train needs a CONFIG file (or --resume RUN)")
+        out = str(_default_run_dir(load_config(RunConfig, config, overrides), config))
+    argv = ["train"] + ([args.config] if args.config else []) + list(args.overrides)
+    argv += (["--resume", args.resume] if args.resume else []) + (["--out", out] if out else [])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "onebigstate.cli.main", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    code = subprocess.call(cmd, env=env)
+    if code != 0:
+        print(f"error: the {args.nproc}-process run stopped (torchrun exit code {code}); the run folder keeps its "
+              f"last checkpoint: continue with `obs train --resume RUN --nproc {args.nproc}`", file=sys.stderr)
+    return code
+
+
+def _note(msg: str) -> None:
+    if is_main():
+        print(msg)
+
+
 def _print_results(res: dict, cfg: RunConfig) -> None:
+    if not is_main():
+        return
     title = f"{cfg.model.name} on {cfg.task.name}: held-out results"
     Console().print(results_table(title, results_rows(res)))

@@ -16,11 +16,16 @@ Backends (one signature, the same results up to floating-point rounding):
 - ``auto`` (the default): ``cpu`` on CPU tensors when it loads, else ``reversible``
   (:func:`onebigstate.kernels.backends.resolve_backend` says once why).
 
+A column-sharded state (``onebigstate.distributed.sharded.ColumnShardedState``, S split over the
+processes of a ``torch.distributed`` group) runs in ``scan_sharded`` for ``auto`` and ``reference``;
+the other backends and the chunked mode refuse it.
+
 Gradients flow within one call. The state and carry handed in are treated as constants
 (truncated backpropagation at call boundaries, as in lifelong training over windows).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -128,18 +133,45 @@ def obs_scan(state, carry: Carry | None, inputs: ScanInputs, params: StepParams,
     if state.batch != B or state.n_nodes != cfg.n_nodes:
         raise ValueError(f"state holds {state.batch} streams of N={state.n_nodes} nodes, but the inputs have "
                          f"{B} streams and the config N={cfg.n_nodes}")
-    name = resolve_backend(backend, inputs.scores.device)
+    sharded = _is_sharded(state)
+    if sharded:
+        _check_sharded_backend(backend, chunks)
+    name = "sharded" if sharded else resolve_backend(backend, inputs.scores.device)
     if not in_place:
         state = state.clone()
     if carry is None:
         carry = Carry.empty(B, cfg, inputs.scores.dtype, inputs.scores.device)
-    if chunks is not None:
+    if sharded:
+        from onebigstate.distributed.sharded import scan_sharded
+        out = scan_sharded(state, carry.detach(), inputs, params, cfg, n_reg_samples)
+    elif chunks is not None:
         out = _run_chunked(backend, name, state, carry.detach(), inputs, params, cfg, n_reg_samples, chunks)
     else:
         out = run_backend(name, state, carry.detach(), inputs, params, cfg, n_reg_samples)
     out.carry = out.carry.detach()
     out.state.carry = out.carry
     return out
+
+
+def _is_sharded(state) -> bool:
+    """Whether ``state`` is split over processes (imported only when distributed is loaded, so
+    that a plain run never imports the sharded module)."""
+    mod = sys.modules.get("onebigstate.distributed.sharded")
+    return mod is not None and isinstance(state, mod.ColumnShardedState)
+
+
+def _check_sharded_backend(backend: str, chunks) -> None:
+    """A column-sharded state runs in ``scan_sharded`` (the reference recurrence with collectives):
+    backends ``auto`` and ``reference``, sequential mode only."""
+    from onebigstate.kernels.backends import BACKENDS
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend '{backend}'; expected one of {list(BACKENDS)}")
+    if backend not in ("auto", "reference"):
+        raise ValueError(f"scan backend '{backend}' cannot run a column-sharded state (ColumnShardedState): "
+                         f"use backend 'auto' or 'reference', which run the sharded scan")
+    if chunks is not None:
+        raise ValueError("scan_mode 'chunked' is not supported with a column-sharded state; use the "
+                         "sequential mode")
 
 
 def _run_chunked(asked: str, name: str, state, carry, inputs, params, cfg, n_reg_samples, spec) -> ScanOutputs:

@@ -70,13 +70,15 @@ class OBSCoreConfig(StrictModel):
     chunk_gate: Literal["none", "rule"] = Field(
         "none", description="chunked mode: none, chunks of max_chunk; rule, also cut before a step that re-reads a "
                             "circuit of the chunk or a continuous input whose circuit shares no node with the last")
-    state_backend: Literal["dense", "sparse"] = Field(
+    state_backend: Literal["dense", "sparse", "sharded"] = Field(
         "dense", description="dense: one N x N tensor per stream; sparse: a hash-generated S_0 plus the entries "
-                             "written (memory grows with what was written, not N^2)")
+                             "written (memory grows with what was written, not N^2); sharded: the dense state "
+                             "split by columns over the processes of a torch.distributed group "
+                             "(distributed/sharded.py; scan backend auto or reference, sequential mode)")
     state_init: Literal["auto", "randn", "hash"] = Field(
         "auto", description="how S_0 is drawn: randn (torch's seeded Gaussian; dense only), hash (a Gaussian "
                             "from an integer hash of (seed, i, j); the sparse backend's, and the dense one's "
-                            "when it must match it); auto: randn for dense, hash for sparse")
+                            "when it must match it); auto: randn for dense and sharded, hash for sparse")
     gaussian_reg: GaussianRegConfig = GaussianRegConfig()
 
     @model_validator(mode="after")

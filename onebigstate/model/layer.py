@@ -72,9 +72,11 @@ class OBSLayer(nn.Module):
         # weights to shrink: no weight decay.
         for p in (self.addresser.keys, self.value, self.beta_logit):
             p._optim = {"weight_decay": 0.0}
-        # The dense backend keeps S_0 [N, N] as a buffer; the sparse one generates it when read.
+        # The dense backend keeps S_0 [N, N] as a buffer; the sparse one generates it when read. The
+        # sharded one starts from the dense one's S_0: its columns of the buffer for randn (drawn
+        # whole), of the hash generated column by column otherwise.
         s0 = None
-        if cfg.state_backend == "dense":
+        if cfg.state_backend == "dense" or (cfg.state_backend == "sharded" and cfg.s0_kind == "randn"):
             make_s0 = initial_state if cfg.s0_kind == "randn" else hashed_initial_state
             s0 = make_s0(cfg.n_nodes, cfg.init_std, cfg.state_seed)
         self.register_buffer("s0", s0, persistent=False)
@@ -190,7 +192,7 @@ class OBSLayer(nn.Module):
         if not isinstance(state, StateStore):
             raise TypeError(f"state must be a StateStore returned by this layer (or None for a fresh one), "
                             f"got {type(state).__name__}")
-        kind = "sparse" if isinstance(state, SparseState) else "dense"
+        kind = "sparse" if isinstance(state, SparseState) else "sharded" if _is_sharded(state) else "dense"
         if kind != c.state_backend:
             raise ValueError(f"state is a {kind}-store state but the layer has state_backend='{c.state_backend}'")
         B = x.shape[0]
@@ -220,6 +222,11 @@ class OBSLayer(nn.Module):
             raise ValueError(f"continuous flags must lie in [0, 1] (they scale the chain write), got values in "
                              f"[{float(cont.min())}, {float(cont.max())}]")
         return cont
+
+
+def _is_sharded(state) -> bool:
+    from onebigstate.distributed.sharded import ColumnShardedState
+    return isinstance(state, ColumnShardedState)
 
 
 def obs_layers(model: nn.Module) -> list[OBSLayer]:

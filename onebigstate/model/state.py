@@ -298,15 +298,18 @@ class DenseState(StateStore):
         return f"DenseState(batch={self.batch}, n_nodes={self.n_nodes}, dtype={self.dtype})"
 
 
-# State backends by name (OBSConfig.state_backend). A new backend (row-sharded, say) implements
-# StateStore and gets a branch here; the model is unchanged.
-STATE_BACKENDS = ("dense", "sparse")
+# State backends by name (OBSConfig.state_backend). A new backend implements StateStore and gets
+# a branch here; the model is unchanged.
+STATE_BACKENDS = ("dense", "sparse", "sharded")
 
 
 def make_state(backend: str, batch: int, *, s0: torch.Tensor | None = None, n_nodes: int = 0, std: float = 0.0,
                seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> StateStore:
     """A fresh state of ``batch`` streams: ``dense`` copies ``s0`` [N, N] into every stream;
-    ``sparse`` starts from the hash-generated S_0 of (n_nodes, std, seed) and stores nothing yet."""
+    ``sparse`` starts from the hash-generated S_0 of (n_nodes, std, seed) and stores nothing yet;
+    ``sharded`` holds this process's columns of the dense backend's S_0 (of ``s0`` when given, else
+    of the hashed S_0, generated for those columns only) and needs a live ``torch.distributed``
+    process group (:mod:`onebigstate.distributed.sharded`)."""
     if backend == "dense":
         if s0 is None:
             raise ValueError("the dense state backend needs the initial state s0 [N, N]")
@@ -314,4 +317,8 @@ def make_state(backend: str, batch: int, *, s0: torch.Tensor | None = None, n_no
     if backend == "sparse":
         from onebigstate.model.sparse_state import SparseState
         return SparseState.fresh(n_nodes, batch, std, seed, dtype, device)
+    if backend == "sharded":
+        from onebigstate.distributed.sharded import ColumnShardedState
+        return ColumnShardedState.fresh(batch, s0=s0, n_nodes=n_nodes, std=std, seed=seed, dtype=dtype,
+                                        device=device)
     raise ValueError(f"unknown state backend '{backend}'; known: {list(STATE_BACKENDS)}")

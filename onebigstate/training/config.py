@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from onebigstate.config import StrictModel, config_diff
 from onebigstate.nets.stack import ModelConfig
@@ -50,9 +50,23 @@ class TrainConfig(StrictModel):
     carry_state: bool = Field(False, description="lifelong: carry the model's states across batches "
                                                  "(detached) and store them in checkpoints")
     progress: bool = Field(True, description="show a progress bar")
+    shared_state: bool = Field(False, description="data parallel with train.carry_state: stream j of every process "
+                                                  "shares one big state; the changes all processes wrote are "
+                                                  "summed into every copy every sync_every steps")
+    sync_every: int = Field(1, ge=1, description="steps between syncs of the shared state (and at every checkpoint)")
+    state_exchange: Literal["auto", "sparse", "dense"] = Field(
+        "auto", description="how the shared state's changes travel: (position, value) pairs gathered, a dense "
+                            "all-reduce, or auto (whichever moves fewer bytes)")
     init_from: str | None = Field(None, description="start from the weights of this checkpoint or run folder "
                                                     "(a curriculum: same model, other task settings); "
                                                     "optimizer and step start afresh")
+
+
+    @model_validator(mode="after")
+    def _check_shared(self) -> "TrainConfig":
+        if self.shared_state and not self.carry_state:
+            raise ValueError("train.shared_state=true shares the carried states: it needs train.carry_state=true")
+        return self
 
 
 class RunConfig(StrictModel):

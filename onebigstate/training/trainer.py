@@ -27,6 +27,13 @@ the trimming of metrics.jsonl, results.json) is atomic, so a refusal or a kill l
 
 The trainer owns the process's RNGs for the run: it seeds them from ``train.seed`` at the start
 and restores them from the checkpoint on resumption.
+
+Inside a process group (``torchrun``, ``obs train --nproc P``) the run is data parallel
+(:mod:`onebigstate.distributed.data_parallel`): ``train.batch_size`` is the global batch, each
+rank trains on its share under DDP, the logged metrics are those of the global batch, rank 0
+alone writes the run folder, and checkpoints hold the global batch's carried states, so a run
+resumes with any process count that divides the batch. With ``train.shared_state`` the ranks'
+streams share one lifelong state (:mod:`onebigstate.distributed.shared_state`).
 """
 from __future__ import annotations
 
@@ -43,6 +50,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from onebigstate.config import ConfigError, load_config
+from onebigstate.distributed import data_parallel as dp
+from onebigstate.distributed.launch import init_from_env, launched_by_torchrun, world
+from onebigstate.distributed.streams import global_states, local_states
 from onebigstate.files import atomic_write_text
 from onebigstate.model.layer import NonFiniteInput
 from onebigstate.nets.stack import SeqModel, count_params
@@ -96,14 +106,17 @@ def _to_device(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tor
 
 @torch.no_grad()
 def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | None = None) -> dict[str, float]:
-    """Metrics over the task's whole held-out set (each sequence from a fresh state)."""
+    """Metrics over the task's whole held-out set (each sequence from a fresh state).
+
+    Inside a process group each rank evaluates every P-th batch and the sums are added up."""
     inputs, labels = test_set if test_set is not None else task.test_set()
     device, dtype = model.head.weight.device, model.head.weight.dtype
+    rank, n_ranks = world()
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
     try:
-        for start in range(0, inputs.shape[0], batch_size):
+        for start in range(rank * batch_size, inputs.shape[0], n_ranks * batch_size):
             x = _to_device(inputs[start:start + batch_size], device, dtype)
             # [:2] drops the final states at once; kept in a name they stayed alive through the
             # next batch's forward (OBS at large N: a dense N^2 per sequence)
@@ -114,7 +127,22 @@ def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | Non
                 acc[1] += n
     finally:
         model.train(was_training)
+    if n_ranks > 1:
+        sums = _add_rank_sums(sums, n_ranks)
     return {k: s / n if n else float("nan") for k, (s, n) in sums.items()}
+
+
+def _add_rank_sums(sums: dict[str, list[float]], n_ranks: int) -> dict[str, list[float]]:
+    """Every rank's metric sums added up, in rank order (a rank may have had no batch)."""
+    every: list = [None] * n_ranks
+    torch.distributed.all_gather_object(every, sums)
+    total: dict[str, list[float]] = {}
+    for part in every:
+        for k, (s, n) in part.items():
+            acc = total.setdefault(k, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += n
+    return total
 
 
 def state_size_of(model: SeqModel, task: Task) -> dict[str, int]:
@@ -195,12 +223,18 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     """Run (or continue) training; returns what ``results.json`` holds."""
     tc = cfg.train
     run_dir = Path(run_dir)
-    log = log or (lambda msg: tqdm.write(msg))
+    device, dtype = resolve_device(tc.device), getattr(torch, tc.dtype)
+    if launched_by_torchrun():
+        init_from_env(device)
+    rank, n_ranks = world()
+    main = rank == 0                       # the process that writes the run folder
+    log = (log or (lambda msg: tqdm.write(msg))) if main else (lambda msg: None)
     # Everything is checked before the first file of the run folder is written (see below).
     check_run_folder(run_dir, cfg, resume)
     if resume is not None:
         check_resume(resume, cfg)
-    device, dtype = resolve_device(tc.device), getattr(torch, tc.dtype)
+    dp.check_batch(tc.batch_size, n_ranks)
+    local_batch_size = tc.batch_size // n_ranks
 
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -232,30 +266,39 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         window, elapsed, last_eval = _Window(t["window"]["sums"], t["window"]["n"]), t["elapsed_s"], t["last_eval"]
         if tc.carry_state:
             if resume.has_states:
-                states = resume.states(device)
+                states = local_states(resume.states(device), rank, n_ranks) if n_ranks > 1 else resume.states(device)
             else:
                 log(f"note: {resume.path} holds no carried states; the streams start afresh")
         last_ckpt = resume.path
         log(f"resuming {run_dir} from {resume.path} (step {step} of {tc.steps})")
 
-    # Validated and loaded: from here on the run folder is written.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, cfg.resolved().to_yaml())
+    # Validated and loaded: from here on the run folder is written (by rank 0 alone).
     metrics_path = run_dir / METRICS_FILE
-    if resume is None:
-        atomic_write_text(metrics_path, "")
-    else:
-        _keep_metrics_until(metrics_path, step)
-    # Hide the events a killed run logged after its last checkpoint (all of them, when a run
-    # stopped before its first checkpoint starts again).
-    purge = step + 1 if resume is not None else (0 if (run_dir / TB_DIR).exists() else None)
-    writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=purge)
+    writer = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, cfg.resolved().to_yaml())
+        if resume is None:
+            atomic_write_text(metrics_path, "")
+        else:
+            _keep_metrics_until(metrics_path, step)
+        # Hide the events a killed run logged after its last checkpoint (all of them, when a run
+        # stopped before its first checkpoint starts again).
+        purge = step + 1 if resume is not None else (0 if (run_dir / TB_DIR).exists() else None)
+        writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=purge)
+    shared = _shared_state_sync(tc, model, states, local_batch_size, n_ranks)
+    if shared is not None:
+        states = shared.states
+    step_module = dp.wrap(task, model, n_ranks)
+    where = f"{device}" if n_ranks == 1 else f"{n_ranks} processes ({device}, {local_batch_size} streams each)"
     log(f"run {run_dir}: task {cfg.task.name}, model {cfg.model.name}, {n_params:,} parameters, "
-        f"{tc.steps} steps of batch {tc.batch_size} on {device}")
+        f"{tc.steps} steps of batch {tc.batch_size} on {where}")
 
     test_set = None
 
     def record(rec: dict) -> None:
+        if not main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         for k, v in rec.items():
@@ -277,32 +320,40 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
                                    f"before writing a checkpoint; {_last_good(last_ckpt)}")
         trainer_state = {"window": window.state(), "elapsed_s": elapsed + time.perf_counter() - seg_start,
                          "last_eval": last_eval}
+        saved_states = states if tc.carry_state else None
+        if saved_states is not None and n_ranks > 1:      # the global batch's states, as one process has them
+            per_rank = dp.gather_to_main(saved_states, rank, n_ranks)
+            saved_states = global_states(per_rank) if main else None
+        if not main:
+            return run_dir / CKPT_DIR
         return save_checkpoint(run_dir / CKPT_DIR, at, cfg, model, optimizer, scheduler, trainer_state,
-                               states=states if tc.carry_state else None, keep=tc.keep_checkpoints)
+                               states=saved_states, keep=tc.keep_checkpoints)
 
     params = [p for p in model.parameters() if p.requires_grad]
     seg_start = time.perf_counter()
-    bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=step, disable=not (tc.progress and main), desc="train", dynamic_ncols=True)
     tokens, tick = 0, time.perf_counter()
     try:
         model.train()
         while step < tc.steps:
             x, y = task.train_batch(step, tc.batch_size)
+            if n_ranks > 1:                     # this rank's streams of the global batch
+                x, y = dp.local_batch(x, y, rank, n_ranks)
             x, y = _to_device(x, device, dtype), y.to(device)
             # lifelong: the carried states are advanced in place (the old ones are not read again)
             try:
-                out, y, new_states = task.forward(model, x, y, states if tc.carry_state else None,
-                                                  in_place=tc.carry_state)
+                loss, task_loss, aux, out, y, new_states = step_module(
+                    x, y, states if tc.carry_state else None, in_place=tc.carry_state)
             except NonFiniteInput as err:       # weights or activations overflowed: divergence
                 raise TrainingDiverged(f"the forward pass of step {step + 1} fed NaN or inf to an OBS layer "
                                        f"({err}): training stopped; {_last_good(last_ckpt)}") from None
-            task_loss = task.loss(out, y)
-            aux = model.aux_loss()
-            loss = task_loss + aux
-            loss_value = loss.item()
+            with torch.no_grad():
+                batch_metrics = _batch_metrics(task, out.detach(), y, n_ranks)
+            values = dp.mean_over_ranks({"loss": loss.item(), "task_loss": task_loss.item(), "aux_loss": aux.item()})
+            loss_value = values["loss"]
             if not _finite(loss_value):
-                raise TrainingDiverged(f"loss is {loss_value} at step {step + 1} (task loss {task_loss.item()}, "
-                                       f"aux loss {aux.item()}): training stopped; {_last_good(last_ckpt)}")
+                raise TrainingDiverged(f"loss is {loss_value} at step {step + 1} (task loss {values['task_loss']}, "
+                                       f"aux loss {values['aux_loss']}): training stopped; {_last_good(last_ckpt)}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
@@ -318,17 +369,20 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
             # not kept into the next step's forward: at large N a dense N^2 per sequence
             del new_states
             step += 1
-            with torch.no_grad():
-                batch_metrics = task.metrics(out.detach(), y)
+            ckpt_due = (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps
+            if shared is not None and (step % tc.sync_every == 0 or ckpt_due):
+                # a checkpoint always holds synced states, so a resume starts from a sync point
+                shared.states = states
+                states = shared.sync()
             batch_metrics.pop("loss", None)
-            window.add({"loss": loss_value, "task_loss": task_loss.item(), "aux_loss": aux.item(),
-                        "grad_norm": grad_norm, **batch_metrics})
-            tokens += x.shape[0] * x.shape[1]
+            window.add({**values, "grad_norm": grad_norm, **batch_metrics})
+            tokens += x.shape[0] * x.shape[1] * n_ranks
             bar.update(1)
 
             if step % tc.log_every == 0:
                 now = time.perf_counter()
-                writer.add_scalar("train/tokens_per_s", tokens / max(now - tick, 1e-9), step)
+                if writer is not None:
+                    writer.add_scalar("train/tokens_per_s", tokens / max(now - tick, 1e-9), step)
                 tokens, tick = 0, now
                 means = window.means()
                 record({"step": step, "kind": "train", "lr": lr, **means})
@@ -339,23 +393,49 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
                 bar.set_postfix({f"eval_{k}": f"{v:.4g}" for k, v in last_eval.items() if k != "step"})
             if step == tc.steps and (last_eval is None or last_eval["step"] != step):
                 last_eval = run_eval(step)
-            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
+            if ckpt_due:
                 last_ckpt = checkpoint(step, seg_start)
         if last_eval is None or last_eval["step"] != step:
             last_eval = run_eval(step)
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
 
     wall = elapsed + time.perf_counter() - seg_start
     metrics = {k: v for k, v in last_eval.items() if k != "step"}
     results = {"run": str(run_dir), "step": step, "task": cfg.task.name, "model": cfg.model.name,
                "metrics": metrics, "n_params": n_params, "state_size": state_size_of(model, task),
                "wall_time_s": round(wall, 3), "checkpoint": str(last_ckpt) if last_ckpt else None}
-    atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    if n_ranks > 1:
+        results["processes"] = n_ranks
+    if shared is not None:
+        results["shared_state"] = shared.summary()
+    if main:
+        atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     log(f"done: step {step}, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         + f", {wall:.1f} s; results in {run_dir / RESULTS_FILE}")
     return results
+
+
+def _batch_metrics(task: Task, out: torch.Tensor, y: torch.Tensor, n_ranks: int) -> dict[str, float]:
+    """The task's training metrics of the batch; in a process group, of the global batch (the
+    ranks' sums and counts added up)."""
+    if n_ranks == 1:
+        return task.metrics(out, y)
+    counts = task.metric_counts(out, y)
+    keys = list(counts)
+    totals = dp.sum_over_ranks([v for k in keys for v in counts[k]])
+    return {k: totals[2 * i] / totals[2 * i + 1] for i, k in enumerate(keys) if totals[2 * i + 1] > 0}
+
+
+def _shared_state_sync(tc, model: SeqModel, states, local_batch_size: int, n_ranks: int):
+    """With ``train.shared_state``, the object that sums the ranks' writes into every copy of the
+    carried states (starting them from fresh states when there are none yet); else None."""
+    if not tc.shared_state:
+        return None
+    from onebigstate.distributed.shared_state import SharedStates
+    return SharedStates.start(model, states, local_batch_size, exchange=tc.state_exchange)
 
 
 def _last_good(path: Path | None) -> str:

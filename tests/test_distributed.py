@@ -180,6 +180,21 @@ def test_exchange_rule_picks_the_way_that_moves_fewer_bytes():
         choose_exchange([1, 1], 4, 4, "ring")
 
 
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+@pytest.mark.parametrize("history", [0, 20])
+def test_changes_since_are_what_was_added_since(kind, history):
+    from onebigstate.distributed.shared_state import apply_changes, changes_since
+    before = _store(kind, 2, 7)
+    if history:
+        before.add_(*_rank_writes(99, 2, 7, history))
+    store = before.clone()
+    store.add_(*_rank_writes(1, 2, 7, 30))
+    pos, vals = changes_since(store, before)
+    assert bool((pos[1:] > pos[:-1]).all()) and bool((vals != 0).all())
+    torch.testing.assert_close(apply_changes(before, [(pos, vals)]).as_dense(), store.as_dense(), rtol=0, atol=1e-15)
+    assert changes_since(before, before)[0].numel() == 0
+
+
 def test_shared_state_training_keeps_one_state_on_every_rank(tmp_path):
     tree = tiny_tree(dtype="float64", carry_state=True, shared_state=True, steps=8, batch_size=4, cosine=False)
     results = spawn(train_worker, 2, tree, str(tmp_path / "run"))
@@ -268,3 +283,26 @@ def test_a_rank_killed_mid_run_stops_the_job_and_the_run_resumes_from_its_last_c
     once = obs_train(str(cfg), f"train.steps={step + 4}", "--nproc", "2", "--out", str(tmp_path / "once"))
     assert once.wait(timeout=180) == 0, once.communicate()
     assert_same_training(run, tmp_path / "once", atol=0)
+
+
+# ---- a sharded state in training ----------------------------------------------------------------------
+def test_training_with_a_column_sharded_state_equals_the_dense_run(tmp_path):
+    tree = tiny_tree(dtype="float64", steps=6, eval_every=3)
+    tree["model"]["mixer"]["n_nodes"] = 31                       # uneven columns over 2 processes
+    train_here(tree, tmp_path / "dense")
+    sharded = json.loads(json.dumps(tree))
+    sharded["model"]["mixer"]["state_backend"] = "sharded"
+    results = spawn(train_worker, 2, sharded, str(tmp_path / "sharded"))
+    assert results[0]["metrics"] == results[1]["metrics"]        # every rank ran the same streams
+    assert_same_training(tmp_path / "sharded", tmp_path / "dense")
+
+
+def test_a_sharded_state_needs_several_processes_and_episodic_training(tmp_path):
+    from onebigstate.config import ConfigError
+    tree = tiny_tree()
+    tree["model"]["mixer"]["state_backend"] = "sharded"
+    with pytest.raises(ConfigError, match="train with --nproc P"):
+        train_here(tree, tmp_path / "one")
+    tree["train"]["carry_state"] = True
+    with pytest.raises(RuntimeError, match="trains episodically for now"):
+        spawn(train_worker, 2, tree, str(tmp_path / "two"))

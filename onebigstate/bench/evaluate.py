@@ -25,11 +25,17 @@ def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 @torch.no_grad()
 def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0,
-                     on_window=None, progress: bool = False) -> dict[str, float]:
+                     on_window=None, progress: bool = False, start_states: list | None = None) -> dict[str, float]:
     """Accuracy per group name (and ``all``) over the scored positions of ``data``.
 
     ``on_window(states, tokens_read)``, if given, is called after every window (for probes that
-    watch the state along a stream); ``progress`` shows a bar over the windows read."""
+    watch the state along a stream); states it returns replace the carried ones (a shared state
+    synced with other processes, ``distributed/shared_state.py``). ``progress`` shows a bar over
+    the windows read. ``start_states`` (one batch of streams only) start the streams instead of
+    fresh states; they are advanced in place."""
+    if start_states is not None and data.inputs.shape[0] > batch_size:
+        raise ValueError(f"start_states are the states of one batch, but {data.inputs.shape[0]} streams are read "
+                         f"in batches of {batch_size}")
     device, _ = _device_dtype(model)
     was_training = model.training
     model.eval()
@@ -42,7 +48,7 @@ def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0
         bar = tqdm(total=-(-B // batch_size) * -(-T // step), disable=not progress, desc="eval windows",
                    dynamic_ncols=True)
         for b0 in range(0, B, batch_size):
-            states = None
+            states = start_states
             for t0 in range(0, T, step):
                 x = data.inputs[b0:b0 + batch_size, t0:t0 + step].to(device)
                 y = data.labels[b0:b0 + batch_size, t0:t0 + step].to(device)
@@ -50,7 +56,7 @@ def grouped_accuracy(model, data: Grouped, batch_size: int = 64, window: int = 0
                 h, states = model.hidden(x, states, in_place=True)   # the old window is not read again
                 bar.update()
                 if on_window is not None:
-                    on_window(states, t0 + x.shape[1])
+                    states = on_window(states, t0 + x.shape[1]) or states
                 mask = y != IGNORE
                 if not mask.any():
                     continue

@@ -70,7 +70,8 @@ def changes_since(store: StateStore, before: StateStore) -> tuple[torch.Tensor, 
         keys, vals = store.keys, store.vals
         old_keys, old_vals = before.keys, before.vals
         idx, found = find_sorted(old_keys, keys)
-        delta = vals - torch.where(found, old_vals[idx], torch.zeros_like(vals))
+        prev = old_vals[idx] if old_keys.numel() else torch.zeros_like(vals)      # nothing stored before
+        delta = vals - torch.where(found, prev, torch.zeros_like(vals))
         # a stored change that went back to exactly 0 may have left the keys (set_dense)
         gone_idx, still = find_sorted(keys, old_keys)
         pos = torch.cat([keys, old_keys[~still]])

@@ -105,13 +105,16 @@ def _to_device(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tor
 
 
 @torch.no_grad()
-def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | None = None) -> dict[str, float]:
+def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | None = None,
+             ranks: tuple[int, int] | None = None) -> dict[str, float]:
     """Metrics over the task's whole held-out set (each sequence from a fresh state).
 
-    Inside a process group each rank evaluates every P-th batch and the sums are added up."""
+    Inside a process group each rank evaluates every P-th batch and the sums are added up;
+    ``ranks=(0, 1)`` has every rank evaluate every batch (a sharded state: the ranks run the
+    same streams). Default: ``(rank, world size)``."""
     inputs, labels = test_set if test_set is not None else task.test_set()
     device, dtype = model.head.weight.device, model.head.weight.dtype
-    rank, n_ranks = world()
+    rank, n_ranks = ranks if ranks is not None else world()
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
@@ -226,13 +229,17 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     device, dtype = resolve_device(tc.device), getattr(torch, tc.dtype)
     if launched_by_torchrun():
         init_from_env(device)
-    rank, n_ranks = world()
+    rank, world_size = world()
     main = rank == 0                       # the process that writes the run folder
     log = (log or (lambda msg: tqdm.write(msg))) if main else (lambda msg: None)
     # Everything is checked before the first file of the run folder is written (see below).
     check_run_folder(run_dir, cfg, resume)
     if resume is not None:
         check_resume(resume, cfg)
+    # Data parallel over the group's ranks, unless S is sharded over them: then every rank runs
+    # the same streams (model parallel) and the gradients are equal on every rank without DDP.
+    sharded = _sharded_state(cfg, world_size)
+    rank, n_ranks = (0, 1) if sharded else (rank, world_size)
     dp.check_batch(tc.batch_size, n_ranks)
     local_batch_size = tc.batch_size // n_ranks
 
@@ -291,6 +298,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         states = shared.states
     step_module = dp.wrap(task, model, n_ranks)
     where = f"{device}" if n_ranks == 1 else f"{n_ranks} processes ({device}, {local_batch_size} streams each)"
+    if sharded:
+        where = f"{world_size} processes ({device}), the big state split by columns over them"
     log(f"run {run_dir}: task {cfg.task.name}, model {cfg.model.name}, {n_params:,} parameters, "
         f"{tc.steps} steps of batch {tc.batch_size} on {where}")
 
@@ -309,7 +318,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         nonlocal test_set
         if test_set is None:
             test_set = task.test_set()
-        metrics = evaluate(model, task, tc.eval_batch_size, test_set)
+        metrics = evaluate(model, task, tc.eval_batch_size, test_set, ranks=(rank, n_ranks))
         record({"step": at, "kind": "eval", **metrics})
         return {"step": at, **metrics}
 
@@ -407,8 +416,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     results = {"run": str(run_dir), "step": step, "task": cfg.task.name, "model": cfg.model.name,
                "metrics": metrics, "n_params": n_params, "state_size": state_size_of(model, task),
                "wall_time_s": round(wall, 3), "checkpoint": str(last_ckpt) if last_ckpt else None}
-    if n_ranks > 1:
-        results["processes"] = n_ranks
+    if world_size > 1:
+        results["processes"] = world_size
     if shared is not None:
         results["shared_state"] = shared.summary()
     if main:
@@ -416,6 +425,21 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     log(f"done: step {step}, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         + f", {wall:.1f} s; results in {run_dir / RESULTS_FILE}")
     return results
+
+
+def _sharded_state(cfg: RunConfig, world_size: int) -> bool:
+    """Whether the model's OBS state is split over the group's processes (``state_backend:
+    sharded``); refuses what that mode does not support."""
+    mixer = cfg.model.mixer if isinstance(cfg.model.mixer, dict) else {}
+    if mixer.get("state_backend") != "sharded":
+        return False
+    if world_size == 1:
+        raise ConfigError("model.mixer.state_backend=sharded splits the state over processes: train with "
+                          "--nproc P (torchrun), P >= 2")
+    if cfg.train.carry_state or cfg.train.shared_state:
+        raise ConfigError("model.mixer.state_backend=sharded trains episodically for now (train.carry_state=false): "
+                          "checkpoints of carried sharded states are not written yet")
+    return True
 
 
 def _batch_metrics(task: Task, out: torch.Tensor, y: torch.Tensor, n_ranks: int) -> dict[str, float]:

@@ -56,7 +56,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from onebigstate.kernels.reference import StepResult
+from onebigstate.kernels.reference import StepResult, stack_outputs
 from onebigstate.kernels.scan import ScanInputs, ScanOutputs, StateBase, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read, add_direct,
                                       bound_factors, choose_active, flat_positions, plan_writes,
@@ -475,8 +475,4 @@ def scan_sharded(store: ColumnShardedState, carry: Carry, inputs: ScanInputs, pa
     sample = sample_positions(torch.stack([s.pos for s in steps], 1), n_reg_samples)
     reg_values = reduce_from_shards(local_values_at(local, sample, shard), shard)
     store.set_local(local.detach())
-    stack = lambda xs: torch.stack(xs, 1)
-    return ScanOutputs(stack([s.read for s in steps]), stack([s.k_soft for s in steps]),
-                       stack([s.gates for s in steps]), reg_values, stack([s.k_hard for s in steps]),
-                       stack([c.active_idx for c in carries]), stack([c.active_w.detach() for c in carries]),
-                       store, carries[-1].detach())
+    return stack_outputs(store, steps, carries, reg_values)

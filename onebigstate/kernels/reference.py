@@ -71,6 +71,11 @@ def finish_reference(store, S: torch.Tensor, steps: list[StepResult], carries: l
     sample = sample_positions(torch.stack([s.pos for s in steps], 1), n_reg_samples)
     reg_values = take(S.reshape(-1), sample)
     store.set_dense(S.detach())
+    return stack_outputs(store, steps, carries, reg_values)
+
+
+def stack_outputs(store, steps: list[StepResult], carries: list[Carry], reg_values: torch.Tensor) -> ScanOutputs:
+    """The op's outputs [B, T, ...] from each step's results and carry (the store already final)."""
     stack = lambda xs: torch.stack(xs, 1)
     return ScanOutputs(stack([s.read for s in steps]), stack([s.k_soft for s in steps]),
                        stack([s.gates for s in steps]), reg_values, stack([s.k_hard for s in steps]),

@@ -29,10 +29,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
-
 from onebigstate.data.espeak import Espeak
-from onebigstate.data.logmel import LogMelConfig, fix_frames, log_mel, trim_silence
+from onebigstate.data.logmel import LogMelConfig, fix_frames, spoken_word_mel
 
 ASSET = Path(__file__).resolve().parents[1] / "onebigstate" / "data" / "assets" / "seeandhear.npz"
 FORMAT_VERSION = 2
@@ -66,12 +64,10 @@ def synth_words(tts: Espeak, words: tuple[str, ...]) -> tuple[np.ndarray, np.nda
     W, V = len(words), len(VOICES) * len(PROSODY)
     mels = np.zeros((W, V, MEL.n_mels, N_FRAMES), dtype=np.float16)
     lengths = np.zeros((W, V), dtype=np.int16)
-    up, down = MEL.sample_rate, tts.sample_rate
-    g = np.gcd(up, down)
     for w, word in enumerate(words):
         for v, (voice, (rate, pitch)) in enumerate((vo, pr) for vo in VOICES for pr in PROSODY):
-            wave = resample_poly(tts.synth(word, voice=voice, rate=rate, pitch=pitch), up // g, down // g)
-            mel = trim_silence(log_mel(wave, MEL), MEL, top_db=TRIM_TOP_DB)
+            wave = tts.synth(word, voice=voice, rate=rate, pitch=pitch)
+            mel = spoken_word_mel(wave, tts.sample_rate, MEL, top_db=TRIM_TOP_DB)
             lengths[w, v] = mel.shape[1]
             mels[w, v] = fix_frames(mel, N_FRAMES, MEL.silence)
     return mels, lengths

@@ -98,3 +98,20 @@ def fix_frames(mel: np.ndarray, n_frames: int, pad_value: float) -> np.ndarray:
         return mel[:, start: start + n_frames]
     before = (n_frames - L) // 2
     return np.pad(mel, ((0, 0), (before, n_frames - L - before)), constant_values=pad_value)
+
+
+def resample(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """A mono waveform at ``sample_rate`` resampled to ``target_rate`` (scipy's polyphase filter)."""
+    from scipy.signal import resample_poly
+    wave = np.asarray(wave)            # filtered in its own float type (the shipped words: espeak's)
+    if sample_rate == target_rate:
+        return wave.astype(np.float64)
+    g = np.gcd(int(target_rate), int(sample_rate))
+    return resample_poly(wave, target_rate // g, sample_rate // g)
+
+
+def spoken_word_mel(wave: np.ndarray, sample_rate: int, cfg: LogMelConfig, top_db: float = 40.0) -> np.ndarray:
+    """One spoken word ``[S]`` at ``sample_rate`` -> log-mel frames ``[M, L']`` of its non-silent
+    part: resampled to ``cfg.sample_rate``, :func:`log_mel`, :func:`trim_silence`. (The shipped
+    words then go through ``fix_frames`` to 24 frames: ``data/user_items.word_features``.)"""
+    return trim_silence(log_mel(resample(wave, sample_rate, cfg.sample_rate), cfg), cfg, top_db=top_db)

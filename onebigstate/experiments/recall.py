@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from onebigstate.data.seeandhear import SeeHearData
 from onebigstate.data.streams import IGNORE, StreamBatch, StreamConfig, generate_streams, recall_counts
 from onebigstate.nets.stack import SeqModel
 from onebigstate.tasks.seeandhear_task import grouped_predictions
@@ -98,9 +99,11 @@ def stream_predictions(model: SeqModel, batch: StreamBatch, window: int) -> torc
 
 
 def measure_recall(model: SeqModel, base: StreamConfig, grid: RecallGrid, n_streams: int, seed: int,
-                   window: int = 512, batch_size: int = 32) -> RecallResult:
+                   window: int = 512, batch_size: int = 32, data: SeeHearData | None = None) -> RecallResult:
     """Recall of ``model`` on the grid's conditions; streams from ``base`` with only the
-    exposures and the delay changed (``base.split`` is the split measured)."""
+    exposures and the delay changed (``base.split`` is the split measured). ``data``: the
+    images and words to draw from (default the shipped ones; your own:
+    :func:`onebigstate.data.user_items.with_user_items`)."""
     result = RecallResult()
     t0 = time.perf_counter()
     for e, d in grid.conditions():
@@ -110,7 +113,7 @@ def measure_recall(model: SeqModel, base: StreamConfig, grid: RecallGrid, n_stre
         for start in range(0, n_streams, batch_size):
             n = min(batch_size, n_streams - start)
             # a fixed seed per condition and chunk of streams: every model sees the same streams
-            batch = generate_streams(cfg, n, seed + 7919 * e + 104_729 * d + start,
+            batch = generate_streams(cfg, n, seed + 7919 * e + 104_729 * d + start, data=data,
                                      dtype=torch.float16 if long else torch.float32)
             result.add(recall_counts(stream_predictions(model, batch, window), batch))
     result.seconds = time.perf_counter() - t0

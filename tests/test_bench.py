@@ -528,3 +528,29 @@ def test_commit_given_in_the_environment_wins_over_git(monkeypatch):
     assert git_commit() != ""
     monkeypatch.setenv("OBS_GIT_COMMIT", "abc123")
     assert git_commit() == "abc123 (as given by OBS_GIT_COMMIT)"
+
+
+def test_seeandhear_suite_measures_recall_against_delay_exposures_and_direction():
+    import torch
+
+    from onebigstate.bench.evaluate import recall_columns
+    from onebigstate.data.seeandhear import load_seeandhear
+    from onebigstate.data.streams import StreamConfig, generate_streams
+    from onebigstate.nets.stack import ModelConfig
+    from onebigstate.tasks.seeandhear_task import StreamSeqModel, n_targets
+    suite = build_suite("seeandhear", Options(mode="quick", models=["obs", "lstm"]))
+    assert {c.model for c in suite.cells} == {"obs", "lstm"}
+    ev = suite.cells[0].evals[0]
+    assert ev.kind == "recall" and ev.params["delays"] == [10, 100, 1000] and ev.params["object_to_word"]
+    assert {p.key for p in suite.plots} == {"d", "exp"}
+    cfg = suite.cells[0].config
+    layout = generate_streams(StreamConfig(), 1, 0).layout
+    torch.manual_seed(0)
+    model = StreamSeqModel(ModelConfig(name="obs", d_model=16, mixer={"n_nodes": 32, "k_min": 2, "k_max": 4,
+                                                                          "m_active": 4}),
+                           n_targets(load_seeandhear()), layout)
+    cols = recall_columns(model, cfg, {"delays": [5, 20], "exposures": [1, 2], "exposure_delay": 5, "n_streams": 4,
+                                       "window": 16, "object_to_word": True})
+    assert set(cols) == {"d=5", "d=20", "exp=1", "exp=2", "obj->word"}
+    assert all(0 <= v <= 1 for v in cols.values())
+    assert cols["d=5"] == cols["exp=1"]                    # one condition, two columns

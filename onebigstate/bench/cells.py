@@ -35,6 +35,9 @@ _BR = {"balance_cost": 0.1, "row_norm": True}
 _N16K = {**_BR, "n_nodes": 16384, "state_backend": "sparse"}   # 16384 nodes need the sparse backend
 OBS_RECIPE = {**_BR, "circuit_direct": 1.0}
 VARIANTS = {"obs_plain": {},     # the layer's own defaults: no balance cost, no row norm, no direct term
+            # the recipe with the reverse association (the new circuit wired back to what was
+            # active): the see-and-hear demo's OBS has it, for object -> word
+            "obs_reverse": {**OBS_RECIPE, "reverse_assoc": True},
             "obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
             "obs_balanced_rownorm": _BR,
             "obs_balanced_rownorm_n2048": {**_BR, "n_nodes": 2048},
@@ -82,9 +85,12 @@ class Eval:
     kind ``grouped``: the task's held-out set, accuracy per group (distance, phase, length bucket).
     kind ``lifelong``: the task's ``lifelong_set()`` streamed in windows of ``window`` tokens,
     the state carried from window to window; accuracy per group.
+    kind ``recall``: see-and-hear recall (:func:`onebigstate.bench.evaluate.recall_columns`), its
+    grid in ``params``: word->object after one exposure at each delay (columns ``d=...``), after
+    each number of exposures (``exp=...``), and object->word (``obj->word``).
     """
 
-    kind: Literal["params", "grouped", "lifelong"]
+    kind: Literal["params", "grouped", "lifelong", "recall"]
     label: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     window: int = 0

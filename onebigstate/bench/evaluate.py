@@ -126,4 +126,38 @@ def run_eval(ev, model, task: Task, cfg) -> dict[str, Any]:
     if ev.kind == "lifelong":
         acc = grouped_accuracy(model, task.lifelong_set(), cfg.train.eval_batch_size, window=ev.window)
         return {k: v for k, v in acc.items() if k != "all"}
+    if ev.kind == "recall":
+        return recall_columns(model, cfg, ev.params)
     raise ValueError(f"unknown eval kind '{ev.kind}'")
+
+
+# StreamConfig keys the recall grid sets itself
+_RECALL_SET = ("split", "seq_len", "image_query_frac", "extra_words", "exposures", "delay_min", "delay_max")
+
+
+def recall_columns(model, cfg, p: dict[str, Any]) -> dict[str, float]:
+    """See-and-hear recall of a trained model, streamed with its state carried (``experiments/recall.py``).
+
+    ``p``: ``delays`` (word->object after 1 exposure: columns ``d=D``), ``exposures`` (at
+    ``exposure_delay`` steps: ``exp=E``), ``n_streams``, ``window``, ``batch_size``, ``seed``,
+    ``object_to_word`` (a column ``obj->word`` at ``exposure_delay``, on the test split). The
+    streams are the run's task params otherwise, on the novel split (words never heard in training)."""
+    from onebigstate.data.streams import StreamConfig
+    from onebigstate.experiments.recall import RecallGrid, measure_recall
+    params = {k: v for k, v in cfg.task.params.items() if k in StreamConfig.model_fields and k not in _RECALL_SET}
+    delay = int(p["exposure_delay"])
+    grid = RecallGrid(tuple(p["exposures"]), tuple(p["delays"]), delay, 1)
+    kw = dict(window=int(p.get("window", 512)), batch_size=int(p.get("batch_size", 32)))
+    base = StreamConfig(**params, split="novel", image_query_frac=0.0, extra_words=False, exposures=[1],
+                        delay_min=delay, delay_max=delay)
+    res = measure_recall(model, base, grid, int(p["n_streams"]), int(p.get("seed", 12345)), **kw)
+    cols = {f"d={d}": res.accuracy("word->object", 1, d)[0] for d in grid.delays}
+    cols.update({f"exp={e}": res.accuracy("word->object", e, delay)[0] for e in grid.exposures})
+    if p.get("object_to_word"):
+        test = StreamConfig(**params, split="test", image_query_frac=1.0,
+                            extra_words=bool(cfg.task.params.get("extra_words", False)), exposures=[1],
+                            delay_min=delay, delay_max=delay)
+        res = measure_recall(model, test, RecallGrid((1,), (delay,), delay, 1), int(p["n_streams"]),
+                             int(p.get("seed", 12345)) + 1, **kw)
+        cols["obj->word"] = res.accuracy("object->word", 1, delay)[0]
+    return cols

@@ -9,9 +9,10 @@ import importlib
 
 from onebigstate.bench.cells import Options, Suite
 
-CPU_SUITES = ["extrapolation", "retention"]
+CPU_SUITES = ["extrapolation", "retention", "seeandhear"]
 WIDTH_SUITES = ["mqar", "capacity", "extrapolation"]   # suites with a grid over model widths (--widths)
-SUITES = ["mqar", "capacity", "extrapolation", "retention", "sequential", "state_tracking", "continual"]
+SUITES = ["mqar", "capacity", "extrapolation", "retention", "sequential", "state_tracking", "continual",
+          "seeandhear"]
 
 
 def build_suite(name: str, opts: Options) -> Suite:

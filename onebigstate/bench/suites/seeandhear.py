@@ -1,0 +1,46 @@
+"""See and hear: an object is seen and named once, later the name alone must bring the object back.
+
+Every model is trained on the same see-and-hear streams (``configs/seeandhear.yaml``'s task: a
+fresh word-to-object pairing in every stream, the image encoder pretrained on single steps first)
+under one budget, then recall is measured on the novel split (words never heard in training, test
+voices, test scans), streamed with the state carried (``bench/evaluate.recall_columns``).
+
+quick: 150 steps of batch 16; delays 10, 100, 1,000; 32 streams per condition. cpu: 1,000 steps of
+batch 32; delays 10 .. 10,000; 64 streams. full: 3,000 steps of batch 32; delays 10 .. 100,000
+(lifelong: streams of 10^5 steps read in windows); 64 streams; 3 seeds. Every mode: 1, 2, 3 and 5
+exposures at delay 100, and object -> word (on the test split: a classifier cannot name a word it
+never heard) at delay 100.
+"""
+from __future__ import annotations
+
+from onebigstate.bench.cells import Eval, Options, Plot, Suite, make_cells
+from onebigstate.tasks.base import TaskConfig
+
+# configs/seeandhear.yaml's streams (the demo's)
+STREAMS = {"n_pairs": 3, "exposures": [1, 2], "delay_min": 3, "delay_max": 30, "view_frames": 2,
+           "name_gap": [1, 2], "spacing": [1, 4], "image_query_frac": 0.0, "extra_words": True,
+           "test_split": "novel", "pretrain_steps": 150, "freeze_encoder": True}
+
+
+def build(opts: Options) -> Suite:
+    if opts.mode == "full":
+        steps, batch, delays, n_streams = 3000, 32, [10, 100, 1000, 10000, 100000], 64
+    elif opts.mode == "cpu":
+        steps, batch, delays, n_streams = 1000, 32, [10, 100, 1000, 10000], 64
+    else:
+        steps, batch, delays, n_streams = 150, 16, [10, 100, 1000], 32
+    steps = opts.step_budget(steps)
+    task = TaskConfig(name="seeandhear", test_size=128, params=dict(STREAMS))
+    grid = {"delays": delays, "exposures": [1, 2, 3, 5], "exposure_delay": 100, "n_streams": n_streams,
+            "window": 512, "batch_size": 8 if max(delays) > 10000 else 32, "object_to_word": True}
+    cells = make_cells("see and hear", task, opts, 64, steps, batch, evals=[Eval("recall", params=grid)],
+                       prefix="seeandhear")
+    return Suite("seeandhear", "See and hear: recall of a word-object pairing against delay and exposures",
+                 f"Streams of images (8x8 digit scans) and spoken words (log-mel): an object is seen and named, "
+                 f"later the word alone is asked for the object. Trained {steps} steps of batch {batch}; "
+                 f"'accuracy' is the held-out streams (novel words). Columns d=D: word->object recall after "
+                 f"one exposure, D steps later (streamed in windows of 512 with the state carried); exp=E: "
+                 f"after E exposures at delay 100; obj->word: the object asked for its name (test split). "
+                 f"Chance 0.10 for word->object. {n_streams} streams per condition.", cells,
+                 [Plot("evals", "d", "delay since the pairing (steps)"),
+                  Plot("evals", "exp", "exposures to the pairing", log_x=False)])

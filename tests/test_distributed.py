@@ -210,11 +210,14 @@ def test_shared_state_training_keeps_one_state_on_every_rank(tmp_path):
     assert_same_training(tmp_path / "run", tmp_path / "once", atol=0)
 
 
-def test_shared_state_needs_carried_states():
+def test_shared_state_needs_carried_states_and_several_processes(tmp_path):
     from onebigstate.config import ConfigError, build_config
     from onebigstate.training.config import RunConfig
     with pytest.raises(ConfigError, match="needs train.carry_state=true"):
         build_config(RunConfig, tiny_tree(shared_state=True))
+    with pytest.raises(ConfigError, match="train with --nproc P"):
+        train_here(tiny_tree(shared_state=True, carry_state=True), tmp_path / "one")
+    assert not (tmp_path / "one").exists()
 
 
 # ---- a process killed mid-run -------------------------------------------------------------------

@@ -242,6 +242,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     rank, n_ranks = (0, 1) if sharded else (rank, world_size)
     dp.check_batch(tc.batch_size, n_ranks)
     local_batch_size = tc.batch_size // n_ranks
+    if tc.shared_state and n_ranks == 1:
+        raise ConfigError("train.shared_state=true shares the big state between processes: train with --nproc P "
+                          "(torchrun), P >= 2")
 
     if tc.threads:
         torch.set_num_threads(tc.threads)

@@ -11,11 +11,14 @@ The trainer (``training/trainer.py``) uses these pieces when it runs inside a pr
 - :func:`mean_over_ranks` and :func:`sum_over_ranks` make the logged metrics those of the global
   batch, so every rank takes the same decisions (a NaN loss stops every rank together).
 
-With equal shares, the mean loss of the global batch is the mean of the ranks' mean losses, so
-the averaged gradient equals the one-process gradient of the same global batch up to float
-rounding (``tests/test_distributed.py`` checks the weights after training in float64). One
-exception: OBS's load-balance loss (``balance_cost``) is a product of batch means, so each
-rank's share of it differs from the global one.
+When every share holds as many scored entries (MQAR, retention, every task with a fixed number
+of queries per sequence), the mean loss of the global batch is the mean of the ranks' mean
+losses, so the averaged gradient equals the one-process gradient of the same global batch up to
+float rounding (``tests/test_distributed.py`` checks the weights after training in float64).
+Where the count varies per sequence (see-and-hear's queries, SAYCam's masks) each rank's mean
+is weighted equally, which differs from one process's mean. OBS's load-balance loss
+(``balance_cost``) is a product of batch means, so each rank's share of it differs as well.
+Every rank has the same seed: a model with dropout would draw the same masks on every share.
 """
 from __future__ import annotations
 
@@ -51,12 +54,15 @@ def wrap(task, model: nn.Module, world: int) -> nn.Module:
     # Every parameter of the OBS stack takes part in every step (the chain gate's row of w_out
     # gets a zero gradient in windows without continuous inputs); a model that leaves one out
     # gets DDP's error naming the parameter at its second step.
-    return DistributedDataParallel(step, device_ids=device_ids)
+    # broadcast_buffers off: OBS's S_0 buffer is a function of the seed, the same on every rank,
+    # and DDP would send rank 0's (N^2 floats) to every rank before every forward
+    return DistributedDataParallel(step, device_ids=device_ids, broadcast_buffers=False)
 
 
 def check_batch(batch_size: int, world: int) -> None:
+    from onebigstate.config import ConfigError
     if batch_size % world:
-        raise ValueError(f"train.batch_size={batch_size} cannot be shared equally by {world} processes: choose a "
+        raise ConfigError(f"train.batch_size={batch_size} cannot be shared equally by {world} processes: choose a "
                          f"batch size divisible by the process count (it is the global batch)")
 
 

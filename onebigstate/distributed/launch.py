@@ -21,7 +21,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 # How long a collective waits for a rank that stopped before the job fails with an error.
-DEFAULT_TIMEOUT_S = 120
+# (a rank writing a large checkpoint or evaluating keeps the others waiting: torch's own default)
+DEFAULT_TIMEOUT_S = 1800
+# local test processes: a dead rank should fail the call sooner
+LOCAL_TIMEOUT_S = 120
 
 
 class LoopbackUnavailable(RuntimeError):
@@ -55,7 +58,7 @@ def init_from_env(device: torch.device | str = "cpu", timeout_s: float = DEFAULT
     """Join the process group ``torchrun`` describes (once); returns (rank, world size)."""
     if not dist.is_initialized():
         if torch.device(device).type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_device(device))
         dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s))
     return world()
 
@@ -65,6 +68,18 @@ def finish() -> None:
     a group left alive aborts the interpreter's exit in gloo's threads)."""
     if launched_by_torchrun() and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def local_device(device: torch.device | str) -> torch.device:
+    """The device of this process under torchrun: ``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per
+    process); an explicit index would put every rank on one GPU and is refused."""
+    device = torch.device(device)
+    if device.type != "cuda" or not launched_by_torchrun():
+        return device
+    if device.index is not None:
+        raise ValueError(f"train.device={device} names one GPU for every process; use train.device=cuda (or auto): "
+                         f"each process takes the GPU of its LOCAL_RANK")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def free_port() -> int:
@@ -94,7 +109,7 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
         queue.put((rank, False, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
 
 
-def run_local(fn: Callable[..., Any], world_size: int, *args, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Any]:
+def run_local(fn: Callable[..., Any], world_size: int, *args, timeout_s: float = LOCAL_TIMEOUT_S) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh gloo processes on this machine
     (one intra-op thread each); returns their results by rank. ``fn`` must be importable (a
     module-level function) and its results picklable. A rank that raises fails the whole call

@@ -27,6 +27,8 @@ Costs: a copy of the state taken at each sync (``S_sync``), and one pass over ``
 """
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -73,7 +75,7 @@ def changes_since(store: StateStore, before: StateStore) -> tuple[torch.Tensor, 
         prev = old_vals[idx] if old_keys.numel() else torch.zeros_like(vals)      # nothing stored before
         delta = vals - torch.where(found, prev, torch.zeros_like(vals))
         # a stored change that went back to exactly 0 may have left the keys (set_dense)
-        gone_idx, still = find_sorted(keys, old_keys)
+        _, still = find_sorted(keys, old_keys)
         pos = torch.cat([keys, old_keys[~still]])
         delta = torch.cat([delta, -old_vals[~still]])
         order = torch.argsort(pos)
@@ -114,6 +116,26 @@ def _all_gather_pairs(pos: torch.Tensor, vals: torch.Tensor, counts: list[int], 
     return [(p[:n], v[:n]) for p, v, n in zip(all_pos, all_vals, counts)]
 
 
+def state_digest(store: StateStore) -> str:
+    """A checksum of a store's values (not its carry)."""
+    h = hashlib.sha256()
+    for t in ((store.S,) if isinstance(store, DenseState) else (store.keys, store.vals)):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_equal_on_every_rank(states: list, group=None) -> None:
+    """Refuse to share states that are not equal on every rank (a checkpoint of another process
+    count, or of a run whose streams did not share a state): every sync would keep them apart."""
+    mine = [state_digest(s) for s in states]
+    every: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(every, mine, group=group)
+    if any(d != every[0] for d in every):
+        raise ValueError("train.shared_state: the carried states differ between the processes (a checkpoint "
+                         "written with another process count, or without train.shared_state): resume it with "
+                         "the process count and the shared_state setting it was written with")
+
+
 @dataclass
 class SyncRecord:
     """What one sync of one store moved."""
@@ -129,7 +151,6 @@ def sync_store(store: StateStore, before: StateStore, exchange: str = "auto", gr
                ) -> tuple[StateStore, SyncRecord]:
     """Sum every rank's changes since ``before`` (the state at the last sync, equal on every rank)
     into a new store, equal on every rank; the rank's own carry is kept."""
-    import time
     t0 = time.perf_counter()
     pos, vals = changes_since(store, before)
     world = dist.get_world_size(group)
@@ -182,6 +203,7 @@ class SharedStates:
                              f"mixers ({', '.join(bad) or 'none'})")
         if states is None:
             states = [m.init_state(local_batch) for m in mixers]
+        check_equal_on_every_rank(states)
         return cls(list(states), [s.clone() for s in states], exchange)
 
     def sync(self) -> list:

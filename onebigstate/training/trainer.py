@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from onebigstate.config import ConfigError, load_config
 from onebigstate.distributed import data_parallel as dp
-from onebigstate.distributed.launch import init_from_env, launched_by_torchrun, world
+from onebigstate.distributed.launch import init_from_env, launched_by_torchrun, local_device, world
 from onebigstate.distributed.streams import global_states, local_states
 from onebigstate.files import atomic_write_text
 from onebigstate.model.layer import NonFiniteInput
@@ -109,12 +109,12 @@ def evaluate(model: SeqModel, task: Task, batch_size: int, test_set: tuple | Non
              ranks: tuple[int, int] | None = None) -> dict[str, float]:
     """Metrics over the task's whole held-out set (each sequence from a fresh state).
 
-    Inside a process group each rank evaluates every P-th batch and the sums are added up;
-    ``ranks=(0, 1)`` has every rank evaluate every batch (a sharded state: the ranks run the
-    same streams). Default: ``(rank, world size)``."""
+    ``ranks=(rank, P)`` (the trainer in a process group): each rank evaluates every P-th batch and
+    the sums are added up over the ranks, so every rank must call it. Default ``(0, 1)``: this
+    process evaluates every batch on its own."""
     inputs, labels = test_set if test_set is not None else task.test_set()
     device, dtype = model.head.weight.device, model.head.weight.dtype
-    rank, n_ranks = ranks if ranks is not None else world()
+    rank, n_ranks = ranks if ranks is not None else (0, 1)
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
@@ -228,6 +228,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     run_dir = Path(run_dir)
     device, dtype = resolve_device(tc.device), getattr(torch, tc.dtype)
     if launched_by_torchrun():
+        device = local_device(device)
         init_from_env(device)
     rank, world_size = world()
     main = rank == 0                       # the process that writes the run folder
@@ -242,6 +243,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     rank, n_ranks = (0, 1) if sharded else (rank, world_size)
     dp.check_batch(tc.batch_size, n_ranks)
     local_batch_size = tc.batch_size // n_ranks
+    if tc.carry_state and n_ranks > 1:
+        _check_carried_mixers(model_mixers(cfg))
     if tc.shared_state and n_ranks == 1:
         raise ConfigError("train.shared_state=true shares the big state between processes: train with --nproc P "
                           "(torchrun), P >= 2")
@@ -296,7 +299,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
         # stopped before its first checkpoint starts again).
         purge = step + 1 if resume is not None else (0 if (run_dir / TB_DIR).exists() else None)
         writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=purge)
-    shared = _shared_state_sync(tc, model, states, local_batch_size, n_ranks)
+    shared = _shared_state_sync(tc, model, states, local_batch_size)
     if shared is not None:
         states = shared.states
     step_module = dp.wrap(task, model, n_ranks)
@@ -360,8 +363,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
                 raise TrainingDiverged(f"the forward pass of step {step + 1} fed NaN or inf to an OBS layer "
                                        f"({err}): training stopped; {_last_good(last_ckpt)}") from None
             with torch.no_grad():
-                batch_metrics = _batch_metrics(task, out.detach(), y, n_ranks)
-            values = dp.mean_over_ranks({"loss": loss.item(), "task_loss": task_loss.item(), "aux_loss": aux.item()})
+                batch_metrics = _batch_metrics(task, out.detach(), y, n_ranks, device)
+            values = dp.mean_over_ranks({"loss": loss.item(), "task_loss": task_loss.item(), "aux_loss": aux.item()},
+                                        device)
             loss_value = values["loss"]
             if not _finite(loss_value):
                 raise TrainingDiverged(f"loss is {loss_value} at step {step + 1} (task loss {values['task_loss']}, "
@@ -430,6 +434,19 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: Checkpoint | None = None,
     return results
 
 
+def model_mixers(cfg: RunConfig) -> list[str]:
+    return [cfg.model.name] * cfg.model.n_layers
+
+
+def _check_carried_mixers(mixers: list[str]) -> None:
+    """Data parallel lifelong runs gather and split the carried states of OBS layers only: refused
+    before the first step rather than at the first checkpoint."""
+    other = sorted({m for m in mixers if m != "obs"})
+    if other:
+        raise ConfigError(f"train.carry_state with several processes carries the states of OBS layers only; this "
+                          f"model's mixers are {other}: use train.carry_state=false or one process")
+
+
 def _sharded_state(cfg: RunConfig, world_size: int) -> bool:
     """Whether the model's OBS state is split over the group's processes (``state_backend:
     sharded``); refuses what that mode does not support."""
@@ -445,18 +462,19 @@ def _sharded_state(cfg: RunConfig, world_size: int) -> bool:
     return True
 
 
-def _batch_metrics(task: Task, out: torch.Tensor, y: torch.Tensor, n_ranks: int) -> dict[str, float]:
+def _batch_metrics(task: Task, out: torch.Tensor, y: torch.Tensor, n_ranks: int,
+                   device: torch.device | str = "cpu") -> dict[str, float]:
     """The task's training metrics of the batch; in a process group, of the global batch (the
     ranks' sums and counts added up)."""
     if n_ranks == 1:
         return task.metrics(out, y)
     counts = task.metric_counts(out, y)
     keys = list(counts)
-    totals = dp.sum_over_ranks([v for k in keys for v in counts[k]])
+    totals = dp.sum_over_ranks([v for k in keys for v in counts[k]], device)
     return {k: totals[2 * i] / totals[2 * i + 1] for i, k in enumerate(keys) if totals[2 * i + 1] > 0}
 
 
-def _shared_state_sync(tc, model: SeqModel, states, local_batch_size: int, n_ranks: int):
+def _shared_state_sync(tc, model: SeqModel, states, local_batch_size: int):
     """With ``train.shared_state``, the object that sums the ranks' writes into every copy of the
     carried states (starting them from fresh states when there are none yet); else None."""
     if not tc.shared_state:

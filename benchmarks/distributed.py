@@ -232,6 +232,8 @@ def cmd_sharding(args) -> None:
 
 # ---- report --------------------------------------------------------------------------------------
 def _mb(b) -> str:
+    if b >= 1e9:
+        return f"{b / 1e6:,.0f} MB"
     return f"{b / 1e6:.3g} MB" if b >= 1e5 else f"{b / 1e3:.3g} KB"
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from onebigstate.cli.eval import results_rows, results_table
 from onebigstate.config import ConfigError, build_config, load_config
+from onebigstate.distributed.data_parallel import check_batch
 from onebigstate.distributed.launch import finish, is_main
 from onebigstate.training.checkpoint import read_checkpoint, step_folders
 from onebigstate.training.config import RunConfig
@@ -111,12 +112,15 @@ def _launch(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     out = args.out
-    if out is None and args.resume is None:
-        # one run folder for every process (each would stamp its own time otherwise)
-        config, overrides = _split(args)
+    config, overrides = _split(args)
+    if args.resume is None:
         if config is None:
             raise ConfigError("obs train needs a CONFIG file (or --resume RUN)")
-        out = str(_default_run_dir(load_config(RunConfig, config, overrides), config))
+        cfg = load_config(RunConfig, config, overrides)
+        # refused here, before P processes each print it
+        check_batch(cfg.train.batch_size, args.nproc)
+        # one run folder for every process (each would stamp its own time otherwise)
+        out = out or str(_default_run_dir(cfg, config))
     argv = ["train"] + ([args.config] if args.config else []) + list(args.overrides)
     argv += (["--resume", args.resume] if args.resume else []) + (["--out", out] if out else [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
@@ -125,7 +129,8 @@ def _launch(args: argparse.Namespace) -> int:
     code = subprocess.call(cmd, env=env)
     if code != 0:
         print(f"error: the {args.nproc}-process run stopped (torchrun exit code {code}); the run folder keeps its "
-              f"last checkpoint: continue with `obs train --resume RUN --nproc {args.nproc}`", file=sys.stderr)
+              f"last checkpoint, if it wrote one: continue with `obs train --resume {out or args.resume} "
+              f"--nproc {args.nproc}`", file=sys.stderr)
     return code
 
 

@@ -22,6 +22,8 @@ Every rank has the same seed: a model with dropout would draw the same masks on 
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -54,9 +56,12 @@ def wrap(task, model: nn.Module, world: int) -> nn.Module:
     # Every parameter of the OBS stack takes part in every step (the chain gate's row of w_out
     # gets a zero gradient in windows without continuous inputs); a model that leaves one out
     # gets DDP's error naming the parameter at its second step.
-    # broadcast_buffers off: OBS's S_0 buffer is a function of the seed, the same on every rank,
-    # and DDP would send rank 0's (N^2 floats) to every rank before every forward
-    return DistributedDataParallel(step, device_ids=device_ids, broadcast_buffers=False)
+    # No buffer sync before each forward: OBS's S_0 buffer is a function of the seed, the same on
+    # every rank, and DDP would send rank 0's (N^2 floats) to every rank every step. torch 2.13
+    # names the switch forward_sync_buffers (broadcast_buffers is deprecated); 2.11 has the old one.
+    params = inspect.signature(DistributedDataParallel).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(step, device_ids=device_ids, **no_sync)
 
 
 def check_batch(batch_size: int, world: int) -> None:

@@ -133,7 +133,7 @@ def obs_scan(state, carry: Carry | None, inputs: ScanInputs, params: StepParams,
     if state.batch != B or state.n_nodes != cfg.n_nodes:
         raise ValueError(f"state holds {state.batch} streams of N={state.n_nodes} nodes, but the inputs have "
                          f"{B} streams and the config N={cfg.n_nodes}")
-    sharded = _is_sharded(state)
+    sharded = is_sharded_state(state)
     if sharded:
         _check_sharded_backend(backend, chunks)
     name = "sharded" if sharded else resolve_backend(backend, inputs.scores.device)
@@ -153,7 +153,7 @@ def obs_scan(state, carry: Carry | None, inputs: ScanInputs, params: StepParams,
     return out
 
 
-def _is_sharded(state) -> bool:
+def is_sharded_state(state) -> bool:
     """Whether ``state`` is split over processes (imported only when distributed is loaded, so
     that a plain run never imports the sharded module)."""
     mod = sys.modules.get("onebigstate.distributed.sharded")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebigstate.kernels.chunked import ChunkSpec
-from onebigstate.kernels.scan import ScanInputs, obs_scan
+from onebigstate.kernels.scan import ScanInputs, is_sharded_state, obs_scan
 from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser, load_balance_loss
 from onebigstate.model.config import OBSConfig
@@ -192,7 +192,7 @@ class OBSLayer(nn.Module):
         if not isinstance(state, StateStore):
             raise TypeError(f"state must be a StateStore returned by this layer (or None for a fresh one), "
                             f"got {type(state).__name__}")
-        kind = "sparse" if isinstance(state, SparseState) else "sharded" if _is_sharded(state) else "dense"
+        kind = "sparse" if isinstance(state, SparseState) else "sharded" if is_sharded_state(state) else "dense"
         if kind != c.state_backend:
             raise ValueError(f"state is a {kind}-store state but the layer has state_backend='{c.state_backend}'")
         B = x.shape[0]
@@ -222,11 +222,6 @@ class OBSLayer(nn.Module):
             raise ValueError(f"continuous flags must lie in [0, 1] (they scale the chain write), got values in "
                              f"[{float(cont.min())}, {float(cont.max())}]")
         return cont
-
-
-def _is_sharded(state) -> bool:
-    from onebigstate.distributed.sharded import ColumnShardedState
-    return isinstance(state, ColumnShardedState)
 
 
 def obs_layers(model: nn.Module) -> list[OBSLayer]:

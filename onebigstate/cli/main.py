@@ -18,7 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as err:   # the core installs alone; the CLI is the lab's
+        if err.name and not err.name.startswith("onebigstate"):
+            print(f"obs: the obs command is part of the lab and needs '{err.name}': "
+                  "pip install 'onebigstate[lab]'", file=sys.stderr)
+            return 2
+        raise
     # key=value overrides may come after options (`obs train C.yaml --out D train.lr=1e-3`);
     # argparse leaves those over, so they are handed to commands that take overrides.
     args, extra = parser.parse_known_args(argv)

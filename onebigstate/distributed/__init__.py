@@ -7,3 +7,4 @@
 
 See ``docs/results/distributed.md`` for what each costs.
 """
+from onebigstate.distributed import sharded  # noqa: E402,F401  (registers the 'sharded' state store)

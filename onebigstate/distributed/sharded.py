@@ -56,12 +56,12 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from onebigstate.kernels.interface import (ScanInputs, ScanOutputs, StateBase, StateStore, register_store,
+                                           sample_positions)
 from onebigstate.kernels.reference import StepResult, stack_outputs
-from onebigstate.kernels.scan import ScanInputs, ScanOutputs, StateBase, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read, add_direct,
                                       bound_factors, choose_active, flat_positions, plan_writes,
                                       read_rows_and_coeffs, scale_plan, spread, take)
-from onebigstate.model.state import StateStore
 
 NO_GROUP = ("the sharded state backend needs a torch.distributed process group: launch the job with torchrun "
             "(onebigstate.distributed.launch.init_from_env) or in local processes (launch.run_local)")
@@ -260,6 +260,7 @@ def local_values_at(local: torch.Tensor, pos: torch.Tensor, shard: Shard) -> tor
 
 
 # ---- the store -------------------------------------------------------------------------------
+@register_store("sharded")
 class ColumnShardedState(StateStore):
     """This rank's columns of the big state: ``local`` [B, N, C] holds ``S[:, :, c0:c1]``, ``touched``
     [B, N, C] bool which of them a nonzero write reached. The carry is replicated.
@@ -268,8 +269,11 @@ class ColumnShardedState(StateStore):
     ``entries_written``) are collectives: every rank must call them, in the same order, with the
     same arguments. ``add_`` and ``mark_written`` apply the part of a replicated change that falls in
     this rank's columns and need no communication. The reversible and compiled backends' hooks
-    (``base_view``, ``snapshot``, ``gradient_store``) raise: the sharded scan is :func:`scan_sharded`.
+    (``base_view``, ``snapshot``, ``gradient_store``) raise: the op runs :func:`scan_sharded` for it
+    (``runs_own_scan``).
     """
+
+    runs_own_scan = True
 
     def __init__(self, local: torch.Tensor, n_nodes: int, touched: torch.Tensor | None = None,
                  carry: Carry | None = None, group=None, track_written: bool = True):
@@ -283,6 +287,13 @@ class ColumnShardedState(StateStore):
             touched = torch.zeros(local.shape, dtype=torch.bool, device=local.device)
         self.local, self.touched, self.carry = local, touched, carry
         self.batch, self.n_nodes = B, n_nodes
+
+    @classmethod
+    def create(cls, batch: int, *, s0=None, n_nodes=0, std=0.0, seed=0, dtype=torch.float32, device="cpu"):
+        return cls.fresh(batch, s0=s0, n_nodes=n_nodes, std=std, seed=seed, dtype=dtype, device=device)
+
+    def own_scan(self, carry, inputs, params, cfg, n_reg_samples):
+        return scan_sharded(self, carry, inputs, params, cfg, n_reg_samples)
 
     @classmethod
     def fresh(cls, batch: int, *, s0: torch.Tensor | None = None, n_nodes: int = 0, std: float = 0.0,

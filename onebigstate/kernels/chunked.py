@@ -38,7 +38,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
+from onebigstate.kernels.interface import ScanInputs, ScanOutputs, WriteSetGradient, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read, add_direct,
                                       bound_factors, choose_active, direct_at, flat_positions, plan_writes,
                                       read_rows_and_coeffs, scale_plan, spread)
@@ -325,7 +325,6 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_read, g_k_soft, g_gates, g_reg, _g_k_hard, _g_active, _g_w):
-        from onebigstate.model.state import WriteSetGradient   # (model/ imports kernels/, not the reverse)
 
         if ctx.used:
             raise RuntimeError("the chunked OBS scan cannot be differentiated twice; use backend='reference'")

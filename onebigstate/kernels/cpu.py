@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from onebigstate.kernels.scan import ScanInputs, ScanOutputs, StateBase, sample_indices
+from onebigstate.kernels.interface import ScanInputs, ScanOutputs, StateBase, sample_indices
 from onebigstate.kernels.step import Carry, StepConfig, StepParams
 
 SOURCE = Path(__file__).parent / "csrc" / "obs_scan_cpu.cpp"

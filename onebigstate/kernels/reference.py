@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
+from onebigstate.kernels.interface import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       add_direct, bound_factors, choose_active, flat_positions, plan_writes,
                                       read_rows_and_coeffs, row_scale, scale_plan, spread, take)

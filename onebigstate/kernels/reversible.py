@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from onebigstate.kernels.scan import ScanInputs, ScanOutputs, sample_positions
+from onebigstate.kernels.interface import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
                                       add_direct, bound_factors, choose_active, direct_at, flat_positions,
                                       plan_writes, read_rows_and_coeffs, scale_plan, spread)

@@ -87,7 +87,11 @@ class Discretiser(nn.Module):
 
     def __init__(self, d_input: int, cfg: DiscretiserConfig | None = None):
         super().__init__()
-        from vector_quantize_pytorch import FSQ, VectorQuantize
+        try:
+            from vector_quantize_pytorch import FSQ, VectorQuantize
+        except ImportError as err:   # the core installs without it: an optional extra
+            raise ImportError(f"the discretiser needs vector-quantize-pytorch ({err}): "
+                              "pip install 'onebigstate[discretiser]' (or [lab])") from err
         cfg = cfg or DiscretiserConfig()
         if d_input < 1:
             raise ValueError(f"d_input must be >= 1, got {d_input}")

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebigstate.kernels.chunked import ChunkSpec
-from onebigstate.kernels.scan import ScanInputs, is_sharded_state, obs_scan
+from onebigstate.kernels.scan import ScanInputs, obs_scan
 from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser, load_balance_loss
 from onebigstate.model.config import OBSConfig
 from onebigstate.model.regularizer import gaussian_strength_loss
-from onebigstate.model.sparse_state import SparseState, hashed_initial_state
+from onebigstate.model.sparse_state import hashed_initial_state
 from onebigstate.model.state import StateStore, initial_state, make_state
 from onebigstate.model.write_module import WriteModule
 
@@ -192,9 +192,8 @@ class OBSLayer(nn.Module):
         if not isinstance(state, StateStore):
             raise TypeError(f"state must be a StateStore returned by this layer (or None for a fresh one), "
                             f"got {type(state).__name__}")
-        kind = "sparse" if isinstance(state, SparseState) else "sharded" if is_sharded_state(state) else "dense"
-        if kind != c.state_backend:
-            raise ValueError(f"state is a {kind}-store state but the layer has state_backend='{c.state_backend}'")
+        if state.kind != c.state_backend:
+            raise ValueError(f"state is a {state.kind}-store state but the layer has state_backend='{c.state_backend}'")
         B = x.shape[0]
         if state.batch != B or state.n_nodes != c.n_nodes:
             raise ValueError(f"state holds {state.batch} streams of N={state.n_nodes} nodes, but the input "

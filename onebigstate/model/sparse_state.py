@@ -27,9 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from onebigstate.kernels.scan import StateBase
+from onebigstate.kernels.interface import StateBase, StateStore, WriteSetGradient, find_sorted, register_store
 from onebigstate.kernels.step import Carry, take
-from onebigstate.model.state import StateStore, WriteSetGradient, find_sorted
 
 _MASK32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B          # < 2^27, so (x < 2^32) * _MUL < 2^59 never overflows int64
@@ -121,6 +120,7 @@ def _merge(keys: torch.Tensor, vals: torch.Tensor, new_keys: torch.Tensor, new_v
     return out_k, out_v
 
 
+@register_store("sparse")
 class SparseState(StateStore):
     """``batch`` streams over one hash-generated S_0, storing only the written entries.
 
@@ -148,6 +148,10 @@ class SparseState(StateStore):
         self.n_nodes, self.batch, self.std, self.seed = n_nodes, batch, float(std), int(seed)
         self._runs = [(keys, vals), (keys[:0], vals[:0])]          # main, recent
         self.carry = carry
+
+    @classmethod
+    def create(cls, batch, *, s0=None, n_nodes=0, std=0.0, seed=0, dtype=torch.float32, device="cpu"):
+        return cls.fresh(n_nodes, batch, std, seed, dtype, device)
 
     @classmethod
     def fresh(cls, n_nodes: int, batch: int, std: float, seed: int, dtype: torch.dtype = torch.float32,

@@ -9,12 +9,11 @@ written, memory independent of N^2).
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import torch
 
-from onebigstate.kernels.scan import StateBase
-from onebigstate.kernels.step import Carry, row_scale, spread, take
+from onebigstate.kernels.interface import (STATE_STORES, StateBase, StateStore, WriteSetGradient,  # noqa: F401
+                                           find_sorted, register_store, store_class)
+from onebigstate.kernels.step import Carry, take
 
 
 def initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torch.float32,
@@ -24,119 +23,7 @@ def initial_state(n_nodes: int, std: float, seed: int, dtype: torch.dtype = torc
     return (torch.randn(n_nodes, n_nodes, generator=gen, dtype=torch.float64) * std).to(dtype=dtype, device=device)
 
 
-def find_sorted(keys: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For positions [P] and sorted keys: (index of each in keys, clamped; whether it is there)."""
-    if keys.numel() == 0:
-        return torch.zeros_like(pos), torch.zeros_like(pos, dtype=torch.bool)
-    idx = torch.searchsorted(keys, pos).clamp(max=keys.numel() - 1)
-    return idx, keys[idx] == pos
-
-
-class WriteSetGradient:
-    """dL/dS at a fixed set of flat positions (the window's writes); adds elsewhere are dropped.
-
-    positions [...] long (duplicates fine). ``add_(pos, vals)`` and ``values_at(pos)`` have the
-    state store's meaning; ``values_at`` must only ask for positions of the set.
-    """
-
-    def __init__(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32):
-        self.keys = torch.unique(positions.reshape(-1))
-        self.vals = torch.zeros(self.keys.shape, dtype=dtype, device=positions.device)
-
-    def add_(self, pos: torch.Tensor, vals: torch.Tensor) -> None:
-        idx, found = find_sorted(self.keys, pos.reshape(-1))
-        self.vals.index_add_(0, idx[found], vals.reshape(-1)[found].to(self.vals.dtype))
-
-    def values_at(self, pos: torch.Tensor) -> torch.Tensor:
-        idx, found = find_sorted(self.keys, pos.reshape(-1))
-        if not bool(found.all()):
-            raise RuntimeError("WriteSetGradient read outside its write set (a bug in the backward pass)")
-        return self.vals[idx].view(pos.shape)
-
-
-class StateStore(ABC):
-    """The big state of ``batch`` independent streams, plus the recurrence's small carry."""
-
-    n_nodes: int
-    batch: int
-    carry: Carry | None
-
-    @abstractmethod
-    def add_(self, pos: torch.Tensor, vals: torch.Tensor) -> None:
-        """In place: S.flat[pos] += vals (duplicates accumulate). No autograd."""
-
-    @abstractmethod
-    def values_at(self, pos: torch.Tensor) -> torch.Tensor:
-        """S.flat[pos], any shape of ``pos``."""
-
-    @abstractmethod
-    def rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows of every stream: rows [B, R] long -> [B, R, N]."""
-
-    def spread(self, rows: torch.Tensor, coeff: torch.Tensor, row_norm: bool
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Spreading activation from ``rows`` [B, R] long with coefficients [B, R]: the activation
-        [B, N] and, with ``row_norm``, the rows' scales [B, R] (already applied). A backend may
-        override it to avoid gathering the [B, R, N] rows."""
-        row_values = self.rows(rows)                                  # [B, R, N]
-        scale = None
-        if row_norm:
-            scale = row_scale(row_values)
-            coeff = coeff * scale
-        return spread(coeff, row_values), scale
-
-    @abstractmethod
-    def base_view(self) -> StateBase:
-        """The state as the compiled backends read it (no copy): see :class:`StateBase`."""
-
-    @abstractmethod
-    def mark_written(self, pos: torch.Tensor, written: torch.Tensor) -> None:
-        """Record which entries were changed (for the 'entries actually written' count)."""
-
-    @abstractmethod
-    def entries_written(self) -> torch.Tensor:
-        """Number of distinct entries ever changed, per stream [B] long."""
-
-    @abstractmethod
-    def clone(self) -> "StateStore":
-        ...
-
-    @abstractmethod
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        """A copy of the values only (no carry, no written-entry map), for the backward pass."""
-
-    @classmethod
-    @abstractmethod
-    def from_snapshot(cls, tensors: dict[str, torch.Tensor]) -> "StateStore":
-        """A store over a snapshot's tensors (used, and changed in place, by the backward pass)."""
-
-    @abstractmethod
-    def gradient_store(self, write_positions: torch.Tensor):
-        """An all-zero accumulator for dL/dS in the reversible backward pass, with ``add_`` and
-        ``values_at``; it is read only at ``write_positions`` (the window's writes, [B, T, W])."""
-
-    @abstractmethod
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything needed to restore this state exactly (for checkpoints)."""
-
-    @property
-    def dense_size(self) -> int:
-        """State size the dense way: N^2 floats per stream."""
-        return self.n_nodes * self.n_nodes
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.as_dense().dtype
-
-    @abstractmethod
-    def as_dense(self) -> torch.Tensor:
-        """The whole state as a dense [B, N, N] tensor (small sizes and the reference path only)."""
-
-    @abstractmethod
-    def set_dense(self, dense: torch.Tensor) -> None:
-        """Replace the whole state (used by the out-of-place reference path)."""
-
-
+@register_store("dense")
 class DenseState(StateStore):
     """A dense [B, N, N] tensor per batch of streams, and a [B, N, N] bool map of touched entries.
 
@@ -164,6 +51,12 @@ class DenseState(StateStore):
         self._adds: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._marks: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.carry = carry
+
+    @classmethod
+    def create(cls, batch, *, s0=None, n_nodes=0, std=0.0, seed=0, dtype=torch.float32, device="cpu"):
+        if s0 is None:
+            raise ValueError("the dense state backend needs the initial state s0 [N, N]")
+        return cls.fresh(s0, batch)
 
     @classmethod
     def fresh(cls, s0: torch.Tensor, batch: int, track_written: bool = True) -> "DenseState":
@@ -298,8 +191,8 @@ class DenseState(StateStore):
         return f"DenseState(batch={self.batch}, n_nodes={self.n_nodes}, dtype={self.dtype})"
 
 
-# State backends by name (OBSConfig.state_backend). A new backend implements StateStore and gets
-# a branch here; the model is unchanged.
+# State backends by name (OBSConfig.state_backend). A new backend implements StateStore, registers
+# itself with ``@register_store(name)`` (kernels/interface.py), and the model is unchanged.
 STATE_BACKENDS = ("dense", "sparse", "sharded")
 
 
@@ -309,16 +202,6 @@ def make_state(backend: str, batch: int, *, s0: torch.Tensor | None = None, n_no
     ``sparse`` starts from the hash-generated S_0 of (n_nodes, std, seed) and stores nothing yet;
     ``sharded`` holds this process's columns of the dense backend's S_0 (of ``s0`` when given, else
     of the hashed S_0, generated for those columns only) and needs a live ``torch.distributed``
-    process group (:mod:`onebigstate.distributed.sharded`)."""
-    if backend == "dense":
-        if s0 is None:
-            raise ValueError("the dense state backend needs the initial state s0 [N, N]")
-        return DenseState.fresh(s0, batch)
-    if backend == "sparse":
-        from onebigstate.model.sparse_state import SparseState
-        return SparseState.fresh(n_nodes, batch, std, seed, dtype, device)
-    if backend == "sharded":
-        from onebigstate.distributed.sharded import ColumnShardedState
-        return ColumnShardedState.fresh(batch, s0=s0, n_nodes=n_nodes, std=std, seed=seed, dtype=dtype,
-                                        device=device)
-    raise ValueError(f"unknown state backend '{backend}'; known: {list(STATE_BACKENDS)}")
+    process group; it is registered by importing :mod:`onebigstate.distributed`."""
+    return store_class(backend).create(batch, s0=s0, n_nodes=n_nodes, std=std, seed=seed, dtype=dtype,
+                                       device=device)

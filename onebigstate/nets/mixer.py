@@ -12,7 +12,9 @@ Register a mixer with its typed config:
     class LSTMMixer(Mixer): ...
 
 and build it with ``build_mixer("lstm", d_model, {"...": ...})``; unknown or ill-typed keys
-raise an error naming the key.
+raise an error naming the key. Registering happens on import, one way: ``onebigstate.nets``
+registers ``obs``; the lab's ``onebigstate.baselines`` registers the baselines (the trainer, bench
+and CLI import it). This module imports neither.
 """
 from __future__ import annotations
 
@@ -58,16 +60,11 @@ def register_mixer(name: str, config: type[StrictModel]):
     return deco
 
 
-def _load_all() -> None:
-    # Importing the modules runs their @register_mixer decorators.
-    import onebigstate.baselines  # noqa: F401
-    import onebigstate.nets.obs_mixer  # noqa: F401
-
-
 def mixer_config(name: str, kwargs: dict | None) -> StrictModel:
-    _load_all()
     if name not in MIXERS:
-        raise ConfigError(f"unknown model '{name}'; known: {sorted(MIXERS)}")
+        hint = ("; the baselines register when onebigstate.baselines is imported (pip install 'onebigstate[lab]')"
+                if "lstm" not in MIXERS else "")
+        raise ConfigError(f"unknown model '{name}'; known: {sorted(MIXERS)}{hint}")
     try:
         return MIXERS[name].config.model_validate(kwargs or {})
     except ValidationError as err:

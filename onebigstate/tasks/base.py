@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+import onebigstate.baselines  # noqa: F401  (registers the baseline mixers)
 from onebigstate.config import StrictModel
 
 if TYPE_CHECKING:

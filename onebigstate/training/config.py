@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+import onebigstate.baselines  # noqa: F401  (registers the baseline mixers)
 from onebigstate.config import StrictModel, config_diff
 from onebigstate.nets.stack import ModelConfig
 from onebigstate.tasks.base import TaskConfig

@@ -1,7 +1,7 @@
-"""Every baseline mixer through the one model interface: it trains, its parameter count is
-what count_params reports and what a hand formula says, its state size is positive, and
-(for every model that carries a state) a sequence split into chunks with the state carried
-gives the values of one pass."""
+"""Every baseline mixer through the one model interface: it trains and its parameter count is
+what count_params reports and what a hand formula says. The invariants every mixer keeps (step
+equals forward, chunks equal one pass, detached state, state size) are in
+``test_mixer_invariants.py``."""
 from __future__ import annotations
 
 import math
@@ -29,8 +29,6 @@ CASES = {
                                            "beta": 8.0, "n_updates": 2, "conv_size": 3}),
     "titans": ("titans", {"heads": 2, "chunk_size": 2}),
 }
-# models whose state does not grow with the sequence
-RECURRENT = {"lstm", "mamba", "deltanet", "gated_deltanet", "titans"}
 
 
 def hand_param_count(name: str, D: int, kw: dict) -> int:
@@ -100,34 +98,6 @@ def test_param_count_is_count_params_and_hand_formula(case):
     assert count_params(model) == expected
 
 
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_state_size_is_positive_and_grows_only_for_attention(case):
-    name, _ = CASES[case]
-    model = _model(case)
-    s64, s1024 = model.state_size(64)["floats"], model.state_size(1024)["floats"]
-    assert s64 > 0
-    if name in RECURRENT:
-        assert s1024 == s64
-    else:
-        conv = 2 * 32 * (CASES[case][1].get("conv_size", 1) - 1)
-        assert s1024 - conv == 16 * (s64 - conv) == 2 * 1024 * 32 * 2   # KV cache, 2 layers
-
-
-@pytest.mark.parametrize("splits", [(5, 1, 7), (1, 12), (8, 5)], ids=["5-1-7", "1-12", "8-5"])
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_chunks_with_carried_state_equal_one_pass(case, splits):
-    torch.manual_seed(0)
-    model = _model(case).double()
-    x = torch.randint(0, 64, (2, sum(splits)))
-    y_full, states_full = model(x)
-    states, ys, start = None, [], 0
-    for n in splits:
-        y, states = model(x[:, start:start + n], states)
-        ys.append(y)
-        start += n
-    torch.testing.assert_close(torch.cat(ys, dim=1), y_full, rtol=1e-10, atol=1e-10)
-
-
 @pytest.mark.parametrize("case", ["transformer", "hopfield", "hopfield-learned-beta"])
 def test_attention_over_a_long_cache_in_query_chunks_equals_one_pass(case, monkeypatch):
     """Over a carried cache, queries are split so the score matrix stays small (lifelong
@@ -142,20 +112,6 @@ def test_attention_over_a_long_cache_in_query_chunks_equals_one_pass(case, monke
     _, states = model(x[:, :10])
     y, _ = model(x[:, 10:], states)
     torch.testing.assert_close(y, y_full[:, 10:], rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("case", ["lstm", "mamba", "deltanet", "gated_deltanet"])
-def test_step_equals_forward(case):
-    torch.manual_seed(0)
-    name, kw = CASES[case]
-    mixer = build_mixer(name, 16, kw).double()
-    x = torch.randn(2, 9, 16, dtype=torch.float64)
-    y_full, _ = mixer(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        y, state = mixer.step(x[:, t], state)
-        ys.append(y)
-    torch.testing.assert_close(torch.stack(ys, dim=1), y_full, rtol=1e-10, atol=1e-10)
 
 
 def test_hopfield_large_beta_retrieves_the_nearest_stored_pattern():
@@ -201,33 +157,6 @@ def _fla_importable() -> bool:
 def test_fla_impl_without_fla_says_so(name, kw):
     with pytest.raises(ImportError, match="flash-linear-attention"):
         build_mixer(name, 32, kw)
-
-
-def _detach(state):
-    """Detach every tensor in a state (dicts, tuples, titans' NeuralMemState and TensorDicts)."""
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    if isinstance(state, dict):
-        return {k: _detach(v) for k, v in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return type(state)(*(_detach(v) for v in state))
-    if isinstance(state, (tuple, list)):
-        return type(state)(_detach(v) for v in state)
-    if hasattr(state, "apply") and hasattr(state, "items"):     # titans' TensorDict
-        return state.apply(lambda t: t.detach())
-    return state
-
-
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_detaching_the_carried_state_changes_no_values(case):
-    # truncated BPTT cuts the graph at the carried state; the values must not change
-    torch.manual_seed(0)
-    model = _model(case).double()
-    x = torch.randint(0, 64, (2, 11))
-    y1, states = model(x[:, :6])
-    y2, _ = model(x[:, 6:], states)
-    y2_detached, _ = model(x[:, 6:], [_detach(s) for s in states])
-    torch.testing.assert_close(y2_detached, y2, rtol=0, atol=0)
 
 
 def test_rotary_scores_depend_only_on_relative_position():

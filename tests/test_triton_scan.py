@@ -3,8 +3,9 @@ on CPU tensors (``TRITON_INTERPRET=1``), or on CUDA where there is one.
 
 Over the kernel tests' case table, in float64: outputs, step statistics, final state, carry and
 written-entry map within 1e-12 (relative), identical ``k_t`` and ``A_t``, and the gradients of
-every parameter and of the input within 1e-10, as for the other fast backends. The sparse store
-and N above the kernel's limit are refused with errors that say so.
+every parameter and of the input within 1e-10, as for the other fast backends (N here fits one
+tile of the kernel; ``test_triton_tiles.py`` runs several tiles and ``test_triton_sparse.py`` the
+sparse store). What the kernel cannot run is refused with an error that says so.
 """
 from __future__ import annotations
 
@@ -87,10 +88,11 @@ def test_triton_in_float32_within_the_compiled_backends_tolerances():
 
 
 def test_triton_refuses_what_it_cannot_do():
+    """The chunked scan mode runs on the PyTorch backends only: named, not run sequentially instead."""
     x = torch.randn(2, 3, BASE["d_model"], dtype=torch.float64, device=DEVICE)
-    sparse = OBSLayer(OBSConfig(**{**BASE, "backend": "triton", "state_backend": "sparse"})).double().to(DEVICE)
-    with torch.no_grad(), pytest.raises(ValueError, match="dense state store only"):
-        sparse(x)
+    chunked = OBSLayer(OBSConfig(**{**BASE, "backend": "triton", "scan_mode": "chunked"})).double().to(DEVICE)
+    with torch.no_grad(), pytest.raises(ValueError, match="backend 'triton' runs the sequential mode only"):
+        chunked(x)
 
 
 @pytest.mark.gpu

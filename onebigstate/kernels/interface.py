@@ -74,6 +74,27 @@ class StateBase:
     runs: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
+# ---- the hash behind S_0 of the sparse store (state_init: hash) ----------------------------------
+# Stores and backends that generate S_0 share it: model/sparse_state.py (hash_normal), the triton
+# kernels (kernels/triton_kernels.py, in uint32) and the compiled CPU scan (csrc, in C++).
+MASK32 = 0xFFFFFFFF
+MIX_MUL = 0x45D9F3B       # < 2^27, so (x < 2^32) * MIX_MUL < 2^59 never overflows int64
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixing function (xor-shift-multiply) on int64 tensors holding values < 2^32."""
+    x = ((x >> 16) ^ x) * MIX_MUL & MASK32
+    x = ((x >> 16) ^ x) * MIX_MUL & MASK32
+    return (x >> 16) ^ x
+
+
+def s0_seed_words(seed: int) -> tuple[int, int]:
+    """The two 32-bit words that key S_0's hash for ``seed``."""
+    s = torch.tensor([(2 * seed + 1) & MASK32, (2 * seed + 2) & MASK32], dtype=torch.long)
+    a, b = mix32(mix32(s)).tolist()
+    return a, b
+
+
 def sample_indices(n_total: int, n_samples: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """A deterministic, evenly strided subset of ``range(n_total)``: [min(n_samples, n_total)] long."""
     n = min(n_samples, n_total)

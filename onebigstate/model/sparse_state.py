@@ -27,34 +27,22 @@ import math
 import torch
 import torch.nn.functional as F
 
-from onebigstate.kernels.interface import StateBase, StateStore, WriteSetGradient, find_sorted, register_store
+from onebigstate.kernels.interface import MASK32 as _MASK32
+from onebigstate.kernels.interface import (StateBase, StateStore, WriteSetGradient, find_sorted, register_store,
+                                           s0_seed_words)
+from onebigstate.kernels.interface import mix32 as _mix32
 from onebigstate.kernels.step import Carry, take
 
-_MASK32 = 0xFFFFFFFF
-_MUL = 0x45D9F3B          # < 2^27, so (x < 2^32) * _MUL < 2^59 never overflows int64
 # Largest shared S_0 table kept in memory (bytes); above it rows are hashed on every read.
 S0_TABLE_MAX_BYTES = 2 << 30
 _S0_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mixing function (xor-shift-multiply) on int64 tensors holding values < 2^32."""
-    x = ((x >> 16) ^ x) * _MUL & _MASK32
-    x = ((x >> 16) ^ x) * _MUL & _MASK32
-    return (x >> 16) ^ x
-
-
-def _seed_words(seed: int) -> tuple[int, int]:
-    s = torch.tensor([(2 * seed + 1) & _MASK32, (2 * seed + 2) & _MASK32], dtype=torch.long)
-    a, b = _mix32(_mix32(s)).tolist()
-    return a, b
 
 
 def hash_normal(rows: torch.Tensor, cols: torch.Tensor, seed: int, dtype: torch.dtype = torch.float32
                 ) -> torch.Tensor:
     """Standard normal numbers, a fixed function of (seed, row, col): rows and cols are int64
     tensors (< 2^32) that broadcast together. Two hashed uniforms, then Box-Muller."""
-    sa, sb = _seed_words(seed)
+    sa, sb = s0_seed_words(seed)
     ra, rb = _mix32((rows ^ sa) & _MASK32), _mix32((rows ^ sb) & _MASK32)
     ha, hb = _mix32(ra ^ cols), _mix32(rb ^ cols)
     u1 = (ha.to(torch.float64) + 0.5) * 2.0 ** -32          # in (0, 1): the log stays finite

@@ -25,7 +25,8 @@ import time
 
 
 def _mixer(n_nodes: int) -> dict:
-    return {"n_nodes": n_nodes, "k_min": 4, "k_max": 12, "m_active": 16, "row_norm": True}
+    from onebigstate.model.config import PLAIN_LAYER   # the plain layer with row_norm, as measured
+    return {"n_nodes": n_nodes, "k_min": 4, "k_max": 12, "m_active": 16, **PLAIN_LAYER, "row_norm": True}
 
 
 def _peak_gb() -> float:

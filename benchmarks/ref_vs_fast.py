@@ -4,7 +4,7 @@
 
 float64, one OBS layer, random upstream gradients, a mix of continuous and discrete steps,
 the Gaussian regulariser and the k cost on, and a state carried in from a first window; once with
-the layer's defaults and once with every switch of the bench recipe and reverse_assoc on. The
+the plain layer (the defaults before 2026-12-05) and once with every switch of the bench recipe and reverse_assoc on. The
 compiled backend runs in both of its modes (dense per-thread rows, and the hash map it uses at
 large N, forced here with DIRECT_MAX_BYTES = 0).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from onebigstate import OBSConfig, OBSLayer
+from onebigstate.model.config import PLAIN_LAYER
 
 
 def run(backend: str, cfg: OBSConfig, B: int, T: int, seed: int = 0):
@@ -72,7 +73,8 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/ref_vs_fast.md")
     args = ap.parse_args()
     base = OBSConfig(d_model=32, n_nodes=64, d_key=16, d_value=16, d_hidden=16, d_write=16, k_min=2, k_max=6,
-                     m_active=8, init_std=0.05, k_cost=0.1, gaussian_reg={"weight": 0.1, "n_samples": 256})
+                     m_active=8, init_std=0.05, k_cost=0.1, gaussian_reg={"weight": 0.1, "n_samples": 256},
+                     **PLAIN_LAYER)   # the plain layer, as the page measured it
     recipe = base.model_copy(update={"row_norm": True, "circuit_direct": 1.0, "balance_cost": 0.1,
                                      "reverse_assoc": True})
     B, T = 4, 48
@@ -85,7 +87,7 @@ def main() -> None:
              "backend with the window's changes in the hash map it uses at large N (forced here). The tests "
              "(`tests/test_obs_kernels.py`) hold every backend to 1e-12 (values, states) and 1e-10 "
              "(gradients) relative over a table of cases.", ""]
-    for title, cfg in (("The layer's defaults", base),
+    for title, cfg in (("The plain layer (the layer's defaults before 2026-12-05)", base),
                        ("Every switch: row_norm, circuit_direct 1, balance_cost 0.1, reverse_assoc", recipe)):
         lines += [f"## {title}", ""] + compare(cfg, B, T) + [""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,14 @@ import torch
 
 from onebigstate import OBSConfig, OBSLayer
 from onebigstate.analysis.saved_memory import saved_bytes
+from onebigstate.model.config import PLAIN_LAYER
 
 
 def measure(n_nodes: int, T: int, backend: str, batch: int = 1) -> int:
     torch.manual_seed(0)
     layer = OBSLayer(OBSConfig(d_model=64, n_nodes=n_nodes, d_key=64, d_value=64, d_hidden=64, d_write=64,
-                               k_min=4, k_max=12, m_active=16, backend=backend))
+                               k_min=4, k_max=12, m_active=16, backend=backend,
+                               **PLAIN_LAYER))   # the plain layer, as the page measured it
     x = torch.randn(batch, T, 64, requires_grad=True)
     return saved_bytes(lambda: layer(x)[0])
 

@@ -38,7 +38,8 @@ def step_times(n_nodes: int, batch: int, seq_len: int, steps: int, backend: str 
     torch.manual_seed(0)
     cfg = ModelConfig(name="obs", d_model=64, n_layers=1,
                       mixer={"n_nodes": n_nodes, "k_min": 4, "k_max": 12, "m_active": 16,
-                             "balance_cost": 0.1, "row_norm": True, "state_backend": backend})
+                             "balance_cost": 0.1, "row_norm": True, "circuit_direct": 0.0,
+                             "state_backend": backend})
     task = build_task(TaskConfig(name="mqar", params={"vocab_size": vocab, "seq_len": seq_len,
                                                       "num_kv_pairs": seq_len // 4}))
     model = task.build_model(cfg)

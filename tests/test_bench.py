@@ -503,18 +503,25 @@ def test_cpu_mode_gives_every_model_one_budget_and_the_baselines_an_lr_sweep():
     variants = build_suite("retention", Options(mode="cpu", models=["obs_rownorm", "obs_balanced_rownorm",
                                                                     "obs_balanced_rownorm_n4096"])).cells
     mixers = {c.model: c.config.model.mixer for c in variants}
-    assert mixers["obs_rownorm"]["row_norm"] and "balance_cost" not in mixers["obs_rownorm"]
+    # a variant of a past sweep is its settings over the plain layer, the layer's defaults when it ran
+    assert mixers["obs_rownorm"]["row_norm"] and mixers["obs_rownorm"]["balance_cost"] == 0.0
+    assert mixers["obs_rownorm"]["circuit_direct"] == 0.0
     assert mixers["obs_balanced_rownorm"]["row_norm"] and mixers["obs_balanced_rownorm"]["balance_cost"] > 0
     assert mixers["obs_balanced_rownorm"]["n_nodes"] == 1024
     assert {**mixers["obs_balanced_rownorm"], "n_nodes": 4096} == mixers["obs_balanced_rownorm_n4096"]
     plain = build_suite("retention", Options(mode="quick", models=["obs_plain"])).cells[0].config.model.mixer
-    assert plain == {"n_nodes": 256, "k_min": 4, "k_max": 12, "m_active": 16}   # the layer's own defaults
-    # every variant is a valid OBS layer config
-    from onebigstate.bench.cells import VARIANTS, model_config
+    assert plain == {"n_nodes": 256, "k_min": 4, "k_max": 12, "m_active": 16, "balance_cost": 0.0,
+                     "row_norm": False, "circuit_direct": 0.0}   # the layer's defaults before the recipe
+    # every variant, current or of a past sweep, is a valid OBS layer config
+    from onebigstate.bench.cells import VARIANTS, history_variants, model_config
     from onebigstate.model.config import OBSConfig
-    for name in VARIANTS:
+    history = history_variants()
+    assert "obs_balanced_rownorm_n16384_direct1" in history and not set(history) & set(VARIANTS)
+    for name, settings in [*VARIANTS.items(), *((n, h["settings"]) for n, h in history.items())]:
         cfg = OBSConfig(d_model=64, **model_config(name, 64, "cpu").mixer)
-        assert cfg.n_nodes == VARIANTS[name].get("n_nodes", 1024)
+        assert cfg.n_nodes == settings.get("n_nodes", 1024)
+    # the recipe is the layer's default
+    assert OBSConfig(**model_config("obs", 64, "cpu").mixer) == OBSConfig(n_nodes=1024, k_min=4, k_max=12, m_active=16)
     assert OBSConfig(**model_config("obs_balanced_rownorm_n16384", 64, "cpu").mixer).state_backend == "sparse"
     with pytest.raises(ValueError, match="no --cpu grid"):
         build_suite("sequential", Options(mode="cpu"))

@@ -226,7 +226,7 @@ def test_row_norm_keeps_a_heavily_written_row_from_drowning_a_fresh_one():
 def test_row_norm_config_reaches_the_recurrence_and_changes_the_read():
     cfg = dict(d_model=16, n_nodes=32, k_min=2, k_max=4, m_active=4, init_std=0.5)
     torch.manual_seed(0)
-    plain = OBSLayer(OBSConfig(**cfg)).eval()
+    plain = OBSLayer(OBSConfig(**cfg, row_norm=False)).eval()
     normed = OBSLayer(OBSConfig(**cfg, row_norm=True)).eval()
     normed.load_state_dict(plain.state_dict())
     assert normed.step_cfg.row_norm and not plain.step_cfg.row_norm

@@ -20,5 +20,5 @@ def test_probe_reports_accuracy_per_distance_with_and_without_spread(tmp_path, o
     page = out.read_text()
     assert "| run | read | d=4 | d=40 |" in page
     assert "| as trained |" in page and "| no spread from active rows |" in page
-    assert "| row_norm on at read time |" in page
+    assert "| row_norm off at read time |" in page          # trained with the default layer: row_norm on
     assert out.with_suffix(".png").exists()

@@ -83,10 +83,12 @@ def build_memory_model(name: str, n_state: int = 32, config: dict | None = None,
         cfg = {"impl": "recurrent", "n_heads": H, **config}
         return build_mixer("deltanet", d, cfg), f"DeltaNet d_model {d}, {cfg['n_heads']} heads"
     if name == "obs":
-        from onebigstate.model.config import OBSConfig
+        from onebigstate.model.config import PLAIN_LAYER, OBSConfig
         from onebigstate.model.layer import OBSLayer
+        # the plain layer: the memory-function pages (docs/results/memory.md) were measured with it
         base = {"d_model": 16, "n_nodes": n_state, "d_key": 16, "d_value": 16, "d_hidden": 16, "d_write": 16,
-                "k_min": 2, "k_max": max(2, min(8, n_state // 8)), "m_active": max(2, min(16, n_state // 4))}
+                "k_min": 2, "k_max": max(2, min(8, n_state // 8)), "m_active": max(2, min(16, n_state // 4)),
+                **PLAIN_LAYER}
         cfg = OBSConfig(**{**base, **config})
         return OBSLayer(cfg), f"OBS N={cfg.n_nodes}, k<={cfg.k_max}, m={cfg.m_active} (state N^2={cfg.n_nodes ** 2})"
     raise ConfigError(f"unknown memory model '{name}'; known: {', '.join(MEMORY_MODELS)} (or s4d for all five inits)")

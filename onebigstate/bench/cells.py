@@ -8,8 +8,12 @@ gives the mean and spread over seeds at that lr.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
+from onebigstate.model.config import PLAIN_LAYER
 from onebigstate.nets.stack import ModelConfig
 from onebigstate.tasks.base import TaskConfig
 from onebigstate.training.config import RunConfig, TrainConfig
@@ -21,53 +25,51 @@ Mode = Literal["quick", "cpu", "full"]
 # Every registered model the suites run by default; `obs bench --models` picks among them and
 # the opt-in variants.
 MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans", "s4d"]
-# OBS's bench recipe, the model `obs` of every suite: row_norm and balance_cost (recall after
-# 100,000 distractor tokens: docs/results/retention_cpu.md) and the new circuit counted as active
-# at a quarter strength, circuit_direct 1.0 (capacity at N = 1024 to 16384 and retention at lr 3e-3,
-# 3 seeds each: docs/results/circuit_direct.md), trained at lr 3e-3. It is the variant
-# obs_balanced_rownorm_direct1 under another name. Until 2026-11-24 `obs` was the plain layer at
-# lr 1e-2, now `obs_plain` (pages produced before then: docs/bench.md, "The bench's obs").
-# OBS variants (name -> mixer settings over the plain layer), run only when named.
-# The _n2048 / _n4096 ones change only the number of nodes: is capacity an addressing limit?
-# The _k2 / _k1 ones lower only k_min (the write module trains k_t down to its floor of 4, and
-# accuracy follows tokens per node = k * distinct tokens / nodes in use: docs/results/circuit_load.md).
-_BR = {"balance_cost": 0.1, "row_norm": True}
-_N16K = {**_BR, "n_nodes": 16384, "state_backend": "sparse"}   # 16384 nodes need the sparse backend
-OBS_RECIPE = {**_BR, "circuit_direct": 1.0}
-VARIANTS = {"obs_plain": {},     # the layer's own defaults: no balance cost, no row norm, no direct term
-            # the recipe with the reverse association (the new circuit wired back to what was
-            # active): the see-and-hear demo's OBS has it, for object -> word
-            "obs_reverse": {**OBS_RECIPE, "reverse_assoc": True},
-            "obs_balanced": {"balance_cost": 0.1}, "obs_rownorm": {"row_norm": True},
-            "obs_balanced_rownorm": _BR,
-            "obs_balanced_rownorm_n2048": {**_BR, "n_nodes": 2048},
-            "obs_balanced_rownorm_n4096": {**_BR, "n_nodes": 4096},
-            "obs_balanced_rownorm_k2": {**_BR, "k_min": 2},
-            "obs_balanced_rownorm_k1": {**_BR, "k_min": 1},
-            "obs_balanced_rownorm_n4096_k2": {**_BR, "n_nodes": 4096, "k_min": 2},
-            # the sparse state backend (hashed S_0): at N = 1024 a check that it trains like the
-            # dense one; dense, 16384 nodes would be 1 GiB per stream
-            "obs_balanced_rownorm_sparse": {**_BR, "state_backend": "sparse"},
-            "obs_balanced_rownorm_n16384": _N16K,
-            # the new circuit counted as active directly (circuit_direct): at lr 1e-2 the plain
-            # n16384 cell loses 5-6% of its keys to a negative intra gate (docs/results/dead_keys.md);
-            # the N = 1024 one checks what the direct term costs where hardly a key dies; the
-            # _direct1 ones a quarter of the term (1.0: about half what a +1 intra gate gives the
-            # circuit). What each gives and costs: docs/results/circuit_direct.md
-            "obs_balanced_rownorm_direct": {**_BR, "circuit_direct": 4.0},
-            "obs_balanced_rownorm_n16384_direct": {**_N16K, "circuit_direct": 4.0},
-            "obs_balanced_rownorm_direct1": {**_BR, "circuit_direct": 1.0},
-            "obs_balanced_rownorm_n16384_direct1": {**_N16K, "circuit_direct": 1.0},
-            # 1.0 at N = 16384 gains at 1024 and 2047 pairs without extra writes; between N = 1024
-            # (seeds spread at 1024 pairs) and 16384: is it a default candidate at every N?
-            "obs_balanced_rownorm_n2048_direct1": {**_BR, "n_nodes": 2048, "circuit_direct": 1.0},
-            "obs_balanced_rownorm_n4096_direct1": {**_BR, "n_nodes": 4096, "circuit_direct": 1.0},
-            # the recipe with a soft bound c on |S| (state_bound): does a bounded lifelong state keep
-            # recall? (docs/results/bounded_state.md)
-            **{f"obs_bound{c:g}": {**OBS_RECIPE, "state_bound": float(c)} for c in (1, 4, 16)},
-            # the recipe trained in chunked mode: chunks of 16 steps, 2 sweeps each
-            # (kernels/chunked.py; docs/results/chunked.md)
-            "obs_chunk16": {**OBS_RECIPE, "scan_mode": "chunked", "max_chunk": 16, "chunk_sweeps": 2}}
+# OBS's bench recipe, the model `obs` of every suite, and since 2026-12-05 the layer's own default
+# (model/config.py): row_norm and balance_cost (recall after 100,000 distractor tokens:
+# docs/results/retention_cpu.md) and the new circuit counted as active at a quarter strength,
+# circuit_direct 1.0 (capacity at N = 1024 to 16384 and retention at lr 3e-3, 3 seeds each:
+# docs/results/circuit_direct.md), trained at lr 3e-3. Named in full so every cell's config.yaml
+# records it. Until 2026-11-24 `obs` was the plain layer at lr 1e-2, now `obs_plain` (pages
+# produced before then: docs/bench.md, "The bench's obs").
+OBS_RECIPE = {"balance_cost": 0.1, "row_norm": True, "circuit_direct": 1.0}
+# OBS variants still in use (name -> mixer settings over the recipe), run only when named. Those
+# of past sweeps live beside the pages that measured them: HISTORY_FILE.
+VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe: no balance cost, row norm, direct term
+            # the reverse association (the new circuit wired back to what was active): the
+            # see-and-hear suite's OBS has it, for object -> word
+            "obs_reverse": {"reverse_assoc": True},
+            # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?
+            # (docs/results/bounded_state.md)
+            **{f"obs_bound{c:g}": {"state_bound": float(c)} for c in (1, 4, 16)},
+            # trained in chunked mode: chunks of 16 steps, 2 sweeps each (kernels/chunked.py;
+            # docs/results/chunked.md)
+            "obs_chunk16": {"scan_mode": "chunked", "max_chunk": 16, "chunk_sweeps": 2}}
+# name -> {settings (over the plain layer), why, pages}; in the source tree, beside the pages
+HISTORY_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "obs_variants.yaml"
+
+
+def history_variants() -> dict[str, dict]:
+    """The OBS variants of past sweeps (``docs/results/obs_variants.yaml``); empty outside a source tree."""
+    if not HISTORY_FILE.exists():
+        return {}
+    return yaml.safe_load(HISTORY_FILE.read_text())
+
+
+def obs_settings(name: str) -> dict[str, Any] | None:
+    """The mixer settings of OBS model ``name`` on top of the bench's sizes (None: not an OBS model)."""
+    if name == "obs":
+        return dict(OBS_RECIPE)
+    if name in VARIANTS:
+        return {**OBS_RECIPE, **VARIANTS[name]}
+    old = history_variants().get(name)
+    return {**PLAIN_LAYER, **old["settings"]} if old is not None else None
+
+
+def is_obs(name: str) -> bool:
+    return obs_settings(name) is not None
+
+
 # Baselines through flash-linear-attention's Triton kernels (a CUDA machine with fla installed;
 # elsewhere building them raises): name -> (registered mixer, its settings). Run only when named,
 # so a page never mixes our PyTorch DeltaNet with fla's under one name.
@@ -167,12 +169,13 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
 
     Baselines: 2 layers, as in Zoology's MQAR sweeps, and 2 heads where they have heads. OBS: 1
     layer with N = 1024 nodes (quick: 256), the sizes of its MQAR recipe (configs/mqar_64_8.yaml),
-    plus ``OBS_RECIPE`` for ``obs`` and the variant's own settings for a variant.
+    plus :func:`obs_settings` (``OBS_RECIPE`` for ``obs``, then a variant's own settings).
     """
-    if name == "obs" or name in VARIANTS:
+    obs = obs_settings(name)
+    if obs is not None:
         return ModelConfig(name="obs", d_model=d_model, n_layers=1,
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
-                                  "m_active": 16, **(OBS_RECIPE if name == "obs" else VARIANTS[name])})
+                                  "m_active": 16, **obs})
     mixer: dict[str, Any] = {}
     if name in FLA_BASELINES:
         name, fla_settings = FLA_BASELINES[name]
@@ -196,7 +199,7 @@ def lr_grid(name: str, mode: Mode) -> list[float]:
     (where its recipe was measured: docs/results/circuit_direct.md), the baselines at 3e-3 and
     1e-2 (a sweep OBS does not get). full: all three.
     """
-    obs = name == "obs" or name in VARIANTS
+    obs = is_obs(name)
     grid = [1e-3, 3e-3, 1e-2]
     if mode == "quick":
         return [grid[1]]
@@ -207,7 +210,7 @@ def lr_grid(name: str, mode: Mode) -> list[float]:
 
 def weight_decay(name: str) -> float:
     # OBS's tuned recipe trains without weight decay; the baselines use Zoology's 0.1.
-    return 0.0 if name == "obs" or name in VARIANTS else 0.1
+    return 0.0 if is_obs(name) else 0.1
 
 
 def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, steps: int, batch_size: int,
@@ -216,9 +219,10 @@ def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, step
     """One cell per model, lr and seed of ``opts`` for one task setting, under one budget."""
     cells = []
     for name in opts.model_list():
-        if name not in MODELS and name not in VARIANTS and name not in FLA_BASELINES:
+        if name not in MODELS and not is_obs(name) and name not in FLA_BASELINES:
             raise ValueError(f"unknown model '{name}' for the benchmark; known: "
-                             f"{MODELS + list(VARIANTS) + list(FLA_BASELINES)}")
+                             f"{MODELS + list(VARIANTS) + list(FLA_BASELINES)} and the variants of past sweeps "
+                             f"in {HISTORY_FILE}")
         model = model_config(name, d_model, opts.mode)
         for lr in (opts.lrs or lr_grid(name, opts.mode)):
             for seed in opts.seed_list():

@@ -17,7 +17,9 @@ losses, so the averaged gradient equals the one-process gradient of the same glo
 float rounding (``tests/test_distributed.py`` checks the weights after training in float64).
 Where the count varies per sequence (see-and-hear's queries, SAYCam's masks) each rank's mean
 is weighted equally, which differs from one process's mean. OBS's load-balance loss
-(``balance_cost``) is a product of batch means, so each rank's share of it differs as well.
+(``balance_cost``, on in the default layer) multiplies the batch's node loads by its address
+probabilities: :func:`wrap` hands the layers the process group, so that the loads are the whole
+batch's and the averaged loss and gradient equal one process's (``load_balance_loss``).
 Every rank has the same seed: a model with dropout would draw the same masks on every share.
 """
 from __future__ import annotations
@@ -52,6 +54,9 @@ def wrap(task, model: nn.Module, world: int) -> nn.Module:
     step = TaskStep(task, model)
     if world == 1:
         return step
+    for layer in model.modules():
+        if hasattr(layer, "balance_group"):
+            layer.balance_group = dist.group.WORLD
     device_ids = [model.head.weight.device.index] if model.head.weight.is_cuda else None
     # Every parameter of the OBS stack takes part in every step (the chain gate's row of w_out
     # gets a zero gradient in windows without continuous inputs); a model that leaves one out

@@ -110,7 +110,7 @@ def _blocks(n_rows: int, n_nodes: int):
         yield i, slice(start, min(n_rows, start + step))
 
 
-def load_balance_loss(mean_prob: torch.Tensor, circuit_idx: torch.Tensor, k: int) -> torch.Tensor:
+def load_balance_loss(mean_prob: torch.Tensor, circuit_idx: torch.Tensor, k: int, group=None) -> torch.Tensor:
     """How unevenly the window's circuits load the nodes (the Switch Transformer's balance loss).
 
     ``N * sum_i f_i p_i``, where f_i is the share of the first ``k`` circuit slots that went to
@@ -120,10 +120,20 @@ def load_balance_loss(mean_prob: torch.Tensor, circuit_idx: torch.Tensor, k: int
     another token's rows, so an even load is what keeps old associations apart.
 
     mean_prob [N] (``Addresser(x, mean_prob=True)``), circuit_idx [B, T, K] long -> [].
+
+    ``group``: a ``torch.distributed`` process group whose ranks each hold an equal share of one
+    batch (data parallel). The loads f are then averaged over the group, the batch's own; each
+    rank keeps its own p. The mean over ranks of this loss, and of its gradient (what DDP
+    averages), is then the one-process loss and gradient of the whole batch, since it is linear
+    in p and f carries no gradient.
     """
     N = mean_prob.shape[-1]
     picked = circuit_idx[..., :k].reshape(-1)
     f = torch.zeros(N, device=mean_prob.device, dtype=mean_prob.dtype).index_add_(
         0, picked, torch.ones_like(picked, dtype=mean_prob.dtype))
     f = f / picked.numel()
+    if group is not None:
+        import torch.distributed as dist
+        dist.all_reduce(f, group=group)
+        f = f / dist.get_world_size(group)
     return N * (f * mean_prob).sum()

@@ -23,7 +23,7 @@ from onebigstate.kernels.chunked import ChunkSpec
 from onebigstate.kernels.scan import ScanInputs, obs_scan
 from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser, load_balance_loss
-from onebigstate.model.config import OBSConfig
+from onebigstate.model.config import RETIRED_SETTINGS, OBSConfig
 from onebigstate.model.regularizer import gaussian_strength_loss
 from onebigstate.model.sparse_state import hashed_initial_state
 from onebigstate.model.state import StateStore, initial_state, make_state
@@ -56,14 +56,18 @@ class OBSLayer(nn.Module):
         self.cfg = cfg
         self.step_cfg = StepConfig.from_config(cfg)
         self.chunk_spec = ChunkSpec.from_config(cfg)
+        # data parallel training sets this to its process group: the balance loss then uses the
+        # whole batch's node loads (distributed/data_parallel.py)
+        self.balance_group = None
         self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
-        self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, cfg.gate_init, cfg.reverse_assoc)
-        self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value) * (0.1 if cfg.value_from_key else 1.0))
-        # With value_from_key, a node's value embedding is its address key mapped by a shared
-        # matrix (plus a free part): the circuit of a token then reads out as that token,
-        # which decoding can generalise across a large vocabulary without per-token learning.
-        self.key_to_value = (nn.Linear(cfg.d_key, cfg.d_value, bias=False) if cfg.value_from_key else None)
-        beta = cfg.beta_init
+        self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, RETIRED_SETTINGS["gate_init"],
+                                 cfg.reverse_assoc)
+        # A node's value embedding is its address key mapped by a shared matrix plus a small free
+        # part: the circuit of a token then reads out as that token, which decoding can generalise
+        # across a large vocabulary without per-token learning.
+        self.value = nn.Parameter(torch.randn(cfg.n_nodes, cfg.d_value) * 0.1)
+        self.key_to_value = nn.Linear(cfg.d_key, cfg.d_value, bias=False)
+        beta = RETIRED_SETTINGS["beta_init"]
         self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta))))
         self.controller = nn.Linear(cfg.d_model, cfg.d_hidden)
         self.read_norm = nn.LayerNorm(cfg.d_value)
@@ -103,8 +107,6 @@ class OBSLayer(nn.Module):
 
     def node_values(self) -> torch.Tensor:
         """V [N, Dv], the value embedding of every node."""
-        if self.key_to_value is None:
-            return self.value
         return self.value + self.key_to_value(self.addresser.keys)
 
     def step_params(self) -> StepParams:
@@ -148,7 +150,8 @@ class OBSLayer(nn.Module):
         if n_samples > 0:
             aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
         if balance:
-            aux = aux + self.cfg.balance_cost * load_balance_loss(mean_prob, circuit_idx, self.cfg.k_min)
+            aux = aux + self.cfg.balance_cost * load_balance_loss(mean_prob, circuit_idx, self.cfg.k_min,
+                                                                  self.balance_group)
         self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx,
                                    out.read.detach(), aux, out.chunk_lengths, out.chunk_sweeps)
         return y, out.state

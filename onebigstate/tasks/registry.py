@@ -6,6 +6,8 @@
     task = build_task(TaskConfig(name="mqar", params={"seq_len": 64}))
 
 Unknown names and unknown or ill-typed params raise :class:`ConfigError` naming the key.
+Registering happens on import, one way: ``onebigstate/tasks/__init__.py`` imports every task
+module, whose decorators fill ``TASKS``; this module imports none of them.
 """
 from __future__ import annotations
 
@@ -36,23 +38,8 @@ def register_task(name: str, config: type[StrictModel]):
     return deco
 
 
-def _load_all() -> None:
-    # Importing the modules runs their @register_task decorators.
-    import onebigstate.tasks.continual  # noqa: F401
-    import onebigstate.tasks.delayed_recall  # noqa: F401
-    import onebigstate.tasks.mqar_task  # noqa: F401
-    import onebigstate.tasks.parity  # noqa: F401
-    import onebigstate.tasks.retention  # noqa: F401
-    import onebigstate.tasks.s5  # noqa: F401
-    import onebigstate.tasks.saycam_task  # noqa: F401
-    import onebigstate.tasks.seeandhear_task  # noqa: F401
-    import onebigstate.tasks.gridworld_task  # noqa: F401
-    import onebigstate.tasks.selective_copy  # noqa: F401
-
-
 def task_params(name: str, params: dict | None) -> StrictModel:
     """Validate a task's params against its config class."""
-    _load_all()
     if name not in TASKS:
         raise ConfigError(f"unknown task '{name}'; known: {sorted(TASKS)}")
     try:

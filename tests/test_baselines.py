@@ -15,20 +15,11 @@ from onebigstate.baselines.mamba import mambapy_param_count
 from onebigstate.config import ConfigError
 from onebigstate.nets import ModelConfig, build_mixer, build_model, count_params
 from onebigstate.tasks.mqar import IGNORE, MQARConfig, generate_mqar
+from test_mixer_invariants import CASES as ALL_CASES
 
-# name -> mixer config used in these tests (small and fast on CPU)
-CASES = {
-    "transformer": ("transformer", {"n_heads": 2}),
-    "lstm": ("lstm", {}),
-    "mamba": ("mamba", {}),
-    "mamba-seq-scan": ("mamba", {"pscan": False}),
-    "deltanet": ("deltanet", {"n_heads": 2, "chunk_size": 8}),
-    "gated_deltanet": ("gated_deltanet", {"n_heads": 2, "chunk_size": 8}),
-    "hopfield": ("hopfield", {"n_heads": 2}),
-    "hopfield-learned-beta": ("hopfield", {"n_heads": 2, "learn_beta": True, "normalize_patterns": True,
-                                           "beta": 8.0, "n_updates": 2, "conv_size": 3}),
-    "titans": ("titans", {"heads": 2, "chunk_size": 2}),
-}
+# the baselines' cases of the invariants file (small and fast on CPU), those with a hand formula
+CASES = {case: spec for case, spec in ALL_CASES.items()
+         if spec[0] in ("transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "hopfield", "titans")}
 
 
 def hand_param_count(name: str, D: int, kw: dict) -> int:

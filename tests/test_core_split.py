@@ -34,7 +34,7 @@ CORE_DEPS = {"torch", "numpy", "pydantic", "yaml"}
 # core modules that import an optional accelerator, only when the feature is used
 OPTIONAL = {"onebigstate.kernels.triton_": {"triton"}, "onebigstate.model.discretiser": {"vector_quantize_pytorch"}}
 # lab modules a core module imports inside a function, only when that function is called
-LAZY_LAB = {"onebigstate": {"onebigstate.training.loading", "onebigstate.training.loading.load_run"}}
+LAZY_LAB = {"onebigstate": {"onebigstate.training.loading"}}
 # the import names of the lab's dependencies (pyproject's [lab] extra), blocked in the runtime check
 LAB_IMPORTS = ["scipy", "tqdm", "rich", "tensorboard", "safetensors", "matplotlib", "sklearn", "mambapy",
                "vector_quantize_pytorch", "espeakng_loader", "av", "minigrid", "gymnasium", "titans_pytorch",

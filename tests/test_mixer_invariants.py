@@ -16,12 +16,13 @@ import pytest
 import torch
 
 import onebigstate.baselines  # noqa: F401  (registers the baseline mixers)
+from onebigstate.model.config import PLAIN_LAYER
 from onebigstate.nets import MIXERS, ModelConfig, build_mixer, build_model
 
 # name -> (registered mixer, small config)
 CASES = {
     "obs": ("obs", {"n_nodes": 32, "k_min": 2, "k_max": 4, "m_active": 4, "d_key": 8, "d_value": 8,
-                    "d_hidden": 8, "d_write": 8}),
+                    "d_hidden": 8, "d_write": 8, **PLAIN_LAYER}),          # the recipe is the sparse case
     "obs-sparse-rownorm-direct": ("obs", {"n_nodes": 32, "k_min": 2, "k_max": 4, "m_active": 4, "d_key": 8,
                                           "d_value": 8, "d_hidden": 8, "d_write": 8, "state_backend": "sparse",
                                           "row_norm": True, "circuit_direct": 1.0}),

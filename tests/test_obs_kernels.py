@@ -16,10 +16,13 @@ import torch
 
 from onebigstate import OBSConfig, OBSLayer
 from onebigstate.kernels import cpu as cpu_backend
+from onebigstate.model.config import PLAIN_LAYER
 from tests.helpers import rel_err
 
+# the plain layer (PLAIN_LAYER): each case below names the switches it turns on; "every_switch" has
+# the recipe's and more
 BASE = dict(d_model=12, n_nodes=24, d_key=8, d_value=6, d_hidden=8, d_write=8, k_min=2, k_max=4,
-            m_active=5, init_std=0.1)
+            m_active=5, init_std=0.1, **PLAIN_LAYER)
 
 CASES = {
     "T1": dict(T=1),
@@ -149,7 +152,7 @@ def test_reversible_backward_twice_is_a_clear_error():
 
 def test_cpu_backward_twice_gives_the_same_gradients():
     """The compiled backward reads only what the forward logged, so it may run again."""
-    layer = OBSLayer(OBSConfig(**BASE, backend="cpu", row_norm=True)).double()
+    layer = OBSLayer(OBSConfig(**{**BASE, "backend": "cpu", "row_norm": True})).double()
     y, _ = layer(torch.randn(2, 7, BASE["d_model"], dtype=torch.float64))
     y.sum().backward(retain_graph=True)
     first = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}

@@ -269,3 +269,17 @@ def test_circuit_direct_keeps_a_negatively_gated_circuit_active_and_its_gate_lea
         assert share == 0.0 and g_gate == 0.0
     else:
         assert share == 1.0 and g_gate > 0.0
+
+
+def test_the_retired_settings_are_the_ops_own_defaults():
+    """gate_scale and k_mask_temperature left the layer's config; the op's StepConfig defaults are
+    what every layer now runs, so they must stay the retired values."""
+    from onebigstate.kernels.step import StepConfig
+    from onebigstate.model.config import RETIRED_SETTINGS
+    layer = OBSLayer(OBSConfig(**CFG))
+    assert layer.step_cfg.gate_scale == RETIRED_SETTINGS["gate_scale"]
+    assert layer.step_cfg.k_mask_temperature == RETIRED_SETTINGS["k_mask_temperature"]
+    assert torch.allclose(torch.tanh(layer.write.b_out[1:]), torch.tensor(RETIRED_SETTINGS["gate_init"]))
+    with pytest.raises(ConfigError, match="'gate_init' was retired"):
+        build_config(OBSConfig, {"gate_init": 0.3})
+    assert StepConfig.from_config(build_config(OBSConfig, {"gate_init": 0.5})).gate_scale == 1.0

@@ -251,7 +251,7 @@ STORE_MODULES = {"dense": "onebigstate.model.state", "sparse": "onebigstate.mode
 
 
 def register_store(name: str):
-    """Class decorator: ``make_state(name, ...)`` builds this store with ``cls.fresh_for(...)``."""
+    """Class decorator: ``make_state(name, ...)`` builds this store with ``cls.create(...)``."""
     def deco(cls):
         if STATE_STORES.get(name, cls) is not cls:
             raise ValueError(f"state store '{name}' registered twice")

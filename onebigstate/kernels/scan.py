@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from onebigstate.kernels.backends import BACKENDS, resolve_backend, run_backend
 from onebigstate.kernels.chunked import scan_chunked, scan_chunked_reference
-from onebigstate.kernels.interface import (ScanInputs, ScanOutputs, StateBase, sample_indices,  # noqa: F401
-                                           sample_positions)
+from onebigstate.kernels.interface import ScanInputs, ScanOutputs
 from onebigstate.kernels.step import Carry, StepConfig, StepParams
 
 

@@ -60,7 +60,7 @@ def _pick(vec, idx, j):
 # ---- the sparse store: S_0 by hashing, the changes in an open-addressing table --------------------
 @triton.jit
 def _mix32(x):
-    """sparse_state._mix32 on uint32 values: there ``(y * 0x45D9F3B) & (2^32 - 1)`` in int64, here
+    """interface.mix32 on uint32 values: there ``(y * 0x45D9F3B) & (2^32 - 1)`` in int64, here
     the same number as a uint32 product that wraps (half the registers of int64 arithmetic)."""
     x = ((x >> 16) ^ x) * 73244475
     x = ((x >> 16) ^ x) * 73244475
@@ -72,7 +72,7 @@ def _s0(S0, hw, rows, cols, mask, N: tl.constexpr, S0_MODE: tl.constexpr, STD: t
     """S_0 at (rows, cols) (index blocks that broadcast) of the sparse store: 0 (mode 0), the
     shared table (1), or hashed (2) as sparse_state.s0_values does: hash_normal in float64 (two
     hashed uniforms, then Box-Muller), times ``STD`` (the float32 std) in float32, then the dtype.
-    ``hw`` holds the seed's two words (sparse_state._seed_words, below 2^32)."""
+    ``hw`` holds the seed's two words (interface.s0_seed_words, below 2^32)."""
     if S0_MODE == 1:
         out = tl.load(S0 + rows * N + cols, mask=mask, other=0.0)
     elif S0_MODE == 2:

@@ -193,7 +193,6 @@ class DenseState(StateStore):
 
 # State backends by name (OBSConfig.state_backend). A new backend implements StateStore, registers
 # itself with ``@register_store(name)`` (kernels/interface.py), and the model is unchanged.
-STATE_BACKENDS = ("dense", "sparse", "sharded")
 
 
 def make_state(backend: str, batch: int, *, s0: torch.Tensor | None = None, n_nodes: int = 0, std: float = 0.0,

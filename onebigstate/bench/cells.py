@@ -7,6 +7,7 @@ gives the mean and spread over seeds at that lr.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,8 +50,10 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
 HISTORY_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "obs_variants.yaml"
 
 
+@functools.cache
 def history_variants() -> dict[str, dict]:
-    """The OBS variants of past sweeps (``docs/results/obs_variants.yaml``); empty outside a source tree."""
+    """The OBS variants of past sweeps (``docs/results/obs_variants.yaml``, read once); empty outside a
+    source tree."""
     if not HISTORY_FILE.exists():
         return {}
     return yaml.safe_load(HISTORY_FILE.read_text())

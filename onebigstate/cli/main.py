@@ -62,6 +62,7 @@ def _exit_worker(code: int) -> None:
 
 if __name__ == "__main__":
     code = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:     # a torchrun worker (distributed.launch)
+    from onebigstate.distributed.launch import launched_by_torchrun
+    if launched_by_torchrun():
         _exit_worker(code)
     sys.exit(code)

@@ -59,14 +59,10 @@ def run(args: argparse.Namespace) -> int:
     config, overrides = _split(args)
     try:
         if args.resume is None:
-            code = _start(config, overrides, args.out)
-        else:
-            code = _resume(args.resume, config, overrides, args.out)
-    except BaseException:
-        finish(wait=False)
-        raise
-    finish()
-    return code
+            return _start(config, overrides, args.out)
+        return _resume(args.resume, config, overrides, args.out)
+    finally:
+        finish()
 
 
 def _start(config: str | None, overrides: list[str], out: str | None) -> int:

@@ -63,15 +63,11 @@ def init_from_env(device: torch.device | str = "cpu", timeout_s: float = DEFAULT
     return world()
 
 
-def finish(wait: bool = True) -> None:
+def finish() -> None:
     """Leave the process group joined by :func:`init_from_env` (at the end of a torchrun process:
-    a group left alive aborts the interpreter's exit in gloo's threads). Every rank waits for the
-    others first, so that none tears the group down while a peer still uses it; ``wait=False`` on
-    the way out of an error, where a peer may never reach the barrier. (A rare abort at exit that
-    remained even so is handled where the worker exits: ``cli/main.py``.)"""
+    a group left alive aborts the interpreter's exit in gloo's threads; a rarer abort at exit that
+    remains is handled where the worker exits, ``cli/main.py``)."""
     if launched_by_torchrun() and dist.is_available() and dist.is_initialized():
-        if wait:
-            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -25,9 +25,10 @@ KINDS = {"scan": ("pair-view", "distractor-view", "query-view"), "spoken word": 
          "noise image": ("noise-image",), "noise audio": ("noise-audio",), "silence": ("silence",)}
 
 
-def k_by_kind(run: Path, n_streams: int, seed: int) -> tuple[dict, dict]:
-    from onebigstate.analysis.k_stats import k_histogram_table
-    from onebigstate.data.streams import EVENT_NAMES, StreamConfig, generate_streams
+def read_novel_streams(run: Path, n_streams: int, seed: int):
+    """The trained see-and-hear model of ``run`` read over ``n_streams`` novel-split streams of its own
+    task settings -> (its first OBS layer, whose ``last_stats`` hold the read, the streams)."""
+    from onebigstate.data.streams import StreamConfig, generate_streams
     from onebigstate.model.layer import obs_layers
     from onebigstate.training.checkpoint import read_checkpoint
     from onebigstate.training.trainer import model_from_checkpoint
@@ -41,6 +42,13 @@ def k_by_kind(run: Path, n_streams: int, seed: int) -> tuple[dict, dict]:
     model.eval()
     with torch.no_grad():
         model(batch.packed())
+    return layer, batch
+
+
+def k_by_kind(run: Path, n_streams: int, seed: int) -> tuple[dict, dict]:
+    from onebigstate.analysis.k_stats import k_histogram_table
+    from onebigstate.data.streams import EVENT_NAMES
+    layer, batch = read_novel_streams(run, n_streams, seed)
     k = layer.last_stats.k_hard.cpu()
     groups = {name: torch.isin(batch.event, torch.tensor([EVENT_NAMES.index(e) for e in events]))
               for name, events in KINDS.items()}

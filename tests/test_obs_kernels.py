@@ -31,7 +31,8 @@ CASES = {
     "continuous_mixed": dict(T=17, continuous="mixed"),
     "k_fixed": dict(T=9, cfg=dict(k_min=3, k_max=3)),
     "no_spread": dict(T=11, cfg=dict(spread_from_active=False)),
-    "gaussian_reg_and_k_cost": dict(T=10, cfg=dict(gaussian_reg=dict(weight=0.5, n_samples=37), k_cost=0.3)),
+    "costs_and_gaussian_reg": dict(T=10, cfg=dict(gaussian_reg=dict(weight=0.5, n_samples=37), k_cost=0.3,
+                                                    write_cost=0.7)),
     "m_equals_n": dict(T=6, cfg=dict(n_nodes=8, k_max=4, m_active=8)),
     "carried_state": dict(T=8, carried=True),
     "reverse_assoc": dict(T=12, continuous="mixed", carried=True, cfg=dict(reverse_assoc=True)),
@@ -134,7 +135,7 @@ def test_cpu_backend_in_float32_within_the_stated_tolerances(name):
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_every_parameter_gets_a_gradient(backend):
     _, _, grads, _, _ = run(backend, dict(T=12, continuous="mixed", cfg=dict(
-        gaussian_reg=dict(weight=0.1, n_samples=20), k_cost=0.1)))
+        gaussian_reg=dict(weight=0.1, n_samples=20), k_cost=0.1, write_cost=0.1)))
     layer = OBSLayer(OBSConfig(**BASE))
     names = {n for n, _ in layer.named_parameters()}
     assert names == set(grads), names - set(grads)
@@ -162,7 +163,7 @@ def test_cpu_backward_twice_gives_the_same_gradients():
         assert torch.equal(g, dict(layer.named_parameters())[n].grad), n
 
 
-NO_GRAD_CASES = {"odd_T": CASES["odd_T"], "reg": CASES["gaussian_reg_and_k_cost"],
+NO_GRAD_CASES = {"odd_T": CASES["odd_T"], "reg": CASES["costs_and_gaussian_reg"],
                  "row_norm_mixed": dict(T=14, continuous="mixed", cfg=dict(row_norm=True))}
 
 

@@ -210,6 +210,32 @@ def test_balance_cost_adds_to_aux_loss_and_reaches_the_address_keys():
     assert layer.last_stats.aux_loss.item() == 0.0
 
 
+def test_write_cost_is_the_weighted_mean_gate_and_training_on_it_turns_the_writes_down():
+    from onebigstate.model.regularizer import write_mass
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 16)
+    cfg = dict(d_model=16, n_nodes=32, k_min=2, k_max=4, m_active=4, balance_cost=0.0, reverse_assoc=True)
+    layer = OBSLayer(OBSConfig(**cfg, write_cost=0.5))
+    layer(x)
+    gates = layer.last_stats.gates                                      # [B, T, 4], all 0.5 at init
+    K, M = 4, 4
+    weighted = (gates.abs() * torch.tensor([K * K, M * K, K * K, K * M]) / (2 * K * K + 2 * M * K)).sum(-1).mean()
+    assert torch.allclose(layer.last_stats.aux_loss, 0.5 * weighted)
+    assert torch.allclose(write_mass(torch.ones(1, 1, 4), layer.step_cfg), torch.tensor(1.0))
+    opt = torch.optim.SGD(layer.write.parameters(), lr=0.5)
+    before = write_mass(gates, layer.step_cfg).item()
+    for _ in range(20):                                                 # the cost alone: gates go to 0
+        opt.zero_grad()
+        layer(x)
+        layer.last_stats.aux_loss.backward()
+        opt.step()
+    layer(x)
+    assert write_mass(layer.last_stats.gates, layer.step_cfg).item() < 0.5 * before
+    plain = OBSLayer(OBSConfig(**cfg))                                  # off by default
+    plain(x)
+    assert plain.last_stats.aux_loss.item() == 0.0
+
+
 def test_row_norm_keeps_a_heavily_written_row_from_drowning_a_fresh_one():
     from onebigstate.kernels.step import row_scale, spread
     worn = torch.tensor([1.0, 0.0, 0.0, 0.0]) * 1e4          # a node on 10,000 circuits

@@ -40,6 +40,14 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             # the reverse association (the new circuit wired back to what was active): the
             # see-and-hear suite's OBS has it, for object -> word
             "obs_reverse": {"reverse_assoc": True},
+            # and a cost on the writes' gates (write_cost): the trained gates sat near 1 on every step,
+            # silence included, and recall fell with delay (docs/results/write_cost.md)
+            **{f"obs_reverse_wc{c:g}": {"reverse_assoc": True, "write_cost": float(c)} for c in (0.1, 1)},
+            # and 4x the nodes in the sparse store: do fewer shared nodes keep a pairing longer?
+            "obs_reverse_wc1_n4096": {"reverse_assoc": True, "write_cost": 1.0, "n_nodes": 4096,
+                                      "state_backend": "sparse"},
+            # and at least 8 nodes per circuit: does a word spread over more nodes share fewer of them?
+            "obs_reverse_wc1_k8": {"reverse_assoc": True, "write_cost": 1.0, "k_min": 8},
             # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?
             # (docs/results/bounded_state.md)
             **{f"obs_bound{c:g}": {"state_bound": float(c)} for c in (1, 4, 16)},

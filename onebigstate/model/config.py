@@ -70,6 +70,10 @@ class OBSCoreConfig(StrictModel):
                                "v), so entries stay near [-c, c] along a stream of any length (0: writes are plain "
                                "sums, unbounded)")
     k_cost: float = Field(0.0, ge=0.0, description="penalty on mean k_t / k_max (prefers small circuits)")
+    write_cost: float = Field(0.0, ge=0.0, description="penalty on the mean |gate| of the step's writes (each gate "
+                              "weighted by the entries it scales), so a step writes only where the loss needs it: "
+                              "without it the trained gates sit near 1 on every step, silence and noise included "
+                              "(docs/results/write_cost.md)")
     balance_cost: float = Field(0.1, ge=0.0, description="weight of the node load-balancing loss on addressing "
                                                          "(spreads circuits over the nodes; 1.0 = even load)")
     continuous: bool = Field(False, description="default modality flag when none is passed")

@@ -24,7 +24,7 @@ from onebigstate.kernels.scan import ScanInputs, obs_scan
 from onebigstate.kernels.step import StepConfig, StepParams
 from onebigstate.model.addressing import Addresser, load_balance_loss
 from onebigstate.model.config import RETIRED_SETTINGS, OBSConfig
-from onebigstate.model.regularizer import gaussian_strength_loss
+from onebigstate.model.regularizer import gaussian_strength_loss, write_mass
 from onebigstate.model.sparse_state import hashed_initial_state
 from onebigstate.model.state import StateStore, initial_state, make_state
 from onebigstate.model.write_module import WriteModule
@@ -41,7 +41,7 @@ class OBSStats:
     active_w: torch.Tensor     # [B, T, M] active weights w_t (detached)
     circuit_idx: torch.Tensor  # [B, T, K] candidates (first k_hard are the circuit)
     read: torch.Tensor         # [B, T, Dv] read vector r_t (detached), for analysis
-    aux_loss: torch.Tensor     # [] k cost + Gaussian regulariser + load balance, weighted by the config
+    aux_loss: torch.Tensor     # [] k cost + write cost + Gaussian regulariser + load balance, weighted by the config
     chunk_lengths: list[int] | None = None  # chunked mode: every chunk's length
     chunk_sweeps: list[int] | None = None   # chunked mode: the sweeps every chunk took
 
@@ -147,6 +147,8 @@ class OBSLayer(nn.Module):
         aux = x.new_zeros(())
         if self.cfg.k_cost > 0:
             aux = aux + self.cfg.k_cost * (out.k_soft / self.cfg.k_max).mean()
+        if self.cfg.write_cost > 0:
+            aux = aux + self.cfg.write_cost * write_mass(out.gates, self.step_cfg)
         if n_samples > 0:
             aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
         if balance:

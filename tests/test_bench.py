@@ -407,6 +407,25 @@ def test_steps_set_every_suites_budget_in_its_own_folder(capsys):
     assert "1 cells under runs/bench/extrapolation_cpu_d128_steps3000" in capsys.readouterr().out
 
 
+def test_train_delay_sets_the_seeandhear_training_delays_in_its_own_folder(capsys):
+    """--train-delay D: see-and-hear cells train with queries up to D steps after their pairing, the batch
+    scaled to about as many steps, the evaluation unchanged; other suites refuse it."""
+    from onebigstate.bench.suites.seeandhear import train_batch
+    own = build_suite("seeandhear", Options(mode="cpu", models=["lstm"]))
+    longer = build_suite("seeandhear", Options(mode="cpu", models=["lstm"], train_delay=300))
+    a, b = own.cells[0], longer.cells[0]
+    assert (a.config.task.params["delay_max"], b.config.task.params["delay_max"]) == (30, 300)
+    assert a.config.train.batch_size == 32 and b.config.train.batch_size == train_batch(32, 300) < 32
+    assert (b.evals, b.config.model) == (a.evals, a.config.model)
+    assert "3 to 300 steps after the pairing" in longer.description
+    with pytest.raises(ValueError, match="suite 'mqar' has none to set"):
+        build_suite("mqar", Options(train_delay=300))
+    with pytest.raises(ValueError, match="at least 3 steps"):
+        build_suite("seeandhear", Options(train_delay=2))
+    assert main(["bench", "seeandhear", "--cpu", "--models", "obs", "--train-delay", "300", "--list"]) == 0
+    assert "1 cells under runs/bench/seeandhear_cpu_delay300" in capsys.readouterr().out
+
+
 def test_widths_run_other_widths_in_their_own_folder(capsys):
     """--widths: the same settings and budget at other widths (the baselines keep 2 heads); a suite without
     a width grid says so; the cells and page go to their own folder, never the mode's."""

@@ -158,6 +158,8 @@ class Options:
     widths: tuple[int, ...] | None = None
     # every suite: the training steps of every cell instead of the mode's budget (None: the mode's)
     steps: int | None = None
+    # seeandhear only: the longest delay from a pairing to its query in training (None: the suite's 30)
+    train_delay: int | None = None
 
     def width_list(self, mode_widths: tuple[int, ...]) -> list[int]:
         return list(self.widths) if self.widths else list(mode_widths)

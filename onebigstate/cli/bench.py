@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="every suite: N training steps per cell instead of the mode's budget (warm-up and "
                         "checkpoints scale with it), e.g. 3000 to see whether a model that learned nothing needed "
                         "longer; its cells and page go to SUITE[_MODE]_steps3000 (its own folder and page)")
+    p.add_argument("--train-delay", type=int, metavar="D",
+                   help="seeandhear only: train with queries up to D steps after their pairing instead of 30, the "
+                        "batch scaled to the same steps per batch; its cells and page go to seeandhear_cpu_delayD "
+                        "(its own folder and page)")
     p.add_argument("--cells", metavar="REGEX",
                    help="run only the cells whose folder name matches REGEX (re.search), e.g. 'P_(64|256)_' "
                         "or '__s4d__'; the page still covers every finished cell")
@@ -106,6 +110,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--widths {args.widths}")
     if getattr(args, "steps", None):
         parts.append(f"--steps {args.steps}")
+    if getattr(args, "train_delay", None):
+        parts.append(f"--train-delay {args.train_delay}")
     if getattr(args, "cells", None):
         parts.append(f"--cells '{args.cells}'")
     if getattr(args, "jobs", 1) != 1:
@@ -225,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         widths = _widths(args.widths) if getattr(args, "widths", None) else None
         opts = Options(mode=args.mode, models=models, seeds=seeds, device=args.device, lrs=lrs,
                        train=_train_setting(args.train) if args.train else None, widths=widths,
-                       steps=getattr(args, "steps", None))
+                       steps=getattr(args, "steps", None), train_delay=getattr(args, "train_delay", None))
         if args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         suite = build_suite(args.suite, opts)
@@ -239,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
         stem += "_d" + "_".join(str(d) for d in opts.widths)
     if opts.steps is not None:   # and a page of another budget
         stem += f"_steps{opts.steps}"
+    if opts.train_delay is not None:   # and of another training delay
+        stem += f"_delay{opts.train_delay}"
     root = Path(args.out) / stem
     if args.replot:
         page_json = Path(args.docs) / f"{stem}.json"

@@ -30,6 +30,13 @@ def build_suite(name: str, opts: Options) -> Suite:
         if not opts.widths or any(d <= 0 or d % 4 for d in opts.widths) or len(set(opts.widths)) < len(opts.widths):
             raise ValueError(f"--widths: expected distinct positive multiples of 4 (2 heads of even width), "
                              f"got {list(opts.widths)}")
+    if opts.train_delay is not None:
+        if name != "seeandhear":
+            raise ValueError(f"--train-delay sets the see-and-hear suite's longest training delay; suite '{name}' "
+                             f"has none to set")
+        if opts.train_delay < 3:
+            raise ValueError(f"--train-delay: expected a delay of at least 3 steps (the shortest), got "
+                             f"{opts.train_delay}")
     if opts.steps is not None and opts.steps < 10:   # warm-up, checkpoints and logging are fractions of it
         raise ValueError(f"--steps: expected at least 10 training steps, got {opts.steps}")
     return importlib.import_module(f"onebigstate.bench.suites.{name}").build(opts)

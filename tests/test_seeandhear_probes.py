@@ -1,4 +1,5 @@
-"""benchmarks/writes_by_input.py: write gates per kind of input and the novel words' shared nodes."""
+"""The see-and-hear probes of benchmarks/: write gates per kind of input and the novel words' shared nodes
+(writes_by_input.py), recall at delays beyond the CPU suite's (recall_long_delay.py)."""
 from __future__ import annotations
 
 import json
@@ -38,3 +39,24 @@ def test_gates_by_event_and_word_circuits_of_a_trained_run(tmp_path):
         assert c["words"] > 0 and 0.0 <= c["mean_shared"] <= 1.0 and 0.0 < c["utterance_in_top4"] <= 1.0
     table = out.with_suffix(".md").read_text()
     assert "write mass, write_cost 2" in table and "| every step |" in table
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_long_delay_recall_of_finished_cells_skips_a_growing_state_beyond_its_cap(tmp_path):
+    cells = []
+    for name, mixer in (("obs", OBS), ("transformer", {})):
+        cell = tmp_path / f"seeandhear__{name}__lr0.01__s0"
+        tree = {"task": {"name": "seeandhear", "test_size": 4, "params": PARAMS},
+                "model": {"name": name, "d_model": 16, "mixer": mixer},
+                "train": {"steps": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 2, "progress": False}}
+        train(build_config(RunConfig, tree), cell, log=lambda m: None)
+        (cell / "bench.json").write_text(json.dumps({"model": name, "lr": 0.01, "seed": 0}))
+        cells.append(str(cell))
+    out = tmp_path / "long.json"
+    load_benchmark("recall_long_delay").main([*cells, "--delays", "20,600", "--streams", "2", "--batch-size", "2",
+                                              "--max-cache-steps", "100", "--out", str(out)])
+    obs, transformer = json.loads(out.read_text())["rows"]
+    assert all(0.0 <= v <= 1.0 for v in obs["recall"].values()) and obs["skipped"] == []
+    assert transformer["recall"]["d=600"] is None and transformer["skipped"] == [600]
+    assert 0.0 <= transformer["recall"]["d=20"] <= 1.0
+    assert "not run (state: every past step)" in out.with_suffix(".md").read_text()

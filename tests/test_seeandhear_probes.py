@@ -1,5 +1,6 @@
 """The see-and-hear probes of benchmarks/: write gates per kind of input and the novel words' shared nodes
-(writes_by_input.py), recall at delays beyond the CPU suite's (recall_long_delay.py)."""
+(writes_by_input.py), recall at delays beyond the CPU suite's (recall_long_delay.py), which filler fades a
+pairing and what a query reads (delay_probe.py)."""
 from __future__ import annotations
 
 import json
@@ -60,3 +61,21 @@ def test_long_delay_recall_of_finished_cells_skips_a_growing_state_beyond_its_ca
     assert transformer["recall"]["d=600"] is None and transformer["skipped"] == [600]
     assert 0.0 <= transformer["recall"]["d=20"] <= 1.0
     assert "not run (state: every past step)" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_delay_probe_of_a_trained_run(tmp_path):
+    tree = {"task": {"name": "seeandhear", "test_size": 4, "params": PARAMS},
+            "model": {"name": "obs", "d_model": 16, "mixer": OBS},
+            "train": {"steps": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 2, "progress": False}}
+    train(build_config(RunConfig, tree), tmp_path / "run", log=lambda m: None)
+    out = tmp_path / "probe.json"
+    probe = load_benchmark("delay_probe")
+    probe.main([str(tmp_path / "run"), "--delays", "5,40", "--streams", "3", "--out", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert set(row["filler"]) == set(probe.FILLERS)
+    assert all(0.0 <= v <= 1.0 for f in row["filler"].values() for v in f.values())
+    for reads in row["reads"].values():
+        assert reads["queries"] > 0 and 0.0 <= reads["on_object"] <= 1.0 and 0.0 <= reads["on_hubs"] <= 1.0
+        assert 0.0 < reads["hub_slots"] <= 1.0
+    assert "| silence only |" in out.with_suffix(".md").read_text()

@@ -48,6 +48,8 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
                                       "state_backend": "sparse"},
             # and at least 8 nodes per circuit: does a word spread over more nodes share fewer of them?
             "obs_reverse_wc1_k8": {"reverse_assoc": True, "write_cost": 1.0, "k_min": 8},
+            # and no spread from the previous active set's rows: do hubs stop sustaining themselves?
+            "obs_reverse_wc1_nospread": {"reverse_assoc": True, "write_cost": 1.0, "spread_from_active": False},
             # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?
             # (docs/results/bounded_state.md)
             **{f"obs_bound{c:g}": {"state_bound": float(c)} for c in (1, 4, 16)},

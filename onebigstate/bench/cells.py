@@ -56,6 +56,9 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             # trained in chunked mode: chunks of 16 steps, 2 sweeps each (kernels/chunked.py;
             # docs/results/chunked.md)
             "obs_chunk16": {"scan_mode": "chunked", "max_chunk": 16, "chunk_sweeps": 2}}
+# OBS (the recipe) with a learned discretiser of its last hidden vector (model/discretiser.py), the
+# acting page's "obs + fsq discretiser": name -> the discretiser's config
+DISCRETISED = {"obs_fsq": {"kind": "fsq", "levels": [8, 5, 5]}}
 # name -> {settings (over the plain layer), why, pages}; in the source tree, beside the pages
 HISTORY_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "obs_variants.yaml"
 
@@ -71,7 +74,7 @@ def history_variants() -> dict[str, dict]:
 
 def obs_settings(name: str) -> dict[str, Any] | None:
     """The mixer settings of OBS model ``name`` on top of the bench's sizes (None: not an OBS model)."""
-    if name == "obs":
+    if name == "obs" or name in DISCRETISED:
         return dict(OBS_RECIPE)
     if name in VARIANTS:
         return {**OBS_RECIPE, **VARIANTS[name]}
@@ -100,12 +103,14 @@ class Eval:
     kind ``grouped``: the task's held-out set, accuracy per group (distance, phase, length bucket).
     kind ``lifelong``: the task's ``lifelong_set()`` streamed in windows of ``window`` tokens,
     the state carried from window to window; accuracy per group.
+    kind ``metrics``: the task's own held-out metrics, ``params["columns"]`` mapping a metric's name
+    to its column.
     kind ``recall``: see-and-hear recall (:func:`onebigstate.bench.evaluate.recall_columns`), its
     grid in ``params``: word->object after one exposure at each delay (columns ``d=...``), after
     each number of exposures (``exp=...``), and object->word (``obj->word``).
     """
 
-    kind: Literal["params", "grouped", "lifelong", "recall"]
+    kind: Literal["params", "grouped", "lifelong", "recall", "metrics"]
     label: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     window: int = 0
@@ -190,7 +195,7 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
     if obs is not None:
         return ModelConfig(name="obs", d_model=d_model, n_layers=1,
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
-                                  "m_active": 16, **obs})
+                                  "m_active": 16, **obs}, discretiser=DISCRETISED.get(name))
     mixer: dict[str, Any] = {}
     if name in FLA_BASELINES:
         name, fla_settings = FLA_BASELINES[name]
@@ -236,7 +241,7 @@ def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, step
     for name in opts.model_list():
         if name not in MODELS and not is_obs(name) and name not in FLA_BASELINES:
             raise ValueError(f"unknown model '{name}' for the benchmark; known: "
-                             f"{MODELS + list(VARIANTS) + list(FLA_BASELINES)} and the variants of past sweeps "
+                             f"{MODELS + list(VARIANTS) + list(DISCRETISED) + list(FLA_BASELINES)} and the variants of past sweeps "
                              f"in {HISTORY_FILE}")
         model = model_config(name, d_model, opts.mode)
         for lr in (opts.lrs or lr_grid(name, opts.mode)):

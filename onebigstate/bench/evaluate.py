@@ -128,6 +128,9 @@ def run_eval(ev, model, task: Task, cfg) -> dict[str, Any]:
         return {k: v for k, v in acc.items() if k != "all"}
     if ev.kind == "recall":
         return recall_columns(model, cfg, ev.params)
+    if ev.kind == "metrics":
+        metrics = heldout_metrics(model, task, cfg.train.eval_batch_size)
+        return {column: metrics[name] for name, column in ev.params["columns"].items()}
     raise ValueError(f"unknown eval kind '{ev.kind}'")
 
 

@@ -9,10 +9,10 @@ import importlib
 
 from onebigstate.bench.cells import Options, Suite
 
-CPU_SUITES = ["extrapolation", "retention", "seeandhear"]
+CPU_SUITES = ["extrapolation", "retention", "seeandhear", "acting"]
 WIDTH_SUITES = ["mqar", "capacity", "extrapolation"]   # suites with a grid over model widths (--widths)
 SUITES = ["mqar", "capacity", "extrapolation", "retention", "sequential", "state_tracking", "continual",
-          "seeandhear"]
+          "seeandhear", "acting"]
 
 
 def build_suite(name: str, opts: Options) -> Suite:

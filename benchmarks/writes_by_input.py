@@ -74,10 +74,16 @@ def read_mixer(run: Path) -> dict:
     return yaml.safe_load((run / "config.yaml").read_text())["model"]["mixer"]
 
 
+def short(run: str) -> str:
+    """A bench cell's folder name without its suite prefix (``seeandhear__obs__lr0.01__s0`` -> ``obs__lr0.01__s0``)."""
+    return Path(run).name.split("__", 1)[-1]
+
+
 def table(results: list[dict]) -> str:
-    """Markdown: one row per event, the write mass of every run (and its mean |gate|s)."""
+    """Markdown: one row per event, the write mass of every run (and its mean |gate|s: g_in, g_as, g_ch,
+    g_rev)."""
     events = list(results[0]["events"])
-    head = "| event | steps | " + " | ".join(f"write mass, write_cost {r['write_cost']:g}" for r in results) + " |"
+    head = "| event | steps | " + " | ".join(f"{short(r['run'])} (write_cost {r['write_cost']:g})" for r in results) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(results)]
     for e in events:
         cells = []
@@ -91,7 +97,7 @@ def table(results: list[dict]) -> str:
               "a node | an utterance's nodes in its word's top 4 |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         c = r["word_circuits"]
-        lines.append(f"| {Path(r['run']).name} | {c['words']} | {c['distinct_nodes']} | {c['mean_shared']:.3f} | "
+        lines.append(f"| {short(r['run'])} | {c['words']} | {c['distinct_nodes']} | {c['mean_shared']:.3f} | "
                      f"{c['most_words_on_a_node']} | {c['utterance_in_top4']:.3f} |")
     return "\n".join(lines)
 

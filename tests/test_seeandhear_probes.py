@@ -39,7 +39,7 @@ def test_gates_by_event_and_word_circuits_of_a_trained_run(tmp_path):
         c = r["word_circuits"]
         assert c["words"] > 0 and 0.0 <= c["mean_shared"] <= 1.0 and 0.0 < c["utterance_in_top4"] <= 1.0
     table = out.with_suffix(".md").read_text()
-    assert "write mass, write_cost 2" in table and "| every step |" in table
+    assert "wc2 (write_cost 2)" in table and "| every step |" in table
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -42,7 +42,7 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             "obs_reverse": {"reverse_assoc": True},
             # and a cost on the writes' gates (write_cost): the trained gates sat near 1 on every step,
             # silence included, and recall fell with delay (docs/results/write_cost.md)
-            **{f"obs_reverse_wc{c:g}": {"reverse_assoc": True, "write_cost": float(c)} for c in (0.1, 1)},
+            **{f"obs_reverse_wc{c:g}": {"reverse_assoc": True, "write_cost": float(c)} for c in (0.1, 0.3, 1)},
             # and 4x the nodes in the sparse store: do fewer shared nodes keep a pairing longer?
             "obs_reverse_wc1_n4096": {"reverse_assoc": True, "write_cost": 1.0, "n_nodes": 4096,
                                       "state_backend": "sparse"},

@@ -45,6 +45,16 @@ def read_novel_streams(run: Path, n_streams: int, seed: int):
     return layer, batch
 
 
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a probe that reads trained see-and-hear runs over novel-split streams."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+")
+    ap.add_argument("--streams", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    return ap
+
+
 def k_by_kind(run: Path, n_streams: int, seed: int) -> tuple[dict, dict]:
     from onebigstate.analysis.k_stats import k_histogram_table
     from onebigstate.data.streams import EVENT_NAMES
@@ -59,12 +69,7 @@ def k_by_kind(run: Path, n_streams: int, seed: int) -> tuple[dict, dict]:
 
 def main(argv=None) -> None:
     from onebigstate.analysis.k_stats import plot_k_histogram
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", type=Path, nargs="+")
-    ap.add_argument("--streams", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
+    args = probe_parser(__doc__).parse_args(argv)
     rows = []
     for run in args.runs:
         table, cfg = k_by_kind(run, args.streams, args.seed)

@@ -18,7 +18,6 @@ of an utterance's circuit is its word's top 4 (the rest changes with the voice).
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # its sibling, also when loaded by path
-from k_by_input import read_novel_streams  # noqa: E402
+from k_by_input import probe_parser, read_novel_streams  # noqa: E402
 from onebigstate.files import atomic_write_text
 
 GATES = ("g_in", "g_as", "g_ch", "g_rev")
@@ -103,12 +102,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", type=Path, nargs="+")
-    ap.add_argument("--streams", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
+    args = probe_parser(__doc__).parse_args(argv)
     torch.set_num_threads(1)
     results = [gates_by_event(run, args.streams, args.seed) for run in args.runs]
     text = table(results)

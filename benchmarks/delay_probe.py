@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from onebigstate.files import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))      # its sibling, also when loaded by path
+from k_by_input import novel_config  # noqa: E402
+from onebigstate.files import atomic_write_text  # noqa: E402
 
 FILLERS = {"as trained": {},
            "silence only": dict(p_silence=1, p_distractor_image=0, p_distractor_word=0, p_noise=0),
@@ -31,10 +34,7 @@ FILLERS = {"as trained": {},
 
 
 def novel_base(run):
-    from onebigstate.data.streams import StreamConfig
-    keep = set(StreamConfig.model_fields) - {"split", "seq_len", "extra_words"}
-    return StreamConfig(**{k: v for k, v in run.config.task.params.items() if k in keep}, split="novel",
-                        extra_words=False)
+    return novel_config(run.config.task.params)
 
 
 def filler_recall(run, delays: tuple[int, int], n_streams: int) -> dict[str, dict[str, float]]:

@@ -25,20 +25,24 @@ KINDS = {"scan": ("pair-view", "distractor-view", "query-view"), "spoken word": 
          "noise image": ("noise-image",), "noise audio": ("noise-audio",), "silence": ("silence",)}
 
 
+def novel_config(task_params: dict):
+    """The novel split (words never heard in training) of a see-and-hear run's own stream settings."""
+    from onebigstate.data.streams import StreamConfig
+    keep = set(StreamConfig.model_fields) - {"split", "seq_len", "extra_words"}
+    return StreamConfig(**{k: v for k, v in task_params.items() if k in keep}, split="novel", extra_words=False)
+
+
 def read_novel_streams(run: Path, n_streams: int, seed: int):
     """The trained see-and-hear model of ``run`` read over ``n_streams`` novel-split streams of its own
     task settings -> (its first OBS layer, whose ``last_stats`` hold the read, the streams)."""
-    from onebigstate.data.streams import StreamConfig, generate_streams
+    from onebigstate.data.streams import generate_streams
     from onebigstate.model.layer import obs_layers
     from onebigstate.training.checkpoint import read_checkpoint
     from onebigstate.training.trainer import model_from_checkpoint
     ckpt = read_checkpoint(run)
     _, model = model_from_checkpoint(ckpt, device="cpu")
     layer = obs_layers(model)[0]
-    keep = set(StreamConfig.model_fields) - {"split", "seq_len", "extra_words"}
-    cfg = StreamConfig(**{k: v for k, v in ckpt.config.task.params.items() if k in keep}, split="novel",
-                       extra_words=False)
-    batch = generate_streams(cfg, n_streams, seed)
+    batch = generate_streams(novel_config(ckpt.config.task.params), n_streams, seed)
     model.eval()
     with torch.no_grad():
         model(batch.packed())

@@ -597,3 +597,11 @@ def test_acting_suite_trains_and_reports_the_task_metrics_as_columns(tmp_path):
     assert set(cell["evals"]) == {"novel action", "repeated action", "query"}
     assert yaml.safe_load((out / "acting_quick_steps10" / "acting__obs_fsq__lr0.003__s0" / "config.yaml")
                           .read_text())["model"]["discretiser"]["kind"] == "fsq"
+
+
+def test_metrics_eval_shows_the_trainers_final_metrics_and_needs_them():
+    from onebigstate.bench.evaluate import run_eval
+    ev = Eval("metrics", params={"columns": {"acc_query": "query"}})
+    assert run_eval(ev, None, None, None, {"acc_query": 0.25, "accuracy": 0.5}) == {"query": 0.25}
+    with pytest.raises(ValueError, match="pass final_metrics"):
+        run_eval(ev, None, None, None)

@@ -113,8 +113,10 @@ def heldout_metrics(model, task: Task, batch_size: int, train_len: int = 0,
     return evaluate(model, task, batch_size, (inputs, labels))
 
 
-def run_eval(ev, model, task: Task, cfg) -> dict[str, Any]:
-    """Columns of one :class:`~onebigstate.bench.cells.Eval` on a trained model."""
+def run_eval(ev, model, task: Task, cfg, final_metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """Columns of one :class:`~onebigstate.bench.cells.Eval` on a trained model. ``final_metrics``: the
+    trainer's own held-out metrics of this model (its ``results.json``), which kind ``metrics`` shows
+    instead of evaluating the held-out set a second time."""
     from onebigstate.tasks.registry import build_task
     if ev.kind == "params":
         other = build_task(cfg.task.model_copy(update={"params": {**cfg.task.params, **ev.params}}))
@@ -129,8 +131,9 @@ def run_eval(ev, model, task: Task, cfg) -> dict[str, Any]:
     if ev.kind == "recall":
         return recall_columns(model, cfg, ev.params)
     if ev.kind == "metrics":
-        metrics = heldout_metrics(model, task, cfg.train.eval_batch_size)
-        return {column: metrics[name] for name, column in ev.params["columns"].items()}
+        if final_metrics is None:
+            raise ValueError("eval kind 'metrics' shows the trainer's final held-out metrics: pass final_metrics")
+        return {column: final_metrics[name] for name, column in ev.params["columns"].items()}
     raise ValueError(f"unknown eval kind '{ev.kind}'")
 
 

@@ -132,9 +132,10 @@ def run_cell(cell: Cell, cell_dir: Path, log: Callable[[str], None], commit: str
     t0 = time.perf_counter()
     ckpt = read_checkpoint(cell_dir)
     task, model = model_from_checkpoint(ckpt, device=cell.config.train.device)
+    final = json.loads((cell_dir / RESULTS_FILE).read_text())["metrics"]
     columns: dict[str, float] = {}
     for ev in cell.evals:
-        columns.update(run_eval(ev, model, task, cell.config))
+        columns.update(run_eval(ev, model, task, cell.config, final))
     bench = {**who, "evals": columns, "written_entries": written_entries(model, task),
              "eval_time_s": round(time.perf_counter() - t0, 3), "commit": commit, "command": command,
              "device": device_label(cell.config.train.device)}

@@ -32,11 +32,11 @@ def train_batch(batch: int, delay_max: int) -> int:
     """The batch of streams whose queries come up to ``delay_max`` steps after their pairing that holds
     about as many steps as ``batch`` streams of the suite's own (``STREAMS``, delays up to 30)."""
     from onebigstate.data.streams import StreamConfig
-    keep = set(StreamConfig.model_fields)
-    own = StreamConfig(**{k: v for k, v in STREAMS.items() if k in keep and k != "extra_words"}).required_len
-    other = StreamConfig(**{k: v for k, v in {**STREAMS, "delay_max": delay_max}.items()
-                            if k in keep and k != "extra_words"}).required_len
-    return max(1, round(batch * own / other))
+    keep = set(StreamConfig.model_fields) - {"extra_words"}
+
+    def length(longest: int) -> int:
+        return StreamConfig(**{k: v for k, v in {**STREAMS, "delay_max": longest}.items() if k in keep}).required_len
+    return max(1, round(batch * length(STREAMS["delay_max"]) / length(delay_max)))
 
 
 def build(opts: Options) -> Suite:

@@ -77,6 +77,7 @@ def test_task_metrics_per_category():
     task = build_task(TaskConfig(name="gridworld", test_size=4, params={"explore_steps": 10, "n_queries": 2}))
     x, y = task.train_batch(0, 2)
     assert x.shape == (2, 2 * 10 + 1 + 4, task.d_input) and y.shape[:2] == x.shape[:2]
+    assert task.seq_len == x.shape[1]           # the length state sizes are counted at (a KV cache's)
     labels = y[y[..., 0] != IGNORE]
     perfect = torch.nn.functional.one_hot(labels[:, 0], 4).float() * 10
     m = task.metrics(perfect, labels)

@@ -67,6 +67,12 @@ class Task(ABC):
         self.cfg = cfg
         self.params = params
 
+    @property
+    def seq_len(self) -> int:
+        """Steps of one training sequence, where the task fixes them (0 where it does not): the length
+        at which state sizes are counted (attention's KV cache grows with it)."""
+        return int(getattr(self.params, "seq_len", 0) or 0)
+
     def build_model(self, cfg: "ModelConfig") -> "SeqModel":
         """The model for this task's inputs; tasks with their own encoder (see-and-hear) override it."""
         from onebigstate.nets.stack import build_model

@@ -41,6 +41,12 @@ class GridWorldTask(Task):
         feats, labels, _ = generate_grid(self.params, n, seed)
         return torch.from_numpy(feats), torch.from_numpy(labels)
 
+    @property
+    def seq_len(self) -> int:
+        """An episode's steps: observation and action per walk step, the last observation, and the
+        queries' observation-action pairs."""
+        return 2 * self.params.explore_steps + 1 + 2 * self.params.n_queries
+
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._batch(batch_size, batch_seed(self.cfg.seed, step))
 

@@ -149,8 +149,7 @@ def _add_rank_sums(sums: dict[str, list[float]], n_ranks: int) -> dict[str, list
 
 
 def state_size_of(model: SeqModel, task: Task) -> dict[str, int]:
-    seq_len = getattr(task.params, "seq_len", 0)
-    return model.state_size(seq_len)
+    return model.state_size(task.seq_len)
 
 
 class _Window:

@@ -9,6 +9,8 @@
 2. **What the query reads.** At each word query, the share of the active set's weight on the nodes
    of the paired object's circuit (its pair-view steps in the same stream) and on the 10 nodes
    most often active over the whole read (the hubs), at the short and the long delay.
+3. **Where the hubs come from.** How unevenly the circuits load the nodes (over the long delay's
+   read), and the hubs' share of the circuit slots of silence steps and of word steps.
 """
 from __future__ import annotations
 
@@ -77,7 +79,23 @@ def query_reads(run, delay: int, n_streams: int, window: int = 512) -> dict[str,
         on_object.append(float(weight[torch.isin(act[b, t], nodes)].sum() / total))
         on_hubs.append(float(weight[torch.isin(act[b, t], hubs)].sum() / total))
     return {"queries": len(on_object), "on_object": sum(on_object) / len(on_object),
-            "on_hubs": sum(on_hubs) / len(on_hubs), "hub_slots": float(counts[hubs].sum() / counts.sum())}
+            "on_hubs": sum(on_hubs) / len(on_hubs), "hub_slots": float(counts[hubs].sum() / counts.sum()),
+            **circuit_load(batch, circ, hubs, layer.cfg.n_nodes, layer.cfg.k_min)}
+
+
+def circuit_load(batch, circ: torch.Tensor, hubs: torch.Tensor, n_nodes: int, k: int) -> dict[str, float]:
+    """How unevenly the circuits (their first ``k`` slots, always used) load the nodes, and where
+    the hubs of the active sets come from: their share of silence's circuits and of words'."""
+    from onebigstate.data.streams import EVENT_NAMES
+    load = torch.bincount(circ[..., :k].flatten(), minlength=n_nodes).double()
+    load = load / load.mean()
+    words = [EVENT_NAMES.index(e) for e in ("pair-word", "distractor-word", "query-word")]
+    by_event = {"silence": batch.event == EVENT_NAMES.index("silence"), "words": torch.isin(batch.event,
+                                                                                         torch.tensor(words))}
+    hub_share = {f"hubs_in_{name}": float(torch.isin(circ[..., :k][mask], hubs).double().mean())
+                 for name, mask in by_event.items()}
+    return {"load_max": float(load.max()), "load_top10": float(load.topk(10).values.sum() / load.sum()),
+            "unused_nodes": float((load == 0).double().mean()), **hub_share}
 
 
 def main(argv=None) -> None:
@@ -109,6 +127,12 @@ def main(argv=None) -> None:
         for d, v in r["reads"].items():
             lines.append(f"| {Path(r['run']).name} | {d[2:]} | {v['on_object']:.3f} | {v['on_hubs']:.3f} | "
                          f"{v['hub_slots']:.3f} |")
+    lines += ["", "| run | most used node's circuit load / mean | 10 most used nodes' share of circuit slots | nodes "
+                  "in no circuit | hubs' share of silence's circuits | of words' circuits |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        v = r["reads"][f"d={long}"]
+        lines.append(f"| {Path(r['run']).name} | {v['load_max']:.1f} | {v['load_top10']:.3f} | {v['unused_nodes']:.3f} | "
+                     f"{v['hubs_in_silence']:.3f} | {v['hubs_in_words']:.3f} |")
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

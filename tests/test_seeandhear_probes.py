@@ -78,4 +78,7 @@ def test_delay_probe_of_a_trained_run(tmp_path):
     for reads in row["reads"].values():
         assert reads["queries"] > 0 and 0.0 <= reads["on_object"] <= 1.0 and 0.0 <= reads["on_hubs"] <= 1.0
         assert 0.0 < reads["hub_slots"] <= 1.0
+        assert reads["load_max"] >= 1.0 and 0.0 <= reads["unused_nodes"] < 1.0
+        assert 0.0 <= reads["hubs_in_silence"] <= 1.0 and 0.0 <= reads["hubs_in_words"] <= 1.0
     assert "| silence only |" in out.with_suffix(".md").read_text()
+    assert "nodes in no circuit" in out.with_suffix(".md").read_text()

@@ -599,6 +599,14 @@ def test_acting_suite_trains_and_reports_the_task_metrics_as_columns(tmp_path):
                           .read_text())["model"]["discretiser"]["kind"] == "fsq"
 
 
+def test_stacked_obs_models_change_the_stack_and_keep_the_recipe():
+    from onebigstate.bench.cells import OBS_RECIPE, model_config
+    plain, mlp, two = (model_config(n, 64, "cpu") for n in ("obs", "obs_mlp", "obs_2l"))
+    assert (plain.n_layers, plain.mlp_ratio) == (1, 0.0)
+    assert (mlp.n_layers, mlp.mlp_ratio) == (1, 4.0) and (two.n_layers, two.mlp_ratio) == (2, 0.0)
+    assert all(m.mixer == plain.mixer and OBS_RECIPE.items() <= m.mixer.items() for m in (mlp, two))
+
+
 def test_metrics_eval_shows_the_trainers_final_metrics_and_needs_them():
     from onebigstate.bench.evaluate import run_eval
     ev = Eval("metrics", params={"columns": {"acc_query": "query"}})

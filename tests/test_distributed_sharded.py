@@ -18,14 +18,14 @@ from onebigstate.distributed.launch import LoopbackUnavailable, run_local
 from onebigstate.distributed.sharded import column_range, sharding_bytes_per_step
 from onebigstate.model.state import make_state
 from tests.helpers import rel_err
-from tests.test_obs_kernels import BASE, CASES
+from tests.test_obs_kernels import BASE, CASES, set_k_logit
 
 pytestmark = pytest.mark.distributed
 
 N = 13                        # over 4 ranks: 4, 3, 3, 3 columns
 VALUE_TOL, GRAD_TOL = 1e-12, 1e-10
 SCAN_CASES = ["T1", "odd_T", "continuous_mixed", "carried_state", "reverse_assoc", "row_norm", "circuit_direct",
-              "state_bound", "every_switch"]
+              "state_bound", "every_switch", "k_min_zero"]
 N_REG = 23                    # sampled final-state values (the Gaussian regulariser's), compared too
 GRAD_NAMES = ["value", "w_summary", "w_out", "b_out", "beta_logit", "scores", "features"]
 
@@ -50,6 +50,7 @@ def _scan_case(case: dict):
     cfg = OBSConfig(**{**BASE, **case.get("cfg", {}), "n_nodes": N})
     torch.manual_seed(0)
     layer = OBSLayer(cfg).double()
+    set_k_logit(layer, case)
     B, T = case.get("B", 3), case["T"]
 
     def inputs_of(x, cont):

@@ -40,6 +40,9 @@ CASES = {
     "circuit_direct": dict(T=12, continuous="mixed", carried=True, cfg=dict(row_norm=True, circuit_direct=2.0)),
     # a bound small enough that many writes are damped and some entries pinned (factor 0)
     "state_bound": dict(T=16, continuous="mixed", carried=True, cfg=dict(state_bound=0.3)),
+    # a step may choose no node (k_hard 0 on some steps here: its k logit starts low and spread)
+    "k_min_zero": dict(T=14, continuous="mixed", carried=True, k_logit=-1.6, cfg=dict(
+        k_min=0, k_max=3, row_norm=True, circuit_direct=1.0, reverse_assoc=True)),
     "every_switch": dict(T=15, continuous="mixed", carried=True, cfg=dict(
         row_norm=True, circuit_direct=1.0, reverse_assoc=True, state_bound=0.5,
         gaussian_reg=dict(weight=0.2, n_samples=50))),
@@ -61,11 +64,21 @@ def backend_mode(backend: str):
         cpu_backend.DIRECT_MAX_BYTES = saved
 
 
+@torch.no_grad()
+def set_k_logit(layer: OBSLayer, case: dict) -> None:
+    """A case's ``k_logit``: the write module's k_t spread widely around that logit (so that some
+    steps round to k_t = 0 and others do not)."""
+    if "k_logit" in case:
+        layer.write.b_out[0] += case["k_logit"]
+        layer.write.w_out[0] *= 30.0
+
+
 def run(backend: str, case: dict, seed: int = 0, dtype: torch.dtype = torch.float64, device: str = "cpu"):
     with backend_mode(backend) as name:
         cfg = OBSConfig(**{**BASE, **case.get("cfg", {}), "backend": name})
         torch.manual_seed(seed)
         layer = OBSLayer(cfg).to(dtype=dtype, device=device).train()
+        set_k_logit(layer, case)
         B, T = case.get("B", 3), case["T"]
         # drawn in float64 on the CPU whatever the dtype and device, so that every run sees the same numbers
         x = torch.randn(B, T, cfg.d_model, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_(True)
@@ -100,6 +113,8 @@ def test_fast_backend_matches_reference_values_and_gradients(name, backend):
     y_r, dx_r, g_r, s_r, st_r = run("reference", case)
     y_f, dx_f, g_f, s_f, st_f = run(backend, case)
     assert torch.equal(st_r.k_hard, st_f.k_hard)
+    if "k_logit" in case:
+        assert (st_r.k_hard == 0).any() and (st_r.k_hard > 0).any()
     assert torch.equal(st_r.active_idx, st_f.active_idx)
     assert rel_err(y_f, y_r) < 1e-12
     assert rel_err(dx_f, dx_r) < 1e-10

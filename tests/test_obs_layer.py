@@ -196,6 +196,57 @@ def test_addresser_equals_scoring_every_node_with_autograd(mean_prob, keep, monk
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_address_bias_chooses_the_circuit_but_the_scores_stay_unbiased():
+    """With a selection bias b the circuit is top-k of s + b, the values handed on are s at those
+    nodes, and the gradients are those of s gathered there (float64, against the plain formula)."""
+    from onebigstate.model import addressing
+    torch.manual_seed(0)
+    add = addressing.Addresser(6, 40, 5, 4, balance_rate=0.1).double()
+    add.bias.copy_(torch.randn(40, dtype=torch.float64))
+    x = torch.randn(2, 7, 6, dtype=torch.float64)
+    g_vals = torch.randn(2, 7, 4, dtype=torch.float64)
+    idx, vals = add(x)
+    (vals * g_vals).sum().backward()
+    fast = [p.grad.clone() for p in add.parameters()]
+    add.zero_grad()
+    scores = (add.query(x) * add.scale) @ add.keys.T
+    chosen = torch.topk(scores + add.bias, 4, dim=-1).indices
+    (scores.gather(-1, chosen) * g_vals).sum().backward()
+    assert torch.equal(idx, chosen)
+    assert not torch.equal(idx, torch.topk(scores, 4, dim=-1).indices)     # the bias changed the choice
+    assert torch.allclose(vals, scores.gather(-1, chosen), rtol=0, atol=1e-14)
+    for a, b in zip(fast, (p.grad for p in add.parameters())):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_address_balance_spreads_a_repeated_input_over_the_nodes_in_training_only():
+    """One input repeated on every step addresses the same k nodes; with ``address_balance`` the
+    training forwards push those nodes' bias down until other nodes take turns. Evaluation
+    forwards leave the bias alone, and the bias is saved with the layer."""
+    torch.manual_seed(0)
+    cfg = OBSConfig(d_model=8, n_nodes=32, k_min=2, k_max=4, m_active=4, address_balance=0.05)
+    layer = OBSLayer(cfg)
+    x = torch.randn(1, 1, 8).expand(4, 16, 8).contiguous()
+    first = set(layer.addresser(x)[0][..., :2].flatten().tolist())
+    assert len(first) == 2                                              # no bias: always the same 2 nodes
+    used = set()
+    with torch.no_grad():
+        for _ in range(60):
+            layer(x)
+            used |= set(layer.last_stats.circuit_idx[..., :2].flatten().tolist())
+    assert len(used) > 8
+    assert (layer.addresser.bias[sorted(first)] < 0).all() and abs(float(layer.addresser.bias.mean())) < 1e-5
+    bias = layer.addresser.bias.clone()
+    layer.eval()
+    layer(x)
+    assert torch.equal(layer.addresser.bias, bias)
+    restored = OBSLayer(cfg)
+    restored.load_state_dict(layer.state_dict())
+    assert torch.equal(restored.addresser.bias, bias)
+    assert "addresser.bias" not in OBSLayer(OBSConfig(d_model=8, n_nodes=32, k_min=2, k_max=4,
+                                                      m_active=4)).state_dict()
+
+
 def test_balance_cost_adds_to_aux_loss_and_reaches_the_address_keys():
     torch.manual_seed(0)
     x = torch.randn(2, 6, 16)

@@ -50,6 +50,16 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             "obs_reverse_wc1_k8": {"reverse_assoc": True, "write_cost": 1.0, "k_min": 8},
             # and no spread from the previous active set's rows: do hubs stop sustaining themselves?
             "obs_reverse_wc1_nospread": {"reverse_assoc": True, "write_cost": 1.0, "spread_from_active": False},
+            # and a per-node bias on the circuit choice moved against each node's load (address_balance):
+            # silence's circuit and the nodes every word shares took 44% of the circuit slots, and
+            # became the hubs that fill a late query's active set (docs/results/write_cost.md)
+            **{f"obs_reverse_wc1_bal{r:g}": {"reverse_assoc": True, "write_cost": 1.0, "address_balance": float(r)}
+               for r in (1e-3, 1e-2)},
+            # and no lower bound on k_t (k_min 0): a step may choose no node, and then writes nothing and
+            # reads only the spread from the active nodes. Silence's fixed circuit was the hubs that
+            # filled the gap between a view and its name; a step that chooses nothing carries the view on
+            "obs_reverse_wc1_k0": {"reverse_assoc": True, "write_cost": 1.0, "k_min": 0},
+            "obs_reverse_wc1_k0_kc": {"reverse_assoc": True, "write_cost": 1.0, "k_min": 0, "k_cost": 0.3},
             # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?
             # (docs/results/bounded_state.md)
             **{f"obs_bound{c:g}": {"state_bound": float(c)} for c in (1, 4, 16)},
@@ -59,6 +69,10 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
 # OBS (the recipe) with a learned discretiser of its last hidden vector (model/discretiser.py), the
 # acting page's "obs + fsq discretiser": name -> the discretiser's config
 DISCRETISED = {"obs_fsq": {"kind": "fsq", "levels": [8, 5, 5]}}
+# OBS (the recipe) in another stack: name -> ModelConfig settings. The baselines have 2 layers, OBS 1
+# and no MLP; on the grid world (acting) OBS trailed the LSTM most on actions new at a place, which
+# need computation over what is recalled more than memory (docs/results/acting_cpu.md)
+STACKED = {"obs_mlp": {"mlp_ratio": 4.0}, "obs_2l": {"n_layers": 2}}
 # name -> {settings (over the plain layer), why, pages}; in the source tree, beside the pages
 HISTORY_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "obs_variants.yaml"
 
@@ -74,7 +88,7 @@ def history_variants() -> dict[str, dict]:
 
 def obs_settings(name: str) -> dict[str, Any] | None:
     """The mixer settings of OBS model ``name`` on top of the bench's sizes (None: not an OBS model)."""
-    if name == "obs" or name in DISCRETISED:
+    if name == "obs" or name in DISCRETISED or name in STACKED:
         return dict(OBS_RECIPE)
     if name in VARIANTS:
         return {**OBS_RECIPE, **VARIANTS[name]}
@@ -189,11 +203,12 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
 
     Baselines: 2 layers, as in Zoology's MQAR sweeps, and 2 heads where they have heads. OBS: 1
     layer with N = 1024 nodes (quick: 256), the sizes of its MQAR recipe (configs/mqar_64_8.yaml),
-    plus :func:`obs_settings` (``OBS_RECIPE`` for ``obs``, then a variant's own settings).
+    plus :func:`obs_settings` (``OBS_RECIPE`` for ``obs``, then a variant's own settings); the
+    ``STACKED`` models change the stack around it (an MLP after the mixer, 2 layers).
     """
     obs = obs_settings(name)
     if obs is not None:
-        return ModelConfig(name="obs", d_model=d_model, n_layers=1,
+        return ModelConfig(name="obs", d_model=d_model, **{"n_layers": 1, **STACKED.get(name, {})},
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
                                   "m_active": 16, **obs}, discretiser=DISCRETISED.get(name))
     mixer: dict[str, Any] = {}
@@ -241,7 +256,7 @@ def make_cells(setting: str, task: TaskConfig, opts: Options, d_model: int, step
     for name in opts.model_list():
         if name not in MODELS and not is_obs(name) and name not in FLA_BASELINES:
             raise ValueError(f"unknown model '{name}' for the benchmark; known: "
-                             f"{MODELS + list(VARIANTS) + list(DISCRETISED) + list(FLA_BASELINES)} and the variants of past sweeps "
+                             f"{MODELS + list(VARIANTS) + list(DISCRETISED) + list(STACKED) + list(FLA_BASELINES)} and the variants of past sweeps "
                              f"in {HISTORY_FILE}")
         model = model_config(name, d_model, opts.mode)
         for lr in (opts.lrs or lr_grid(name, opts.mode)):

@@ -12,26 +12,55 @@ class Addresser(nn.Module):
 
     The address comes from the input alone, so all T steps are scored in one matmul; the
     write module then decides how many of the k_max candidates (k_t) are used.
+
+    ``balance_rate`` > 0 adds a per-node selection bias ``b`` (a buffer, no gradient): the circuit
+    is the top-k_max of ``s + b``, while the scores handed on (and so the circuit weights) stay
+    ``s``. :meth:`update_bias` moves ``b`` after every training window against each node's load.
+    This is the auxiliary-loss-free load balancing of Wang et al. 2024 (DeepSeek-V3's routing),
+    here over nodes instead of experts.
     """
 
-    def __init__(self, d_model: int, n_nodes: int, d_key: int, k_max: int):
+    def __init__(self, d_model: int, n_nodes: int, d_key: int, k_max: int, balance_rate: float = 0.0):
         super().__init__()
         self.k_max = k_max
+        self.balance_rate = balance_rate
         self.query = nn.Linear(d_model, d_key, bias=False)
         self.keys = nn.Parameter(torch.randn(n_nodes, d_key))
         self.scale = 1.0 / math.sqrt(d_key)
+        # only with balancing, so checkpoints of layers without it keep their keys
+        if balance_rate > 0:
+            self.register_buffer("bias", torch.zeros(n_nodes))
+        else:
+            self.bias = None
 
     def forward(self, x: torch.Tensor, mean_prob: bool = False):
         """x [B, T, D] -> (circuit_idx [B, T, K] long, scores [B, T, K]); with ``mean_prob``
         also every node's address probability (softmax over the N scores) averaged over the B x T
         positions [N] (for :func:`load_balance_loss`)."""
         q = self.query(x) * self.scale                                           # [B, T, d_key]
-        values, idx, prob = _Address.apply(q, self.keys, self.k_max, mean_prob)
+        values, idx, prob = _Address.apply(q, self.keys, self.k_max, mean_prob, self.bias)
         return (idx, values, prob) if mean_prob else (idx, values)
+
+    @torch.no_grad()
+    def update_bias(self, circuit_idx: torch.Tensor, k: int, group=None) -> None:
+        """One balancing update from a window's circuits [B, T, K]: ``b_i += rate * sign(1 - load_i)``,
+        where ``load_i`` is node i's share of the first ``k`` circuit slots times N (1 = even). Every
+        node used more than evenly is pushed down, every other one up, by the same step (minus the
+        mean step, so the bias does not drift: the choice depends only on differences). ``group``:
+        the data-parallel process group, whose ranks then add their loads and keep one bias."""
+        picked = circuit_idx[..., :k].reshape(-1)
+        counts = torch.zeros_like(self.bias).index_add_(0, picked, torch.ones_like(picked, dtype=self.bias.dtype))
+        if group is not None:
+            import torch.distributed as dist
+            dist.all_reduce(counts, group=group)
+        load = counts * (counts.numel() / counts.sum().clamp_min(1))
+        step = torch.sign(1.0 - load)
+        self.bias += self.balance_rate * (step - step.mean())      # centred: the mean bias stays 0
 
 
 class _Address(torch.autograd.Function):
-    """Top-k of the scores ``q @ keys.T`` per row, and optionally the softmax of every row's
+    """Top-k of the scores ``q @ keys.T`` per row (chosen by ``scores + bias`` when a bias [N] is
+    given, the values still the scores), and optionally the softmax of every row's
     scores averaged over the rows: (values [..., k], indices [..., k] long, mean probability [N]
     or an empty tensor).
 
@@ -47,7 +76,7 @@ class _Address(torch.autograd.Function):
     KEEP_FLOATS = 1 << 24        # the mean probability's backward keeps [B T, N] up to this size
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, k: int, mean_prob: bool):
+    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, k: int, mean_prob: bool, bias: torch.Tensor | None = None):
         rows = q.reshape(-1, q.shape[-1])
         n_rows, n_nodes = rows.shape[0], keys.shape[0]
         values = rows.new_empty((n_rows, k))
@@ -58,8 +87,12 @@ class _Address(torch.autograd.Function):
         kept = []
         for _, block in _blocks(n_rows, n_nodes):
             scores = rows[block] @ keys.T
-            top = torch.topk(scores, k, dim=-1)
-            values[block], idx[block] = top.values, top.indices
+            if bias is None:
+                top = torch.topk(scores, k, dim=-1)
+                values[block], idx[block] = top.values, top.indices
+            else:
+                chosen = torch.topk(scores + bias, k, dim=-1).indices
+                values[block], idx[block] = scores.gather(1, chosen), chosen
             if mean_prob:
                 scores /= _exp_rows_(scores).unsqueeze(1)       # the rows' softmax, in place
                 prob += scores.sum(0)
@@ -93,7 +126,7 @@ class _Address(torch.autograd.Function):
                 g_s = p * (g_mean - (p @ g_mean).unsqueeze(1))
                 d_q[block] += g_s @ keys
                 d_keys += g_s.T @ rows[block]
-        return d_q.view(ctx.q_shape), d_keys, None, None
+        return d_q.view(ctx.q_shape), d_keys, None, None, None
 
 
 def _exp_rows_(scores: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,8 @@ class OBSCoreConfig(StrictModel):
     d_value: int = Field(64, ge=1, description="width of the node value embeddings V[n]")
     d_hidden: int = Field(64, ge=1, description="width of the controller's hidden vector")
     d_write: int = Field(64, ge=1, description="hidden width of the write module")
-    k_min: int = Field(4, ge=1, description="fewest nodes in a circuit")
+    k_min: int = Field(4, ge=0, description="fewest nodes in a circuit (0: a step may choose none, and then "
+                                            "writes nothing and reads only the spread from the active nodes)")
     k_max: int = Field(12, ge=1, description="most nodes in a circuit")
     m_active: int = Field(16, ge=1, description="m, most active nodes carried between steps")
     init_std: float = Field(0.01, ge=0.0, description="std of the seeded Gaussian initial state")
@@ -69,6 +70,11 @@ class OBSCoreConfig(StrictModel):
                                "sign(v) c by the fraction 1 - exp(-|v| / c) (about v (1 - sign(v) s / c) for small "
                                "v), so entries stay near [-c, c] along a stream of any length (0: writes are plain "
                                "sums, unbounded)")
+    address_balance: float = Field(0.0, ge=0.0, description="rate of a per-node bias on the circuit choice, moved "
+                                   "after every training window against the node's load (top-k of score + bias, "
+                                   "the weights still from the scores; Wang et al. 2024's loss-free balancing): "
+                                   "without it a fixed input such as silence and the nodes shared by all words take "
+                                   "most circuit slots, and 40% of the nodes none (docs/results/write_cost.md; 0: off)")
     k_cost: float = Field(0.0, ge=0.0, description="penalty on mean k_t / k_max (prefers small circuits)")
     write_cost: float = Field(0.0, ge=0.0, description="penalty on the mean |gate| of the step's writes (each gate "
                               "weighted by the entries it scales), so a step writes only where the loss needs it: "

@@ -59,7 +59,7 @@ class OBSLayer(nn.Module):
         # data parallel training sets this to its process group: the balance loss then uses the
         # whole batch's node loads (distributed/data_parallel.py)
         self.balance_group = None
-        self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max)
+        self.addresser = Addresser(cfg.d_model, cfg.n_nodes, cfg.d_key, cfg.k_max, cfg.address_balance)
         self.write = WriteModule(cfg.d_model, cfg.d_value, cfg.d_write, RETIRED_SETTINGS["gate_init"],
                                  cfg.reverse_assoc)
         # A node's value embedding is its address key mapped by a shared matrix plus a small free
@@ -137,6 +137,10 @@ class OBSLayer(nn.Module):
             circuit_idx, scores, mean_prob = self.addresser(x, mean_prob=True)
         else:
             circuit_idx, scores = self.addresser(x)
+        # the load of a node counts the slots every circuit fills (the first k_min; the first with k_min 0)
+        sure_slots = max(self.cfg.k_min, 1)
+        if self.cfg.address_balance > 0 and self.training:
+            self.addresser.update_bias(circuit_idx, sure_slots, self.balance_group)
         inputs = ScanInputs(circuit_idx, scores, self.write.features(x), cont)
         reg = self.cfg.gaussian_reg
         n_samples = reg.n_samples if (reg.weight > 0 and self.training) else 0
@@ -152,7 +156,7 @@ class OBSLayer(nn.Module):
         if n_samples > 0:
             aux = aux + reg.weight * gaussian_strength_loss(out.reg_values, reg.mean, reg.std)
         if balance:
-            aux = aux + self.cfg.balance_cost * load_balance_loss(mean_prob, circuit_idx, self.cfg.k_min,
+            aux = aux + self.cfg.balance_cost * load_balance_loss(mean_prob, circuit_idx, sure_slots,
                                                                   self.balance_group)
         self.last_stats = OBSStats(out.k_soft, out.k_hard, out.gates, out.active_idx, out.active_w, circuit_idx,
                                    out.read.detach(), aux, out.chunk_lengths, out.chunk_sweeps)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.distributed
 N = 13                        # over 4 ranks: 4, 3, 3, 3 columns
 VALUE_TOL, GRAD_TOL = 1e-12, 1e-10
 SCAN_CASES = ["T1", "odd_T", "continuous_mixed", "carried_state", "reverse_assoc", "row_norm", "circuit_direct",
-              "state_bound", "every_switch", "k_min_zero"]
+              "state_bound", "every_switch", "k_min_zero", "active_persist"]
 N_REG = 23                    # sampled final-state values (the Gaussian regulariser's), compared too
 GRAD_NAMES = ["value", "w_summary", "w_out", "b_out", "beta_logit", "scores", "features"]
 

@@ -43,6 +43,9 @@ CASES = {
     # a step may choose no node (k_hard 0 on some steps here: its k logit starts low and spread)
     "k_min_zero": dict(T=14, continuous="mixed", carried=True, k_logit=-1.6, cfg=dict(
         k_min=0, k_max=3, row_norm=True, circuit_direct=1.0, reverse_assoc=True)),
+    # the active nodes stay active, strongly enough that A_t keeps some of A_{t-1}'s nodes
+    "active_persist": dict(T=13, continuous="mixed", carried=True, cfg=dict(
+        row_norm=True, circuit_direct=1.0, active_persist=1.5, reverse_assoc=True)),
     "every_switch": dict(T=15, continuous="mixed", carried=True, cfg=dict(
         row_norm=True, circuit_direct=1.0, reverse_assoc=True, state_bound=0.5,
         gaussian_reg=dict(weight=0.2, n_samples=50))),

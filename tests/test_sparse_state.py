@@ -20,7 +20,7 @@ from tests.test_obs_kernels import CASES, FAST_BACKENDS, run
 
 SPARSE_CASES = ["odd_T", "continuous_mixed", "carried_state", "reverse_assoc", "row_norm", "circuit_direct",
                 "state_bound",
-                "costs_and_gaussian_reg", "k_min_zero"]
+                "costs_and_gaussian_reg", "k_min_zero", "active_persist"]
 
 
 def _with(case: dict, **cfg) -> dict:

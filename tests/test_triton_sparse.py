@@ -46,6 +46,8 @@ SPARSE_CASES = {
     "plain": _with(CASES["odd_T"]),
     "state_bound": _with(CASES["state_bound"]),
     "row_norm": _with(CASES["row_norm"]),
+    "active_persist": _with(CASES["active_persist"]),
+    "k_min_zero": _with(CASES["k_min_zero"]),
 }
 DEFAULT_CASES = {"every_switch", "m_equals_n"}
 

@@ -59,7 +59,7 @@ import torch.distributed as dist
 from onebigstate.kernels.interface import (ScanInputs, ScanOutputs, StateBase, StateStore, register_store,
                                            sample_positions)
 from onebigstate.kernels.reference import StepResult, stack_outputs
-from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read, add_direct,
+from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read, add_direct, add_persist,
                                       bound_factors, choose_active, flat_positions, plan_writes,
                                       read_rows_and_coeffs, scale_plan, spread, take)
 
@@ -459,7 +459,7 @@ def sharded_step(local: torch.Tensor, carry: Carry, inputs: ScanInputs, t: int, 
         local.view(-1).index_add_(0, lpos[own], vals)
     rows, coeff = read_rows_and_coeffs(params, cfg, inputs.circuit_idx[:, t], plan.alpha, carry)
     activation, _ = sharded_spread(local, rows, coeff, cfg.row_norm, shard)   # [B, N]
-    activation = add_direct(activation, inputs.circuit_idx[:, t], plan.alpha, cfg)
+    activation = add_persist(add_direct(activation, inputs.circuit_idx[:, t], plan.alpha, cfg), carry, cfg)
     active_idx = choose_active(activation.detach(), cfg)
     w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
     carry = Carry(active_idx, w, inputs.circuit_idx[:, t], plan.alpha)

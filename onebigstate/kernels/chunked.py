@@ -40,7 +40,8 @@ import torch
 
 from onebigstate.kernels.interface import ScanInputs, ScanOutputs, WriteSetGradient, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read, add_direct,
-                                      bound_factors, choose_active, direct_at, flat_positions, plan_writes,
+                                      add_persist, bound_factors, choose_active, direct_at, flat_positions,
+                                      persist_at, plan_writes,
                                       read_rows_and_coeffs, scale_plan, spread)
 
 GATES = ("none", "rule")
@@ -248,6 +249,7 @@ def _sweep(store, params: StepParams, cfg: StepConfig, ch: ScanInputs, handed: C
         if scale is not None:
             scale[:, i] = s
     act = add_direct(act.view(B * L, N), _flat(ch.circuit_idx), plan.alpha, cfg)
+    act = add_persist(act, _flat_carry(handed), cfg)
     active = choose_active(act, cfg)
     w, r = active_weights_and_read(params, cfg, act.gather(1, active), active)
     view = lambda x: x.view(B, L, *x.shape[1:])
@@ -373,7 +375,9 @@ class _ChunkedScan(torch.autograd.Function):
                     if cfg.row_norm:
                         coeff = coeff * _flat(sw.scale)
                     active = _flat(sw.carries.active_idx)
-                    activation = spread(coeff, _flat(grid)) + direct_at(active, _flat(ch.circuit_idx), plan.alpha, cfg)
+                    activation = (spread(coeff, _flat(grid)) + direct_at(active, _flat(ch.circuit_idx), plan.alpha, cfg)
+                                  + persist_at(active, _flat_carry(Carry(handed.active_idx, w_in, handed.circuit_idx,
+                                                                         a_in)), cfg))
                     w, r = active_weights_and_read(params, cfg, activation, active)
                     main = (_flat(g_w_out) * w).sum() + (_flat(g_a_out) * plan.alpha).sum()
                     if last:

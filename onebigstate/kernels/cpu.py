@@ -137,7 +137,7 @@ _DIFFERENTIABLE = {"scores": 1, "features": 2, "value": 8, "w_summary": 9, "w_ou
 def _setup_context(ctx, inputs, output) -> None:
     (circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha, value, w_summary,
      w_out, b_out, beta_logit, _dense, _table, _row_sq, _mk, _mv, _rk, _rv, reg_pick) = inputs[:_N_TENSOR_INPUTS]
-    (n_nodes, k_min, k_max, m_active, gate_scale, tau, spread, reverse, row_norm, direct, eps, with_chain,
+    (n_nodes, k_min, k_max, m_active, gate_scale, tau, spread, reverse, row_norm, direct, persist, eps, with_chain,
      _direct_max_bytes, _std, _seed, state_bound, _save) = inputs[_N_TENSOR_INPUTS:]
     (_read, _k_soft, _gates, _reg, k_hard, active, w_log, alpha, pos, vals, scale, write_slot, grid_slot,
      grid_val, write_fac) = output
@@ -146,8 +146,8 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha,
                           value, w_summary, w_out, b_out, beta_logit, k_hard, active, w_log, alpha, scale,
                           write_slot, grid_slot, grid_val, write_fac, reg_pick)
-    ctx.options = (n_nodes, k_min, k_max, m_active, gate_scale, tau, spread, reverse, row_norm, direct, eps,
-                   with_chain, state_bound)
+    ctx.options = (n_nodes, k_min, k_max, m_active, gate_scale, tau, spread, reverse, row_norm, direct, persist,
+                   eps, with_chain, state_bound)
     ctx.n_inputs = len(inputs)
 
 
@@ -197,7 +197,7 @@ def scan_cpu(state, carry: Carry, inputs: ScanInputs, params: StepParams, cfg: S
         base.s0_row_sq if base.s0_row_sq is not None else _empty(dtype),
         main_k, main_v, recent_k, recent_v, pick,
         cfg.n_nodes, cfg.k_min, cfg.k_max, cfg.m_active, cfg.gate_scale, cfg.k_mask_temperature,
-        cfg.spread_from_active, cfg.reverse_assoc, cfg.row_norm, cfg.circuit_direct, cfg.eps,
+        cfg.spread_from_active, cfg.reverse_assoc, cfg.row_norm, cfg.circuit_direct, cfg.active_persist, cfg.eps,
         with_chain, DIRECT_MAX_BYTES, base.s0_std, base.s0_seed, cfg.state_bound, with_grad)
     with torch.no_grad():
         state.add_(pos, vals)

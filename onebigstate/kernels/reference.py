@@ -11,7 +11,8 @@ import torch
 
 from onebigstate.kernels.interface import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
-                                      add_direct, bound_factors, choose_active, flat_positions, plan_writes,
+                                      add_direct, add_persist, bound_factors, choose_active, flat_positions,
+                                      plan_writes,
                                       read_rows_and_coeffs, row_scale, scale_plan, spread, take)
 
 
@@ -46,6 +47,7 @@ def reference_step(S: torch.Tensor, carry: Carry, inputs: ScanInputs, t: int, pa
         coeff = coeff * row_scale(row_values)
     activation = spread(coeff, row_values)                              # [B, N]
     activation = add_direct(activation, inputs.circuit_idx[:, t], plan.alpha, cfg)
+    activation = add_persist(activation, carry, cfg)
     active_idx = choose_active(activation.detach(), cfg)
     w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
     carry = Carry(active_idx, w, inputs.circuit_idx[:, t], plan.alpha)

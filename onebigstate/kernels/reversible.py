@@ -24,8 +24,8 @@ import torch
 
 from onebigstate.kernels.interface import ScanInputs, ScanOutputs, sample_positions
 from onebigstate.kernels.step import (Carry, StepConfig, StepParams, active_weights_and_read,
-                                      add_direct, bound_factors, choose_active, direct_at, flat_positions,
-                                      plan_writes, read_rows_and_coeffs, scale_plan, spread)
+                                      add_direct, add_persist, bound_factors, choose_active, direct_at, flat_positions,
+                                      persist_at, plan_writes, read_rows_and_coeffs, scale_plan, spread)
 
 
 def _local_writes(read_rows: torch.Tensor, read_cols: torch.Tensor, plan) -> torch.Tensor:
@@ -88,7 +88,7 @@ class _ReversibleScan(torch.autograd.Function):
             activation, scale = store.spread(rows, coeff, cfg.row_norm)        # [B, N], [B, R]
             if cfg.row_norm and for_backward:
                 logs.put("scale", t, scale)
-            activation = add_direct(activation, circuit_idx[:, t], plan.alpha, cfg)
+            activation = add_persist(add_direct(activation, circuit_idx[:, t], plan.alpha, cfg), carry, cfg)
             active_idx = choose_active(activation, cfg)
             w, r = active_weights_and_read(params, cfg, activation.gather(1, active_idx), active_idx)
             carry = Carry(active_idx, w, circuit_idx[:, t], plan.alpha)
@@ -184,7 +184,8 @@ class _ReversibleScan(torch.autograd.Function):
                 read_pos = flat_positions(rows.unsqueeze(2).expand(B, R, M), a_t.unsqueeze(1).expand(B, R, M), N)
                 base = state.values_at(read_pos).requires_grad_(True)                              # [B, R, M]
                 grid = base + _local_writes(rows, a_t, plan)
-                activation = spread(coeff, grid) + direct_at(a_t, circuit_idx[:, t], plan.alpha, cfg)  # [B, M]
+                activation = (spread(coeff, grid) + direct_at(a_t, circuit_idx[:, t], plan.alpha, cfg)
+                              + persist_at(a_t, carry, cfg))                                         # [B, M]
                 w, r = active_weights_and_read(params, cfg, activation, a_t)
                 surrogate = ((g_read[:, t] * r).sum() + (g_w_next * w).sum()
                              + (g_alpha_next * plan.alpha).sum() + (g_k_soft[:, t] * plan.k_soft).sum()

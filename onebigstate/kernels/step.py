@@ -19,7 +19,8 @@ One step, given the state ``S_{t-1}`` and the carry ``(A_{t-1}, w_{t-1}, I_{t-1}
 4. read after the writes, by spreading activation from the circuit's rows and (gated by
    ``beta``) the previously active rows (with ``row_norm``, each row divided by 1 + its L2
    norm, so a row worn by heavy traffic weighs about as much as a fresh one) plus, with
-   ``circuit_direct``, the circuit's own weights (the circuit counts as active directly);
+   ``circuit_direct``, the circuit's own weights (the circuit counts as active directly) and,
+   with ``active_persist``, ``A_{t-1}``'s own weights (what was active stays active);
    ``A_t`` = top-``m``; ``w_t`` = ReLU(act) normalised to sum to K; the read vector ``r_t`` is the
    ``w_t``-weighted mean of the value embeddings.
 
@@ -55,6 +56,7 @@ class StepConfig:
     reverse_assoc: bool = False
     row_norm: bool = False
     circuit_direct: float = 0.0
+    active_persist: float = 0.0
     state_bound: float = 0.0
     eps: float = 1e-6
 
@@ -306,6 +308,28 @@ def direct_at(active_idx: torch.Tensor, circuit_idx: torch.Tensor, alpha: torch.
         return alpha.new_zeros(active_idx.shape)
     hit = (circuit_idx.unsqueeze(2) == active_idx.unsqueeze(1)).to(alpha.dtype)      # [B, K, M]
     return (alpha.unsqueeze(2) * hit).sum(1) * (cfg.circuit_direct / cfg.k_max)
+
+
+def add_persist(activation: torch.Tensor, carry: Carry, cfg: StepConfig) -> torch.Tensor:
+    """The active nodes stay active: node ``A_{t-1}[j]`` gains ``active_persist * w_{t-1,j} / K``.
+
+    activation [B, N] -> [B, N]. Without it the previously active nodes enter ``A_t`` only through
+    the gated spread, which reaches what their rows point to, not the nodes themselves: one step of
+    an input about nothing (silence between a view and its name) replaces the view's nodes with its
+    own circuit, and the name is then wired to silence (``docs/results/write_cost.md``). The weights
+    ``w`` sum to K, so ``active_persist`` 1 gives the carried set the total of ``circuit_direct`` 1.
+    """
+    if cfg.active_persist == 0.0:
+        return activation
+    return activation.scatter_add(1, carry.active_idx, carry.active_w * (cfg.active_persist / cfg.k_max))
+
+
+def persist_at(active_idx: torch.Tensor, carry: Carry, cfg: StepConfig) -> torch.Tensor:
+    """:func:`add_persist`'s term read at the chosen nodes only: [B, M]."""
+    if cfg.active_persist == 0.0:
+        return carry.active_w.new_zeros(active_idx.shape)
+    hit = (carry.active_idx.unsqueeze(2) == active_idx.unsqueeze(1)).to(carry.active_w.dtype)   # [B, M, M]
+    return (carry.active_w.unsqueeze(2) * hit).sum(1) * (cfg.active_persist / cfg.k_max)
 
 
 def choose_active(activation: torch.Tensor, cfg: StepConfig) -> torch.Tensor:

@@ -237,17 +237,21 @@ def _row_sq_norms(Sb, TKb, tcap, S0, hw, rows, read, N: tl.constexpr, BLOCK_N: t
 
 
 @triton.jit
-def _activation_tile(Sb, TKb, tcap, S0, hw, rows, coef, rm, I, alpha, km, cols, cm, N: tl.constexpr, K: tl.constexpr,
-                     DIRECT: tl.constexpr, SPARSE: tl.constexpr, S0_MODE: tl.constexpr, STD: tl.constexpr):
+def _activation_tile(Sb, TKb, tcap, S0, hw, rows, coef, rm, I, alpha, km, cols, cm, a_prev, w_prev, mm,
+                     N: tl.constexpr, K: tl.constexpr, DIRECT: tl.constexpr, PERSIST: tl.constexpr,
+                     SPARSE: tl.constexpr, S0_MODE: tl.constexpr, STD: tl.constexpr):
     """The spreading activation at the nodes ``cols`` [BLOCK_N]: the read rows [I_t; A_{t-1}]
     [RP] weighted by their coefficients (rows of coefficient 0, unused circuit slots, are not
-    read), plus ``circuit_direct``'s term."""
+    read), plus ``circuit_direct``'s term and ``active_persist``'s (A_{t-1} with its weights)."""
     vals = _state_at(Sb, TKb, tcap, S0, hw, rows[:, None], cols[None, :], (rm & (coef != 0.0))[:, None] & cm[None, :],
                      N, SPARSE, S0_MODE, STD)
     act = tl.sum(coef[:, None] * vals, axis=0)
     if DIRECT != 0.0:
         hit = (I[:, None] == cols[None, :]) & km[:, None]
         act += tl.sum(tl.where(hit, alpha[:, None], 0.0), axis=0) * (DIRECT / K)
+    if PERSIST != 0.0:
+        kept = (a_prev[:, None] == cols[None, :]) & mm[:, None]
+        act += tl.sum(tl.where(kept, w_prev[:, None], 0.0), axis=0) * (PERSIST / K)
     return act
 
 
@@ -309,7 +313,8 @@ def _obs_scan_fwd(S, TK, S0, hw, cidx, scores, feats, cont, c_idx, c_w, c_cidx, 
                   N: tl.constexpr, K: tl.constexpr, M: tl.constexpr, H: tl.constexpr, DV: tl.constexpr,
                   O: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr,
                   DVP: tl.constexpr, OP: tl.constexpr, RP: tl.constexpr, BLOCK_N: tl.constexpr, K_MIN: tl.constexpr,
-                  TAU: tl.constexpr, GATE_SCALE: tl.constexpr, DIRECT: tl.constexpr, BOUND: tl.constexpr,
+                  TAU: tl.constexpr, GATE_SCALE: tl.constexpr, DIRECT: tl.constexpr, PERSIST: tl.constexpr,
+                  BOUND: tl.constexpr,
                   EPS: tl.constexpr, SPREAD: tl.constexpr, REVERSE: tl.constexpr, ROW_NORM: tl.constexpr,
                   CHAIN: tl.constexpr, SAVE: tl.constexpr, SPARSE: tl.constexpr, S0_MODE: tl.constexpr,
                   STD: tl.constexpr):
@@ -407,8 +412,8 @@ def _obs_scan_fwd(S, TK, S0, hw, cidx, scores, feats, cont, c_idx, c_w, c_cidx, 
         for n0 in range(0, N, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
             cm = cols < N
-            act = _activation_tile(Sb, TKb, tcap, S0, hw, rows, coef, rm, I, alpha, km, cols, cm, N, K, DIRECT, SPARSE,
-                                   S0_MODE, STD)
+            act = _activation_tile(Sb, TKb, tcap, S0, hw, rows, coef, rm, I, alpha, km, cols, cm, a_prev, w_prev, mm,
+                                   N, K, DIRECT, PERSIST, SPARSE, S0_MODE, STD)
             top_v, top_i = _merge_tile(act, cols, cm, top_v, top_i, m, mm, M)
         A = tl.where(mm, top_i, 0)
         act_a = top_v
@@ -469,7 +474,8 @@ def _obs_scan_bwd(G, wslot, gslot, cidx, scores, feats, cont, c_idx, c_w, c_cidx
                   N: tl.constexpr, K: tl.constexpr, M: tl.constexpr, H: tl.constexpr, DV: tl.constexpr,
                   O: tl.constexpr, W: tl.constexpr, KP: tl.constexpr, MP: tl.constexpr, HP: tl.constexpr,
                   DVP: tl.constexpr, OP: tl.constexpr, K_MIN: tl.constexpr,
-                  TAU: tl.constexpr, GATE_SCALE: tl.constexpr, DIRECT: tl.constexpr, BOUND: tl.constexpr,
+                  TAU: tl.constexpr, GATE_SCALE: tl.constexpr, DIRECT: tl.constexpr, PERSIST: tl.constexpr,
+                  BOUND: tl.constexpr,
                   EPS: tl.constexpr, SPREAD: tl.constexpr, REVERSE: tl.constexpr, ROW_NORM: tl.constexpr,
                   CHAIN: tl.constexpr, SLOTS: tl.constexpr):
     """One stream's window in reverse. G holds dL/dS_t (the regulariser's gradient at the final
@@ -539,8 +545,10 @@ def _obs_scan_bwd(G, wslot, gslot, cidx, scores, feats, cont, c_idx, c_w, c_cidx
         gI = tl.load(grid + bt * R * M + k[:, None] * M + m[None, :], mask=km_, other=0.0)       # [KP, MP]
         gA = tl.load(grid + bt * R * M + (K + m[:, None]) * M + m[None, :], mask=mmm, other=0.0)  # [MP, MP]
         hit = tl.where((I[:, None] == A[None, :]) & km_, 1.0, 0.0)                               # [KP, MP]
+        kept = tl.where((a_prev[:, None] == A[None, :]) & mmm, 1.0, 0.0)                          # [MP, MP]
         a = tl.sum((cI * sI)[:, None] * gI, axis=0) + tl.sum((cA * sA)[:, None] * gA, axis=0) \
-            + tl.sum(alpha[:, None] * hit, axis=0) * (DIRECT / K)
+            + tl.sum(alpha[:, None] * hit, axis=0) * (DIRECT / K) \
+            + tl.sum(w_prev[:, None] * kept, axis=0) * (PERSIST / K)
         pos_a = tl.where(mm, tl.maximum(a, 0.0), 0.0)
         D = tl.sum(pos_a, axis=0) + EPS
         w = pos_a / D * K
@@ -562,7 +570,7 @@ def _obs_scan_bwd(G, wslot, gslot, cidx, scores, feats, cont, c_idx, c_w, c_cidx
                     mmm, N, SLOTS)
         tl.debug_barrier()
         dalpha = gal_next + dcI * sI / K + tl.sum(hit * da[None, :], axis=1) * (DIRECT / K)
-        dw_prev = w_prev * 0.0
+        dw_prev = tl.sum(kept * da[None, :], axis=1) * (PERSIST / K)
         if SPREAD:
             dc = dcA * sA / K
             dw_prev += dc * beta

@@ -105,7 +105,8 @@ def _launch_dims(cfg: StepConfig, params: StepParams, with_chain: bool) -> dict:
     return dict(N=N, K=K, M=M, H=H, DV=Dv, O=O, W=cfg.writes_per_step(with_chain), KP=_next_pow2(K),
                 MP=_next_pow2(M), HP=_next_pow2(H), DVP=_next_pow2(Dv), OP=_next_pow2(O), K_MIN=cfg.k_min,
                 TAU=float(cfg.k_mask_temperature), GATE_SCALE=float(cfg.gate_scale),
-                DIRECT=float(cfg.circuit_direct), BOUND=float(cfg.state_bound), EPS=float(cfg.eps),
+                DIRECT=float(cfg.circuit_direct), PERSIST=float(cfg.active_persist), BOUND=float(cfg.state_bound),
+                EPS=float(cfg.eps),
                 SPREAD=bool(cfg.spread_from_active), REVERSE=bool(cfg.reverse_assoc), ROW_NORM=bool(cfg.row_norm),
                 CHAIN=bool(with_chain))
 

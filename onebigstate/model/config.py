@@ -66,6 +66,11 @@ class OBSCoreConfig(StrictModel):
     circuit_direct: float = Field(1.0, ge=0.0, description="the new circuit counts as active directly: each of its "
                                   "nodes adds circuit_direct x alpha / k_max to its activation, so a negative "
                                   "intra-circuit gate cannot push it out of A_t (0: only through its writes)")
+    active_persist: float = Field(0.0, ge=0.0, description="the active nodes stay active: each node of A_{t-1} adds "
+                                  "active_persist x w_{t-1} / k_max to its activation (w sums to k_max), so one step "
+                                  "of "
+                                  "an input about nothing (silence between a view and its name) does not replace what "
+                                  "was active (0: the previous set enters A_t only through the gated spread)")
     state_bound: float = Field(0.0, ge=0.0, description="soft bound c on |S|: a write v moves its entry s towards "
                                "sign(v) c by the fraction 1 - exp(-|v| / c) (about v (1 - sign(v) s / c) for small "
                                "v), so entries stay near [-c, c] along a stream of any length (0: writes are plain "

@@ -47,7 +47,7 @@ using u64 = uint64_t;
 struct Dims {
   i64 B, T, N, K, M, H, Dv, O, k_min;
   bool spread, reverse, row_norm, chain;
-  double gate_scale, tau, circuit_direct, eps;
+  double gate_scale, tau, circuit_direct, persist, eps;
   double bound = 0.0;   // state_bound: the soft bound c on |S| (0: plain additive writes)
   i64 G() const { return O - 1; }
   i64 R() const { return K + M; }
@@ -606,6 +606,9 @@ void forward_streams(const Dims& d, const Base<T>& base, const Params<T>& P, con
       }
       if (d.circuit_direct != 0.0)
         for (i64 k = 0; k < K; ++k) act[I[k]] += pl.alpha[k] * T(d.circuit_direct / double(K));
+      // the active nodes stay active (active_persist)
+      if (d.persist != 0.0)
+        for (i64 j = 0; j < M; ++j) act[a_prev[j]] += w_prev[j] * T(d.persist / double(K));
       // 3. A_t = top-m, w_t, r_t
       i64* A = o.active.data_ptr<i64>() + bt * M;
       top_m(act.data(), N, M, cand, maxima, A);
@@ -767,7 +770,10 @@ void backward_streams(const Dims& d, const Params<T>& P, const BwdLog& L, at::Te
         T dir = 0;
         if (d.circuit_direct != 0.0)
           for (i64 k = 0; k < K; ++k) if (I[k] == A[j]) dir += pl.alpha[k];
-        a[j] = acc + dir * T(d.circuit_direct / double(K));
+        T kept = 0;
+        if (d.persist != 0.0)
+          for (i64 i = 0; i < M; ++i) if (a_prev[i] == A[j]) kept += w_prev[i];
+        a[j] = acc + dir * T(d.circuit_direct / double(K)) + kept * T(d.persist / double(K));
       }
       T sp = 0;
       for (i64 j = 0; j < M; ++j) { pos[j] = std::max(a[j], T(0)); sp += pos[j]; }
@@ -805,6 +811,10 @@ void backward_streams(const Dims& d, const Params<T>& P, const BwdLog& L, at::Te
       for (i64 k = 0; k < K; ++k) dalpha[k] += dcoeff[k] * scale[k] / T(K);
       std::fill(dw_prev.begin(), dw_prev.end(), T(0));
       std::fill(dal_prev.begin(), dal_prev.end(), T(0));
+      if (d.persist != 0.0)
+        for (i64 i = 0; i < M; ++i)
+          for (i64 j = 0; j < M; ++j)
+            if (a_prev[i] == A[j]) dw_prev[i] += da[j] * T(d.persist / double(K));
       if (d.spread) {
         for (i64 j = 0; j < M; ++j) {
           const T dc = dcoeff[K + j] * scale[K + j] / T(K);
@@ -939,7 +949,7 @@ void check_indices(const at::Tensor& idx, i64 N, const char* name) {
 
 struct Options {
   i64 n_nodes, k_min, k_max, m_active, s0_seed;
-  double gate_scale, k_mask_temperature, circuit_direct, eps, s0_std, state_bound;
+  double gate_scale, k_mask_temperature, circuit_direct, active_persist, eps, s0_std, state_bound;
   bool spread_from_active, reverse_assoc, row_norm, with_chain;
 };
 
@@ -951,6 +961,7 @@ Dims make_dims(const Options& o, const at::Tensor& circuit_idx, const at::Tensor
   d.H = features.size(2); d.Dv = value.size(1); d.O = w_out.size(0);
   d.spread = o.spread_from_active; d.reverse = o.reverse_assoc; d.row_norm = o.row_norm; d.chain = o.with_chain;
   d.gate_scale = o.gate_scale; d.tau = o.k_mask_temperature; d.circuit_direct = o.circuit_direct; d.eps = o.eps;
+  d.persist = o.active_persist;
   d.bound = o.state_bound;
   TORCH_CHECK(d.K == o.k_max, "obs_scan: circuit_idx must be [B, T, k_max=", o.k_max, "], got K=", d.K);
   TORCH_CHECK(d.O == (o.reverse_assoc ? 5 : 4), "obs_scan: w_out must have ", (o.reverse_assoc ? 5 : 4),
@@ -999,9 +1010,10 @@ Base<T> make_base(const Dims& d, const Options& o, const at::Tensor& dense_S, co
 
 // ================================ the ops ========================================================
 Options options(i64 n_nodes, i64 k_min, i64 k_max, i64 m_active, double gate_scale, double k_mask_temperature,
-                bool spread_from_active, bool reverse_assoc, bool row_norm, double circuit_direct, double eps,
-                bool with_chain, double s0_std, i64 s0_seed, double state_bound) {
-  return Options{n_nodes, k_min, k_max, m_active, s0_seed, gate_scale, k_mask_temperature, circuit_direct, eps,
+                bool spread_from_active, bool reverse_assoc, bool row_norm, double circuit_direct,
+                double active_persist, double eps, bool with_chain, double s0_std, i64 s0_seed, double state_bound) {
+  return Options{n_nodes, k_min, k_max, m_active, s0_seed, gate_scale, k_mask_temperature, circuit_direct,
+                 active_persist, eps,
                  s0_std, state_bound, spread_from_active, reverse_assoc, row_norm, with_chain};
 }
 
@@ -1039,9 +1051,11 @@ Fwd scan_forward(
     const at::Tensor& main_vals, const at::Tensor& recent_keys, const at::Tensor& recent_vals,
     const at::Tensor& reg_pick, i64 n_nodes, i64 k_min, i64 k_max, i64 m_active, double gate_scale,
     double k_mask_temperature, bool spread_from_active, bool reverse_assoc, bool row_norm, double circuit_direct,
-    double eps, bool with_chain, i64 direct_max_bytes, double s0_std, i64 s0_seed, double state_bound, bool save) {
+    double active_persist, double eps, bool with_chain, i64 direct_max_bytes, double s0_std, i64 s0_seed,
+    double state_bound, bool save) {
   const Options o = options(n_nodes, k_min, k_max, m_active, gate_scale, k_mask_temperature, spread_from_active,
-                            reverse_assoc, row_norm, circuit_direct, eps, with_chain, s0_std, s0_seed, state_bound);
+                            reverse_assoc, row_norm, circuit_direct, active_persist, eps, with_chain, s0_std, s0_seed,
+                            state_bound);
   auto c = contiguous({circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha,
                        value, w_summary, w_out, b_out, beta_logit, dense_S, s0_table, s0_row_sq, main_keys,
                        main_vals, recent_keys, recent_vals, reg_pick});
@@ -1073,9 +1087,11 @@ Bwd scan_backward(
     const at::Tensor& grid_val, const at::Tensor& write_fac, const at::Tensor& reg_pick, const at::Tensor& g_read,
     const at::Tensor& g_k_soft, const at::Tensor& g_gates, const at::Tensor& g_reg, i64 n_nodes, i64 k_min,
     i64 k_max, i64 m_active, double gate_scale, double k_mask_temperature, bool spread_from_active,
-    bool reverse_assoc, bool row_norm, double circuit_direct, double eps, bool with_chain, double state_bound) {
+    bool reverse_assoc, bool row_norm, double circuit_direct, double active_persist, double eps, bool with_chain,
+    double state_bound) {
   const Options o = options(n_nodes, k_min, k_max, m_active, gate_scale, k_mask_temperature, spread_from_active,
-                            reverse_assoc, row_norm, circuit_direct, eps, with_chain, 0.0, 0, state_bound);
+                            reverse_assoc, row_norm, circuit_direct, active_persist, eps, with_chain, 0.0, 0,
+                            state_bound);
   auto c = contiguous({circuit_idx, scores, features, continuous, carry_idx, carry_w, carry_cidx, carry_alpha,
                        value, w_summary, w_out, b_out, beta_logit, k_hard, active, w_log, alpha_log, scale_log,
                        write_slot, grid_slot, grid_val, reg_pick, g_read, g_k_soft, g_gates, g_reg, write_fac});
@@ -1102,7 +1118,8 @@ TORCH_LIBRARY(obs_cpu, m) {
         "Tensor dense_S, Tensor s0_table, Tensor s0_row_sq, Tensor main_keys, Tensor main_vals, Tensor recent_keys, "
         "Tensor recent_vals, Tensor reg_pick, int n_nodes, int k_min, int k_max, int m_active, "
         "float gate_scale, float k_mask_temperature, bool spread_from_active, bool reverse_assoc, "
-        "bool row_norm, float circuit_direct, float eps, bool with_chain, int direct_max_bytes, float s0_std, "
+        "bool row_norm, float circuit_direct, float active_persist, float eps, bool with_chain, "
+        "int direct_max_bytes, float s0_std, "
         "int s0_seed, float state_bound, "
         "bool save) -> (Tensor read, Tensor k_soft, Tensor gates, Tensor reg_values, Tensor k_hard, "
         "Tensor active_idx, Tensor active_w, Tensor alpha, Tensor pos, Tensor vals, Tensor scale, "
@@ -1114,7 +1131,8 @@ TORCH_LIBRARY(obs_cpu, m) {
         "Tensor grid_slot, Tensor grid_val, Tensor write_fac, Tensor reg_pick, Tensor g_read, Tensor g_k_soft, "
         "Tensor g_gates, Tensor g_reg, int n_nodes, int k_min, int k_max, int m_active, float gate_scale, "
         "float k_mask_temperature, bool spread_from_active, bool reverse_assoc, bool row_norm, "
-        "float circuit_direct, float eps, bool with_chain, float state_bound) -> (Tensor d_scores, "
+        "float circuit_direct, float active_persist, float eps, bool with_chain, float state_bound) -> "
+        "(Tensor d_scores, "
         "Tensor d_features, "
         "Tensor d_value, Tensor d_w_summary, Tensor d_w_out, Tensor d_b_out, Tensor d_beta_logit)");
 }

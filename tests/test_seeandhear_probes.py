@@ -1,6 +1,6 @@
 """The see-and-hear probes of benchmarks/: write gates per kind of input and the novel words' shared nodes
 (writes_by_input.py), recall at delays beyond the CPU suite's (recall_long_delay.py), which filler fades a
-pairing and what a query reads (delay_probe.py)."""
+pairing and what a query reads (delay_probe.py), the silence before a name (name_gap_probe.py)."""
 from __future__ import annotations
 
 import json
@@ -82,3 +82,15 @@ def test_delay_probe_of_a_trained_run(tmp_path):
         assert 0.0 <= reads["hubs_in_silence"] <= 1.0 and 0.0 <= reads["hubs_in_words"] <= 1.0
     assert "| silence only |" in out.with_suffix(".md").read_text()
     assert "nodes in no circuit" in out.with_suffix(".md").read_text()
+
+
+def test_name_gap_probe_of_a_trained_run(tmp_path):
+    tree = {"task": {"name": "seeandhear", "test_size": 4, "params": PARAMS},
+            "model": {"name": "obs", "d_model": 16, "mixer": OBS},
+            "train": {"steps": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 2, "progress": False}}
+    train(build_config(RunConfig, tree), tmp_path / "run", log=lambda m: None)
+    out = tmp_path / "gap.json"
+    load_benchmark("name_gap_probe").main([str(tmp_path / "run"), "--gaps", "1,3", "--streams", "3", "--out", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert set(row["recall"]) == {"gap=1", "gap=3"} and all(0.0 <= v <= 1.0 for v in row["recall"].values())
+    assert "| gap 1 | gap 3 |" in out.with_suffix(".md").read_text()

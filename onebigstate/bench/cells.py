@@ -65,6 +65,8 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             # nodes in A_t and the name was wired to silence
             **{f"obs_reverse_wc1_persist{p:g}": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": float(p)}
                for p in (1, 3)},
+            # the recipe with the active nodes kept active: does carrying what was seen help acting?
+            "obs_persist1": {"active_persist": 1.0},
             # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?
             # (docs/results/bounded_state.md)
             **{f"obs_bound{c:g}": {"state_bound": float(c)} for c in (1, 4, 16)},

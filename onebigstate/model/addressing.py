@@ -14,8 +14,8 @@ class Addresser(nn.Module):
     write module then decides how many of the k_max candidates (k_t) are used.
 
     ``balance_rate`` > 0 adds a per-node selection bias ``b`` (a buffer, no gradient): the circuit
-    is the top-k_max of ``s + b``, while the scores handed on (and so the circuit weights) stay
-    ``s``. :meth:`update_bias` moves ``b`` after every training window against each node's load.
+    is the top-k_max of ``s + b``, in that order (so ``k_t`` keeps the first slots by ``s + b``),
+    while the scores handed on (and so the circuit weights) stay ``s``. :meth:`update_bias` moves ``b`` after every training window against each node's load.
     This is the auxiliary-loss-free load balancing of Wang et al. 2024 (DeepSeek-V3's routing),
     here over nodes instead of experts.
     """

@@ -63,15 +63,22 @@ def test_long_delay_recall_of_finished_cells_skips_a_growing_state_beyond_its_ca
     assert "not run (state: every past step)" in out.with_suffix(".md").read_text()
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_delay_probe_of_a_trained_run(tmp_path):
+@pytest.fixture(scope="module")
+def trained_obs(tmp_path_factory):
+    """One OBS run trained 2 steps on the probes' streams (shared by the probes below)."""
+    run = tmp_path_factory.mktemp("probes") / "run"
     tree = {"task": {"name": "seeandhear", "test_size": 4, "params": PARAMS},
             "model": {"name": "obs", "d_model": 16, "mixer": OBS},
             "train": {"steps": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 2, "progress": False}}
-    train(build_config(RunConfig, tree), tmp_path / "run", log=lambda m: None)
+    train(build_config(RunConfig, tree), run, log=lambda m: None)
+    return run
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_delay_probe_of_a_trained_run(trained_obs, tmp_path):
     out = tmp_path / "probe.json"
     probe = load_benchmark("delay_probe")
-    probe.main([str(tmp_path / "run"), "--delays", "5,40", "--streams", "3", "--out", str(out)])
+    probe.main([str(trained_obs), "--delays", "5,40", "--streams", "3", "--out", str(out)])
     row = json.loads(out.read_text())["rows"][0]
     assert set(row["filler"]) == set(probe.FILLERS)
     assert all(0.0 <= v <= 1.0 for f in row["filler"].values() for v in f.values())
@@ -84,13 +91,9 @@ def test_delay_probe_of_a_trained_run(tmp_path):
     assert "nodes in no circuit" in out.with_suffix(".md").read_text()
 
 
-def test_name_gap_probe_of_a_trained_run(tmp_path):
-    tree = {"task": {"name": "seeandhear", "test_size": 4, "params": PARAMS},
-            "model": {"name": "obs", "d_model": 16, "mixer": OBS},
-            "train": {"steps": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 2, "progress": False}}
-    train(build_config(RunConfig, tree), tmp_path / "run", log=lambda m: None)
+def test_name_gap_probe_of_a_trained_run(trained_obs, tmp_path):
     out = tmp_path / "gap.json"
-    load_benchmark("name_gap_probe").main([str(tmp_path / "run"), "--gaps", "1,3", "--streams", "3", "--out", str(out)])
+    load_benchmark("name_gap_probe").main([str(trained_obs), "--gaps", "1,3", "--streams", "3", "--out", str(out)])
     row = json.loads(out.read_text())["rows"][0]
     assert set(row["recall"]) == {"gap=1", "gap=3"} and all(0.0 <= v <= 1.0 for v in row["recall"].values())
     assert "| gap 1 | gap 3 |" in out.with_suffix(".md").read_text()

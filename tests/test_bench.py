@@ -605,6 +605,8 @@ def test_stacked_obs_models_change_the_stack_and_keep_the_recipe():
     assert (plain.n_layers, plain.mlp_ratio) == (1, 0.0)
     assert (mlp.n_layers, mlp.mlp_ratio) == (1, 4.0) and (two.n_layers, two.mlp_ratio) == (2, 0.0)
     assert all(m.mixer == plain.mixer and OBS_RECIPE.items() <= m.mixer.items() for m in (mlp, two))
+    both = model_config("obs_mlp_persist1", 64, "cpu")
+    assert both.mlp_ratio == 4.0 and both.mixer == {**plain.mixer, "active_persist": 1.0}
 
 
 def test_metrics_eval_shows_the_trainers_final_metrics_and_needs_them():

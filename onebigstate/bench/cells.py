@@ -78,8 +78,10 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
 DISCRETISED = {"obs_fsq": {"kind": "fsq", "levels": [8, 5, 5]}}
 # OBS (the recipe) in another stack: name -> ModelConfig settings. The baselines have 2 layers, OBS 1
 # and no MLP; on the grid world (acting) OBS trailed the LSTM most on actions new at a place, which
-# need computation over what is recalled more than memory (docs/results/acting_cpu.md)
-STACKED = {"obs_mlp": {"mlp_ratio": 4.0}, "obs_2l": {"n_layers": 2}}
+# need computation over what is recalled more than memory
+# (docs/results/acting_cpu.md); "mixer" holds mixer settings over the recipe's
+STACKED = {"obs_mlp": {"mlp_ratio": 4.0}, "obs_2l": {"n_layers": 2},
+           "obs_mlp_persist1": {"mlp_ratio": 4.0, "mixer": {"active_persist": 1.0}}}
 # name -> {settings (over the plain layer), why, pages}; in the source tree, beside the pages
 HISTORY_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "obs_variants.yaml"
 
@@ -95,8 +97,10 @@ def history_variants() -> dict[str, dict]:
 
 def obs_settings(name: str) -> dict[str, Any] | None:
     """The mixer settings of OBS model ``name`` on top of the bench's sizes (None: not an OBS model)."""
-    if name == "obs" or name in DISCRETISED or name in STACKED:
+    if name == "obs" or name in DISCRETISED:
         return dict(OBS_RECIPE)
+    if name in STACKED:
+        return {**OBS_RECIPE, **STACKED[name].get("mixer", {})}
     if name in VARIANTS:
         return {**OBS_RECIPE, **VARIANTS[name]}
     old = history_variants().get(name)
@@ -215,7 +219,8 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
     """
     obs = obs_settings(name)
     if obs is not None:
-        return ModelConfig(name="obs", d_model=d_model, **{"n_layers": 1, **STACKED.get(name, {})},
+        stack = {k: v for k, v in STACKED.get(name, {}).items() if k != "mixer"}
+        return ModelConfig(name="obs", d_model=d_model, **{"n_layers": 1, **stack},
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
                                   "m_active": 16, **obs}, discretiser=DISCRETISED.get(name))
     mixer: dict[str, Any] = {}

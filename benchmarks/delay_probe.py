@@ -80,11 +80,11 @@ def query_reads(run, delay: int, n_streams: int, window: int = 512) -> dict[str,
         on_hubs.append(float(weight[torch.isin(act[b, t], hubs)].sum() / total))
     return {"queries": len(on_object), "on_object": sum(on_object) / len(on_object),
             "on_hubs": sum(on_hubs) / len(on_hubs), "hub_slots": float(counts[hubs].sum() / counts.sum()),
-            **circuit_load(batch, circ, hubs, layer.cfg.n_nodes, layer.cfg.k_min)}
+            **circuit_load(batch, circ, hubs, layer.cfg.n_nodes, max(layer.cfg.k_min, 1))}
 
 
 def circuit_load(batch, circ: torch.Tensor, hubs: torch.Tensor, n_nodes: int, k: int) -> dict[str, float]:
-    """How unevenly the circuits (their first ``k`` slots, always used) load the nodes, and where
+    """How unevenly the circuits (their first ``k`` slots, always used; k >= 1) load the nodes, and where
     the hubs of the active sets come from: their share of silence's circuits and of words'."""
     from onebigstate.data.streams import EVENT_NAMES
     load = torch.bincount(circ[..., :k].flatten(), minlength=n_nodes).double()

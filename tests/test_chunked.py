@@ -175,6 +175,16 @@ def test_gate_cuts_where_a_continuous_input_changes_scene():
     assert gate_bounds(_inputs(c, [0.0] * 5), CFG, max_chunk=16) == [(0, 1), (1, 2), (2, 5)]
 
 
+def test_gate_with_k_min_0_uses_each_circuits_first_node():
+    # k_min 0: no slot is sure, so the rule reads the first candidate (re-read at step 2, new scene
+    # at step 4); without that floor it cut every frame and never a re-read
+    cfg = StepConfig(n_nodes=32, k_min=0, k_max=3, m_active=4)
+    c = [[0, 1, 20], [2, 3, 21], [0, 5, 22], [6, 7, 23], [8, 7, 24]]
+    assert gate_bounds(_inputs(c, [0.0] * 5), cfg, max_chunk=16) == [(0, 2), (2, 5)]
+    frames = [[0, 1, 2], [0, 3, 4], [5, 6, 7]]
+    assert gate_bounds(_inputs(frames, [1.0] * 3), cfg, max_chunk=16) == [(0, 2), (2, 3)]
+
+
 def test_gate_cuts_at_max_chunk_and_takes_the_union_over_streams():
     c = [[2 * t, 2 * t + 1, 30] for t in range(7)]
     assert gate_bounds(_inputs(c, [0.0] * 7), CFG, max_chunk=3) == [(0, 3), (3, 6), (6, 7)]

@@ -91,6 +91,7 @@ def test_delay_probe_of_a_trained_run(trained_obs, tmp_path):
     assert "nodes in no circuit" in out.with_suffix(".md").read_text()
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_name_gap_probe_of_a_trained_run(trained_obs, tmp_path):
     out = tmp_path / "gap.json"
     load_benchmark("name_gap_probe").main([str(trained_obs), "--gaps", "1,3", "--streams", "3", "--out", str(out)])

@@ -78,7 +78,8 @@ def gate_bounds(inputs: ScanInputs, cfg: StepConfig, max_chunk: int) -> list[tup
     """The rule gate: chunks of at most ``max_chunk`` steps, cut before step t when
 
     - *re-read* (a token, ``continuous == 0``): one of its sure circuit nodes (its first k_min
-      candidates, which every circuit uses) is a sure node of an earlier circuit of the chunk:
+      candidates, which every circuit uses; its first candidate when k_min is 0) is a sure node
+      of an earlier circuit of the chunk:
       the step reads rows the chunk wrote, where the approximate carries matter most (a query
       of a key stored in the same chunk);
     - *novel* (a continuous input: a frame, a sound): its sure nodes share none with the
@@ -90,7 +91,7 @@ def gate_bounds(inputs: ScanInputs, cfg: StepConfig, max_chunk: int) -> list[tup
     are not checked. The cuts are the union over the batch's streams. Returns [(t0, t1), ...].
     """
     B, T, _ = inputs.circuit_idx.shape
-    core = inputs.circuit_idx[:, :, :cfg.k_min]                            # [B, T, k_min]
+    core = inputs.circuit_idx[:, :, :max(cfg.k_min, 1)]                    # [B, T, k_min or 1]
     overlap_prev = (core[:, 1:].unsqueeze(3) == core[:, :-1].unsqueeze(2)).any(3).any(2)   # [B, T-1]
     novel = ((inputs.continuous[:, 1:] > 0) & ~overlap_prev).any(0).tolist()
     token = inputs.continuous == 0                                          # [B, T]

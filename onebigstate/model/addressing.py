@@ -27,7 +27,8 @@ class Addresser(nn.Module):
         self.query = nn.Linear(d_model, d_key, bias=False)
         self.keys = nn.Parameter(torch.randn(n_nodes, d_key))
         self.scale = 1.0 / math.sqrt(d_key)
-        # only with balancing, so checkpoints of layers without it keep their keys
+        # only with balancing, so checkpoints of layers without it keep their keys (weights move
+        # between a balanced and an unbalanced layer only with the bias key added or dropped)
         if balance_rate > 0:
             self.register_buffer("bias", torch.zeros(n_nodes))
         else:

@@ -120,7 +120,8 @@ class OBSLayer(nn.Module):
         """x [B, T, D] -> (y [B, T, D], new state). ``state=None`` starts every stream afresh.
 
         The state handed in is left as it was: the returned state is a new object, and calling
-        the layer twice from one state gives the same outputs. ``in_place=True`` advances the
+        the layer twice from one state gives the same outputs (in training mode with
+        ``address_balance``, each call also moves the addressing bias). ``in_place=True`` advances the
         state handed in instead and returns that same object, which saves a copy of B x N^2
         floats per call; lifelong training and streamed evaluation ask for it (the caller must
         not need the old state afterwards).

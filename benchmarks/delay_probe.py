@@ -35,14 +35,10 @@ FILLERS = {"as trained": {},
            "no distractor words": dict(p_distractor_word=0)}
 
 
-def novel_base(run):
-    return novel_config(run.config.task.params)
-
-
 def filler_recall(run, delays: tuple[int, int], n_streams: int) -> dict[str, dict[str, float]]:
     from onebigstate.experiments.recall import RecallGrid, measure_recall
     grid = RecallGrid(exposures=(1,), delays=delays, exposure_delay=delays[0])
-    base = novel_base(run)
+    base = novel_config(run.config.task.params)
     out = {}
     for name, update in FILLERS.items():
         res = measure_recall(run.model, base.model_copy(update=update), grid, n_streams, seed=0)
@@ -56,7 +52,7 @@ def query_reads(run, delay: int, n_streams: int, window: int = 512) -> dict[str,
     from onebigstate.data.streams import EVENT_NAMES, StreamConfig, generate_streams
     from onebigstate.model.layer import obs_layers
     layer = obs_layers(run.model)[0]
-    cfg = StreamConfig(**novel_base(run).model_copy(update={"exposures": [1], "delay_min": delay,
+    cfg = StreamConfig(**novel_config(run.config.task.params).model_copy(update={"exposures": [1], "delay_min": delay,
                                                             "delay_max": delay}).model_dump())
     batch = generate_streams(cfg, n_streams, 5)
     x = batch.packed()

@@ -60,9 +60,9 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             # filled the gap between a view and its name; a step that chooses nothing carries the view on
             "obs_reverse_wc1_k0": {"reverse_assoc": True, "write_cost": 1.0, "k_min": 0},
             "obs_reverse_wc1_k0_kc": {"reverse_assoc": True, "write_cost": 1.0, "k_min": 0, "k_cost": 0.3},
-            # and the active nodes kept active (active_persist): one silent step between a view and its
-            # name cut recall at delay 10 from 0.72 to 0.49, since silence's circuit replaced the view's
-            # nodes in A_t and the name was wired to silence
+            # and the active nodes kept active (active_persist): one more silent step between a view
+            # and its name cut recall at delay 10 from 0.72 to 0.49, likely because silence's circuit
+            # replaced the view's nodes in A_t and the name was wired to silence
             **{f"obs_reverse_wc1_persist{p:g}": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": float(p)}
                for p in (1, 3)},
             # the recipe with the active nodes kept active: does carrying what was seen help acting?
@@ -76,12 +76,12 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
 # OBS (the recipe) with a learned discretiser of its last hidden vector (model/discretiser.py), the
 # acting page's "obs + fsq discretiser": name -> the discretiser's config
 DISCRETISED = {"obs_fsq": {"kind": "fsq", "levels": [8, 5, 5]}}
-# OBS (the recipe) in another stack: name -> ModelConfig settings. The baselines have 2 layers, OBS 1
-# and no MLP; on the grid world (acting) OBS trailed the LSTM most on actions new at a place, which
-# need computation over what is recalled more than memory
-# (docs/results/acting_cpu.md); "mixer" holds mixer settings over the recipe's
-STACKED = {"obs_mlp": {"mlp_ratio": 4.0}, "obs_2l": {"n_layers": 2},
-           "obs_mlp_persist1": {"mlp_ratio": 4.0, "mixer": {"active_persist": 1.0}}}
+# An OBS model in another stack: name -> (the OBS model whose layer it uses, ModelConfig settings).
+# The baselines have 2 layers, OBS 1 and no MLP; on the grid world (acting) OBS trailed the LSTM most
+# on actions new at a place, which need computation over what is recalled more than memory
+# (docs/results/acting_cpu.md)
+STACKED = {"obs_mlp": ("obs", {"mlp_ratio": 4.0}), "obs_2l": ("obs", {"n_layers": 2}),
+           "obs_mlp_persist1": ("obs_persist1", {"mlp_ratio": 4.0})}
 # name -> {settings (over the plain layer), why, pages}; in the source tree, beside the pages
 HISTORY_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "obs_variants.yaml"
 
@@ -100,7 +100,7 @@ def obs_settings(name: str) -> dict[str, Any] | None:
     if name == "obs" or name in DISCRETISED:
         return dict(OBS_RECIPE)
     if name in STACKED:
-        return {**OBS_RECIPE, **STACKED[name].get("mixer", {})}
+        return obs_settings(STACKED[name][0])
     if name in VARIANTS:
         return {**OBS_RECIPE, **VARIANTS[name]}
     old = history_variants().get(name)
@@ -219,7 +219,7 @@ def model_config(name: str, d_model: int, mode: Mode) -> ModelConfig:
     """
     obs = obs_settings(name)
     if obs is not None:
-        stack = {k: v for k, v in STACKED.get(name, {}).items() if k != "mixer"}
+        stack = STACKED[name][1] if name in STACKED else {}
         return ModelConfig(name="obs", d_model=d_model, **{"n_layers": 1, **stack},
                            mixer={"n_nodes": 256 if mode == "quick" else 1024, "k_min": 4, "k_max": 12,
                                   "m_active": 16, **obs}, discretiser=DISCRETISED.get(name))

@@ -76,7 +76,7 @@ def query_reads(run, delay: int, n_streams: int, window: int = 512) -> dict[str,
         on_hubs.append(float(weight[torch.isin(act[b, t], hubs)].sum() / total))
     return {"queries": len(on_object), "on_object": sum(on_object) / len(on_object),
             "on_hubs": sum(on_hubs) / len(on_hubs), "hub_slots": float(counts[hubs].sum() / counts.sum()),
-            **circuit_load(batch, circ, hubs, layer.cfg.n_nodes, max(layer.cfg.k_min, 1))}
+            **circuit_load(batch, circ, hubs, layer.cfg.n_nodes, layer.step_cfg.sure_slots)}
 
 
 def circuit_load(batch, circ: torch.Tensor, hubs: torch.Tensor, n_nodes: int, k: int) -> dict[str, float]:

@@ -91,7 +91,7 @@ def gate_bounds(inputs: ScanInputs, cfg: StepConfig, max_chunk: int) -> list[tup
     are not checked. The cuts are the union over the batch's streams. Returns [(t0, t1), ...].
     """
     B, T, _ = inputs.circuit_idx.shape
-    core = inputs.circuit_idx[:, :, :max(cfg.k_min, 1)]                    # [B, T, k_min or 1]
+    core = inputs.circuit_idx[:, :, :cfg.sure_slots]                       # [B, T, k_min or 1]
     overlap_prev = (core[:, 1:].unsqueeze(3) == core[:, :-1].unsqueeze(2)).any(3).any(2)   # [B, T-1]
     novel = ((inputs.continuous[:, 1:] > 0) & ~overlap_prev).any(0).tolist()
     token = inputs.continuous == 0                                          # [B, T]

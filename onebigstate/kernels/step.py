@@ -66,6 +66,12 @@ class StepConfig:
         as ``OBSConfig``): the one place where the layer's settings become the op's."""
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
+    @property
+    def sure_slots(self) -> int:
+        """The circuit slots that stand for a step's address: the first k_min, which every circuit
+        uses (the first one when k_min is 0). Node loads and the chunk gate count these."""
+        return max(self.k_min, 1)
+
     def writes_per_step(self, with_chain: bool) -> int:
         """W, entries a step writes per stream: intra K^2, assoc M K, chain K^2 (windows with
         continuous inputs), reverse K M (``reverse_assoc``)."""

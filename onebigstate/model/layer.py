@@ -138,8 +138,7 @@ class OBSLayer(nn.Module):
             circuit_idx, scores, mean_prob = self.addresser(x, mean_prob=True)
         else:
             circuit_idx, scores = self.addresser(x)
-        # the load of a node counts the slots every circuit fills (the first k_min; the first with k_min 0)
-        sure_slots = max(self.cfg.k_min, 1)
+        sure_slots = self.step_cfg.sure_slots
         if self.cfg.address_balance > 0 and self.training:
             self.addresser.update_bias(circuit_idx, sure_slots, self.balance_group)
         inputs = ScanInputs(circuit_idx, scores, self.write.features(x), cont)

@@ -131,6 +131,14 @@ def test_fast_backend_matches_reference_values_and_gradients(name, backend):
     assert rel_err(s_f.carry.alpha, s_r.carry.alpha) < 1e-12
 
 
+def test_the_active_persist_case_exercises_the_term():
+    """The parity case ``active_persist`` would prove nothing if the term never changed A_t."""
+    case = CASES["active_persist"]
+    without = {**case, "cfg": {**case["cfg"], "active_persist": 0.0}}
+    st_with, st_without = run("reference", case)[4], run("reference", without)[4]
+    assert (st_with.active_idx != st_without.active_idx).float().mean() > 0.3
+
+
 # float32: the compiled backend against the float64 reference. Measured on the cases below (worst
 # over them): outputs 2.9e-7, final state 1.7e-7, input gradient 4.7e-7 and parameter gradients
 # 9.8e-7, the same order as the reversible path's own float32 errors (5.0e-7, 1.7e-7, 2.9e-7,

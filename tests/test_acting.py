@@ -31,3 +31,18 @@ def test_tracker_measurements_run_and_are_rates():
     cons = acting.consolidation_effect(model, grid, 2, route=8, interfere=8, strengths=[0.1])
     assert set(cons) == {"none", "replay 0.1", "replay, places only 0.1", "shuffled 0.1"}
     assert all(0 <= v <= 1 for v in cons.values())
+
+
+def test_a_finished_run_is_reused_only_when_its_config_is_the_one_asked(tmp_path, monkeypatch):
+    from training_helpers import ROOT
+    monkeypatch.chdir(ROOT)                                   # configs/gridworld.yaml
+    small = ["task.test_size=8", "train.batch_size=2", "train.eval_every=0", "train.warmup=1", "model.d_model=16",
+             "model.mixer.n_nodes=32", "model.mixer.k_min=2", "model.mixer.k_max=4", "model.mixer.m_active=4"]
+    first = acting.train_or_reuse("obs", 2, tmp_path, small)
+    results = tmp_path / "obs" / "results.json"
+    stamp = results.stat().st_mtime_ns
+    assert acting.train_or_reuse("obs", 2, tmp_path, small) == first and results.stat().st_mtime_ns == stamp
+    # another OBS (an --obs-set override) or another budget is trained again, into the same folder
+    acting.train_or_reuse("obs", 2, tmp_path, small + ["model.mixer.active_persist=1"])
+    assert "active_persist: 1.0" in (tmp_path / "obs" / "config.yaml").read_text()
+    assert results.stat().st_mtime_ns != stamp

@@ -1,6 +1,7 @@
 """Action and outcome: OBS against baselines in the grid world, and the circuit tracker at work.
 
     python -m onebigstate.experiments.acting [--steps 400] [--layouts 30] [--out docs/results]
+        [--obs-set model.mixer.active_persist=1 --obs-set model.mlp_ratio=4]   # another OBS
 
 1. **Next observation.** OBS, LSTM and Transformer are trained with ``obs train``'s trainer on
    ``configs/gridworld.yaml`` (same streams, same budget; run folders under ``runs/acting/``
@@ -41,7 +42,7 @@ from onebigstate.tasks.gridworld_task import continuous_flags
 from onebigstate.tracker import CircuitTracker
 from onebigstate.training.checkpoint import read_checkpoint
 from onebigstate.training.config import RunConfig
-from onebigstate.training.trainer import RESULTS_FILE, model_from_checkpoint, train
+from onebigstate.training.trainer import CONFIG_FILE, RESULTS_FILE, model_from_checkpoint, train
 
 CONFIG = Path("configs/gridworld.yaml")
 # run name -> overrides of configs/gridworld.yaml (same streams, same budget)
@@ -52,20 +53,22 @@ MODELS = {
     "transformer": ["model.name=transformer", "model.mixer={}"],
 }
 RUN_DIRS = {"obs": "obs", "obs + fsq discretiser": "obs_fsq", "lstm": "lstm", "transformer": "transformer"}
+OBS_MODELS = ("obs", "obs + fsq discretiser")
 # seeds of the tracker experiments' layouts: far from the task's train and test ranges
 LAYOUT_SEED0 = 5_000_000
 
 
-def train_or_reuse(name: str, steps: int, runs: Path) -> dict:
+def train_or_reuse(name: str, steps: int, runs: Path, obs_set: list[str] = ()) -> dict:
+    """The finished run of ``name`` in ``runs`` when it was trained with this config, else a new one
+    (``obs_set``: overrides of the OBS models, e.g. ``model.mixer.active_persist=1``)."""
     run_dir = runs / RUN_DIRS[name]
-    res_path = run_dir / RESULTS_FILE
-    if res_path.exists():
-        res = json.loads(res_path.read_text())
-        if res["step"] == steps:
-            print(f"reusing {run_dir} ({steps} steps)")
-            return res
-    overrides = MODELS[name] + [f"train.steps={steps}", "train.progress=false"]
+    overrides = MODELS[name] + (list(obs_set) if name in OBS_MODELS else []) + [f"train.steps={steps}",
+                                                                                "train.progress=false"]
     cfg = load_config(RunConfig, str(CONFIG), overrides)
+    res_path = run_dir / RESULTS_FILE
+    if res_path.exists() and (run_dir / CONFIG_FILE).read_text() == cfg.resolved().to_yaml():
+        print(f"reusing {run_dir} ({steps} steps)")
+        return json.loads(res_path.read_text())
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
@@ -289,13 +292,16 @@ def fmt(v: float) -> str:
 def write_page(out: Path, res: dict, command: str) -> Path:
     lines = ["# Action and outcome: OBS, baselines and the circuit tracker in a grid world", "",
              f"Made by `{command}` ({res['wall_s']:.0f} s on {res['threads']} CPU thread(s), commit {res['commit']}).",
-             "Small budgets throughout: read the numbers as directions on one seed, not laws.", "",
+             ("Small budgets throughout: read the numbers as directions on one seed, not laws." if res["steps"] < 1000
+              else "One seed: read the numbers as directions, not laws."), "",
              f"World: `{res['grid']['env_id']}` (MiniGrid, offline, a new layout per stream), random exploring "
              f"walks (forward with p={res['grid']['p_forward']}), streams of {res['grid']['explore_steps']} "
              f"actions then {res['grid']['n_queries']} queries. Observation = position, direction and what is in "
              "front; the label of an action is what is in front after it.", "",
              "## 1. Next observation (held-out layouts)", "",
-             f"Each model trained {res['steps']} steps of batch 32 (`configs/gridworld.yaml`, `model.name=...`).", "",
+             f"Each model trained {res['steps']} steps of batch 32 (`configs/gridworld.yaml`, `model.name=...`)"
+             + (f"; the OBS models with {', '.join(f'`{o}`' for o in res['obs_set'])}, and parts 2-4 use that OBS"
+                if res.get("obs_set") else "") + ".", "",
              "| model | params | all actions | novel action at a place | action repeated at a place | query: action taken once there |",
              "|---|---|---|---|---|---|"]
     for name, r in res["next_obs"].items():
@@ -393,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/acting", help="run folders of the trained models")
     ap.add_argument("--out", default="docs/results", help="folder of acting.md and acting.json")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--obs-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override of the OBS models' config (repeatable), e.g. model.mixer.active_persist=1")
     ap.add_argument("--page-only", action="store_true", help="rewrite acting.md from acting.json, computing nothing")
     args = ap.parse_args(argv)
     if args.page_only:
@@ -409,14 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    next_obs = {m: train_or_reuse(m, args.steps, runs) for m in MODELS}
+    next_obs = {m: train_or_reuse(m, args.steps, runs, args.obs_set) for m in MODELS}
     ckpt = read_checkpoint(runs / "obs")
     _, model = model_from_checkpoint(ckpt)
     model.eval()
     grid = GridConfig.model_validate(ckpt.config.task.params)
     torch.manual_seed(0)
     code_usage = discretiser_usage(runs / RUN_DIRS["obs + fsq discretiser"])
-    res = {"code_usage": code_usage, "steps": args.steps, "n_layouts": args.layouts, "threads": args.threads, "grid": grid.model_dump(),
+    res = {"code_usage": code_usage, "steps": args.steps, "obs_set": args.obs_set, "n_layouts": args.layouts, "threads": args.threads, "grid": grid.model_dump(),
            "next_obs": {m: {"metrics": r["metrics"], "n_params": r["n_params"]} for m, r in next_obs.items()},
            "majority": majority_floor(ckpt.config.task)}
     print("replay ...")

@@ -65,6 +65,12 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             # replaced the view's nodes in A_t and the name was wired to silence
             **{f"obs_reverse_wc1_persist{p:g}": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": float(p)}
                for p in (1, 3)},
+            # the see-and-hear recipe at other N (dense 256, sparse 4096): does recall after long delays
+            # depend on the number of nodes? (docs/results/write_cost.md, section 8)
+            "obs_reverse_wc1_persist1_n256": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0,
+                                              "n_nodes": 256},
+            "obs_reverse_wc1_persist1_n4096": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0,
+                                               "n_nodes": 4096, "state_backend": "sparse"},
             # the recipe with the active nodes kept active: does carrying what was seen help acting?
             "obs_persist1": {"active_persist": 1.0},
             # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?

@@ -38,11 +38,12 @@ def test_a_finished_run_is_reused_only_when_its_config_is_the_one_asked(tmp_path
     monkeypatch.chdir(ROOT)                                   # configs/gridworld.yaml
     small = ["task.test_size=8", "train.batch_size=2", "train.eval_every=0", "train.warmup=1", "model.d_model=16",
              "model.mixer.n_nodes=32", "model.mixer.k_min=2", "model.mixer.k_max=4", "model.mixer.m_active=4"]
-    first = acting.train_or_reuse("obs", 2, tmp_path, small)
+    first, reused = acting.train_or_reuse("obs", 2, tmp_path, small)
+    assert not reused
     results = tmp_path / "obs" / "results.json"
     stamp = results.stat().st_mtime_ns
-    assert acting.train_or_reuse("obs", 2, tmp_path, small) == first and results.stat().st_mtime_ns == stamp
+    assert acting.train_or_reuse("obs", 2, tmp_path, small) == (first, True) and results.stat().st_mtime_ns == stamp
     # another OBS (an --obs-set override) or another budget is trained again, into the same folder
-    acting.train_or_reuse("obs", 2, tmp_path, small + ["model.mixer.active_persist=1"])
+    assert not acting.train_or_reuse("obs", 2, tmp_path, small + ["model.mixer.active_persist=1"])[1]
     assert "active_persist: 1.0" in (tmp_path / "obs" / "config.yaml").read_text()
     assert results.stat().st_mtime_ns != stamp

@@ -58,9 +58,9 @@ OBS_MODELS = ("obs", "obs + fsq discretiser")
 LAYOUT_SEED0 = 5_000_000
 
 
-def train_or_reuse(name: str, steps: int, runs: Path, obs_set: list[str] = ()) -> dict:
-    """The finished run of ``name`` in ``runs`` when it was trained with this config, else a new one
-    (``obs_set``: overrides of the OBS models, e.g. ``model.mixer.active_persist=1``)."""
+def train_or_reuse(name: str, steps: int, runs: Path, obs_set: list[str] = ()) -> tuple[dict, bool]:
+    """(results, reused): the finished run of ``name`` in ``runs`` when it was trained with this
+    config, else a new one (``obs_set``: overrides of the OBS models, e.g. ``model.mixer.active_persist=1``)."""
     run_dir = runs / RUN_DIRS[name]
     overrides = MODELS[name] + (list(obs_set) if name in OBS_MODELS else []) + [f"train.steps={steps}",
                                                                                 "train.progress=false"]
@@ -68,11 +68,11 @@ def train_or_reuse(name: str, steps: int, runs: Path, obs_set: list[str] = ()) -
     res_path = run_dir / RESULTS_FILE
     if res_path.exists() and (run_dir / CONFIG_FILE).read_text() == cfg.resolved().to_yaml():
         print(f"reusing {run_dir} ({steps} steps)")
-        return json.loads(res_path.read_text())
+        return json.loads(res_path.read_text()), True
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
-    return train(cfg, run_dir)
+    return train(cfg, run_dir), False
 
 
 def majority_floor(task_cfg) -> dict[str, float]:
@@ -290,8 +290,13 @@ def fmt(v: float) -> str:
 
 
 def write_page(out: Path, res: dict, command: str) -> Path:
+    # consolidation by the number of actions in between (a JSON of before 2026-12-05: one number)
+    by_len = ({str(res["consol_interfere"]): res["consolidation"]} if isinstance(res["consol_interfere"], int)
+              else res["consolidation"])
     lines = ["# Action and outcome: OBS, baselines and the circuit tracker in a grid world", "",
-             f"Made by `{command}` ({res['wall_s']:.0f} s on {res['threads']} CPU thread(s), commit {res['commit']}).",
+             f"Made by `{command}` ({res['wall_s']:.0f} s on {res['threads']} CPU thread(s), commit {res['commit']}"
+             + (f"; the trained models reused from an earlier run of it, {res['train_s']:.0f} s of training"
+                if res.get("train_s") is not None and res.get("reused") else "") + ").",
              ("Small budgets throughout: read the numbers as directions on one seed, not laws." if res["steps"] < 1000
               else "One seed: read the numbers as directions, not laws."), "",
              f"World: `{res['grid']['env_id']}` (MiniGrid, offline, a new layout per stream), random exploring "
@@ -351,16 +356,18 @@ def write_page(out: Path, res: dict, command: str) -> Path:
                  if "plan_len_over_shortest" in p else "never found."),
               "",
               "## 4. Consolidation and later recall", "",
-              f"A {res['consol_route']}-action route in layout A, then {res['consol_interfere']} actions in layout B, "
+              f"A {res['consol_route']}-action route in layout A, then {' or '.join(map(str, by_len))} actions in "
+              "layout B, "
               "then queries about every action taken once on the route (OBS's accuracy at predicting what is in "
               "front after it). `replay s`: the tracker (GRU order model) replays the circuits of every step of the "
               "route from its first one and `consolidate` writes them back right after the route, with strength s "
               "times the std of the entries the route wrote; `replay, places only s`: the same over the "
               "observation steps' circuits alone (the action circuits are shared by every step); `shuffled s`: "
               "the replayed circuits in a random order (same number of writes).", "",
-              "| consolidation | query accuracy |", "|---|---|"]
-    for k, v in res["consolidation"].items():
-        lines.append(f"| {k} | {fmt(v)} |")
+              "| consolidation | " + " | ".join(f"query accuracy after {n} actions" for n in by_len) + " |",
+              "|---|" + "---|" * len(by_len)]
+    for k in next(iter(by_len.values())):
+        lines.append(f"| {k} | " + " | ".join(fmt(c[k]) for c in by_len.values()) + " |")
     lines += ["", "## Reading (sentences computed from the numbers above)", ""]
     nxt = {m: r["metrics"]["acc_query"] for m, r in res["next_obs"].items()}
     best = max(nxt, key=nxt.get)
@@ -378,10 +385,11 @@ def write_page(out: Path, res: dict, command: str) -> Path:
                  f"{fmt(p['greedy, no tracker'])}; the same planner over true places {fmt(p['tracker on true places'])}"
                  ": the gap to it is the cost of places that OBS's circuits do not tell apart, or tell apart "
                  "when they are the same.")
-    cons = res["consolidation"]
-    best_c = max(cons, key=cons.get)
-    lines.append(f"- Consolidation: without it {fmt(cons['none'])}; best row {best_c} ({fmt(cons[best_c])})"
-                 + ("." if best_c != "none" else ": no consolidation tried here helped later recall."))
+    for n, cons in by_len.items():
+        best_c = max(cons, key=cons.get)
+        lines.append(f"- Consolidation, {n} actions in between: without it {fmt(cons['none'])}; best row {best_c} "
+                     f"({fmt(cons[best_c])})"
+                     + ("." if best_c != "none" else ": no consolidation tried here helped later recall."))
     lines += ["", "## The state of the OBS + FSQ model, drawn by `obs inspect`", "",
               f"`{res['inspect_command']}`", "",
               "![circuits](acting_inspect/circuits.png)", "",
@@ -401,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/acting", help="run folders of the trained models")
     ap.add_argument("--out", default="docs/results", help="folder of acting.md and acting.json")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--interfere", default="48",
+                    help="comma-separated actions in another layout between a route and its queries (consolidation)")
     ap.add_argument("--obs-set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override of the OBS models' config (repeatable), e.g. model.mixer.active_persist=1")
     ap.add_argument("--page-only", action="store_true", help="rewrite acting.md from acting.json, computing nothing")
@@ -419,14 +429,17 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    next_obs = {m: train_or_reuse(m, args.steps, runs, args.obs_set) for m in MODELS}
+    trained = {m: train_or_reuse(m, args.steps, runs, args.obs_set) for m in MODELS}
+    next_obs = {m: r for m, (r, _) in trained.items()}
+    reused = all(was_reused for _, was_reused in trained.values())
     ckpt = read_checkpoint(runs / "obs")
     _, model = model_from_checkpoint(ckpt)
     model.eval()
     grid = GridConfig.model_validate(ckpt.config.task.params)
     torch.manual_seed(0)
     code_usage = discretiser_usage(runs / RUN_DIRS["obs + fsq discretiser"])
-    res = {"code_usage": code_usage, "steps": args.steps, "obs_set": args.obs_set, "n_layouts": args.layouts, "threads": args.threads, "grid": grid.model_dump(),
+    res = {"code_usage": code_usage, "steps": args.steps, "obs_set": args.obs_set, "reused": reused,
+           "train_s": sum(r["wall_time_s"] for r in next_obs.values()), "n_layouts": args.layouts, "threads": args.threads, "grid": grid.model_dump(),
            "next_obs": {m: {"metrics": r["metrics"], "n_params": r["n_params"]} for m, r in next_obs.items()},
            "majority": majority_floor(ckpt.config.task)}
     print("replay ...")
@@ -441,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     res["plan_explore"] = 150
     res["plan"] = plan_success(model, grid, args.layouts, explore=150, pairs=10)
     print("consolidation ...")
-    res["consol_route"], res["consol_interfere"] = 24, 48
-    res["consolidation"] = consolidation_effect(model, grid, args.layouts, 24, 48, [0.01, 0.1, 1.0])
+    res["consol_route"], res["consol_interfere"] = 24, [int(n) for n in args.interfere.split(",")]
+    res["consolidation"] = {str(n): consolidation_effect(model, grid, args.layouts, 24, n, [0.01, 0.1, 1.0])
+                            for n in res["consol_interfere"]}
     from onebigstate.cli.main import main as obs_main
     inspect_args = ["inspect", str(runs / RUN_DIRS["obs + fsq discretiser"]), "--out", str(out / "acting_inspect")]
     obs_main(inspect_args)

@@ -71,6 +71,11 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
                                               "n_nodes": 256},
             "obs_reverse_wc1_persist1_n4096": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0,
                                                "n_nodes": 4096, "state_backend": "sparse"},
+            # and a higher write cost, or a larger active set: do fewer writes by distractor words, or
+            # more of the context carried, keep a pairing longer? (docs/results/write_cost.md, section 8)
+            "obs_reverse_wc3_persist1": {"reverse_assoc": True, "write_cost": 3.0, "active_persist": 1.0},
+            "obs_reverse_wc1_persist1_m32": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0,
+                                             "m_active": 32},
             # the recipe with the active nodes kept active: does carrying what was seen help acting?
             "obs_persist1": {"active_persist": 1.0},
             # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?

@@ -47,3 +47,12 @@ def test_a_finished_run_is_reused_only_when_its_config_is_the_one_asked(tmp_path
     assert not acting.train_or_reuse("obs", 2, tmp_path, small + ["model.mixer.active_persist=1"])[1]
     assert "active_persist: 1.0" in (tmp_path / "obs" / "config.yaml").read_text()
     assert results.stat().st_mtime_ns != stamp
+
+
+def test_interference_lengths_are_checked():
+    import argparse
+    import pytest
+    assert acting._counts("48,480") == [48, 480]
+    for bad in ("", "4x", "48,0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive numbers of actions"):
+            acting._counts(bad)

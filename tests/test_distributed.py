@@ -4,8 +4,8 @@ Each test starts fresh processes (``onebigstate.distributed.launch.run_local``, 
 --nproc`` through torchrun); they skip with the reason when loopback networking is unavailable.
 Tolerances: float64 weights after DDP training 1e-10 of the one-process run (the gradient
 all-reduce adds in another order); the logged loss 1e-6 (cross-entropy is taken in float32);
-the shared state bitwise on every rank; a resumed run bitwise its run in one go, except with the
-shared state (1e-10: see that test).
+the shared state bitwise on every rank; a run killed and resumed in the same process count bitwise
+its run in one go, except with the shared state (1e-10: see that test).
 """
 from __future__ import annotations
 

@@ -402,6 +402,18 @@ def write_page(out: Path, res: dict, command: str) -> Path:
     return path
 
 
+def _counts(text: str) -> list[int]:
+    """``--interfere``: comma-separated positive action counts."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers of actions, e.g. 48,480; "
+                                         f"got '{text}'")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=400, help="training steps per model")
@@ -409,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/acting", help="run folders of the trained models")
     ap.add_argument("--out", default="docs/results", help="folder of acting.md and acting.json")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--interfere", default="48",
+    ap.add_argument("--interfere", default="48", type=_counts,
                     help="comma-separated actions in another layout between a route and its queries (consolidation)")
     ap.add_argument("--obs-set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override of the OBS models' config (repeatable), e.g. model.mixer.active_persist=1")
@@ -439,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     code_usage = discretiser_usage(runs / RUN_DIRS["obs + fsq discretiser"])
     res = {"code_usage": code_usage, "steps": args.steps, "obs_set": args.obs_set, "reused": reused,
-           "train_s": sum(r["wall_time_s"] for r in next_obs.values()), "n_layouts": args.layouts, "threads": args.threads, "grid": grid.model_dump(),
+           "train_s": sum(r["wall_time_s"] for r in next_obs.values()), "n_layouts": args.layouts,
+           "threads": args.threads, "grid": grid.model_dump(),
            "next_obs": {m: {"metrics": r["metrics"], "n_params": r["n_params"]} for m, r in next_obs.items()},
            "majority": majority_floor(ckpt.config.task)}
     print("replay ...")
@@ -454,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     res["plan_explore"] = 150
     res["plan"] = plan_success(model, grid, args.layouts, explore=150, pairs=10)
     print("consolidation ...")
-    res["consol_route"], res["consol_interfere"] = 24, [int(n) for n in args.interfere.split(",")]
+    res["consol_route"], res["consol_interfere"] = 24, args.interfere
     res["consolidation"] = {str(n): consolidation_effect(model, grid, args.layouts, 24, n, [0.01, 0.1, 1.0])
                             for n in res["consol_interfere"]}
     from onebigstate.cli.main import main as obs_main

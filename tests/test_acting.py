@@ -2,6 +2,9 @@
 docs/results/acting.md)."""
 from __future__ import annotations
 
+import argparse
+
+import pytest
 import torch
 
 from onebigstate.experiments import acting
@@ -50,8 +53,6 @@ def test_a_finished_run_is_reused_only_when_its_config_is_the_one_asked(tmp_path
 
 
 def test_interference_lengths_are_checked():
-    import argparse
-    import pytest
     assert acting._counts("48,480") == [48, 480]
     for bad in ("", "4x", "48,0"):
         with pytest.raises(argparse.ArgumentTypeError, match="positive numbers of actions"):

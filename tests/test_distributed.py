@@ -206,7 +206,7 @@ def test_shared_state_training_keeps_one_state_on_every_rank(tmp_path):
     S = states["0.S"]                                   # the global batch: rank 0's 2 streams, then rank 1's
     assert torch.equal(S[:2], S[2:])                    # stream j of every rank holds one state
     assert not torch.equal(states["0.active_idx"][:2], states["0.active_idx"][2:])   # carries stay their own
-    # and it resumes: 8 + 4 steps equal 12 in one go, to 1e-10 in float64. Not bitwise: 3 of 9 full
+    # and it resumes: 8 + 4 steps equal 12 in one go, to 1e-10 in float64. Not bitwise: 3 of 6 full
     # runs of the suite (CI's included) on 2026-12-04/05 differed at atol 0 in the weights while every
     # logged metric agreed; 29 runs since, alone, in the suite and under load, were bitwise equal.
     # The cause is not found (no uninitialised memory, no backend fallback, no hash order); the

@@ -52,8 +52,8 @@ def query_reads(run, delay: int, n_streams: int, window: int = 512) -> dict[str,
     from onebigstate.data.streams import EVENT_NAMES, StreamConfig, generate_streams
     from onebigstate.model.layer import obs_layers
     layer = obs_layers(run.model)[0]
-    cfg = StreamConfig(**novel_config(run.config.task.params).model_copy(update={"exposures": [1], "delay_min": delay,
-                                                            "delay_max": delay}).model_dump())
+    base = novel_config(run.config.task.params)
+    cfg = StreamConfig(**base.model_copy(update={"exposures": [1], "delay_min": delay, "delay_max": delay}).model_dump())
     batch = generate_streams(cfg, n_streams, 5)
     x = batch.packed()
     logs, states = collections.defaultdict(list), None

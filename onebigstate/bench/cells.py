@@ -34,6 +34,9 @@ MODELS = ["obs", "transformer", "lstm", "mamba", "deltanet", "gated_deltanet", "
 # records it. Until 2026-11-24 `obs` was the plain layer at lr 1e-2, now `obs_plain` (pages
 # produced before then: docs/bench.md, "The bench's obs").
 OBS_RECIPE = {"balance_cost": 0.1, "row_norm": True, "circuit_direct": 1.0}
+# The see-and-hear recipe over OBS_RECIPE (the variant obs_reverse_wc1_persist1, docs/results/write_cost.md):
+# the reverse association, a cost on writes, and the previously active nodes kept active
+SEEANDHEAR_RECIPE = {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0}
 # OBS variants still in use (name -> mixer settings over the recipe), run only when named. Those
 # of past sweeps live beside the pages that measured them: HISTORY_FILE.
 VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe: no balance cost, row norm, direct term
@@ -63,19 +66,15 @@ VARIANTS = {"obs_plain": PLAIN_LAYER,   # the layer's defaults before the recipe
             # and the active nodes kept active (active_persist): one more silent step between a view
             # and its name cut recall at delay 10 from 0.72 to 0.49, likely because silence's circuit
             # replaced the view's nodes in A_t and the name was wired to silence
-            **{f"obs_reverse_wc1_persist{p:g}": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": float(p)}
-               for p in (1, 3)},
+            **{f"obs_reverse_wc1_persist{p:g}": {**SEEANDHEAR_RECIPE, "active_persist": float(p)} for p in (1, 3)},
             # the see-and-hear recipe at other N (dense 256, sparse 4096): does recall after long delays
             # depend on the number of nodes? (docs/results/write_cost.md, section 8)
-            "obs_reverse_wc1_persist1_n256": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0,
-                                              "n_nodes": 256},
-            "obs_reverse_wc1_persist1_n4096": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0,
-                                               "n_nodes": 4096, "state_backend": "sparse"},
+            "obs_reverse_wc1_persist1_n256": {**SEEANDHEAR_RECIPE, "n_nodes": 256},
+            "obs_reverse_wc1_persist1_n4096": {**SEEANDHEAR_RECIPE, "n_nodes": 4096, "state_backend": "sparse"},
             # and a higher write cost, or a larger active set: do fewer writes by distractor words, or
             # more of the context carried, keep a pairing longer? (docs/results/write_cost.md, section 8)
-            "obs_reverse_wc3_persist1": {"reverse_assoc": True, "write_cost": 3.0, "active_persist": 1.0},
-            "obs_reverse_wc1_persist1_m32": {"reverse_assoc": True, "write_cost": 1.0, "active_persist": 1.0,
-                                             "m_active": 32},
+            "obs_reverse_wc3_persist1": {**SEEANDHEAR_RECIPE, "write_cost": 3.0},
+            "obs_reverse_wc1_persist1_m32": {**SEEANDHEAR_RECIPE, "m_active": 32},
             # the recipe with the active nodes kept active: does carrying what was seen help acting?
             "obs_persist1": {"active_persist": 1.0},
             # a soft bound c on |S| (state_bound): does a bounded lifelong state keep recall?
